@@ -1,0 +1,571 @@
+"""The cache store: one refresh at a time per namespace, readers never see a mix.
+
+Design (one transaction, change-proportional writes):
+
+1. :meth:`CacheStore.apply` takes the namespace's lease (unless the caller
+   already holds it), records a ``running`` run, and consumes and validates
+   *all* items before touching the entries: bad input is refused whole.
+2. In **one transaction** it compares the items' content hashes with the
+   stored etags, writes only inserted and changed rows (``INSERT ... ON
+   CONFLICT DO UPDATE`` on PostgreSQL and SQLite, ``UPDATE`` + ``INSERT`` with
+   ``fast_executemany`` on Azure SQL), deletes vanished keys, bumps the
+   namespace's generation if anything changed, records the run's outcome, and
+   re-confirms the lease (fencing) before it commits.
+3. Readers therefore see the previous refresh or the next one, never a mix:
+   PostgreSQL and Azure SQL (read committed snapshot, on by default) serve the
+   last committed version of each row without waiting; SQLite runs in WAL
+   mode, where a reader's snapshot is the last commit. A refresh that fails or
+   is killed rolls back whole; the namespace keeps its data, its
+   ``refreshed_at`` says how old that data is, and the next refresh marks the
+   dead run ``abandoned``.
+
+Refreshing 100k rows of which 1% changed writes about 1% of the rows; the
+etags of the last refresh this process wrote are remembered (checked against
+the namespace's generation) so an unchanged namespace is not read back either.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from refresher.db import IMMEDIATE, utcnow
+from refresher.errors import (
+    CacheRefresherError,
+    ConfigurationError,
+    InvalidCursorError,
+    ItemNotFoundError,
+    NamespaceNotFoundError,
+    StoreError,
+)
+from refresher.items import Diff, Row, diff, prepare
+from refresher.lease import Lease, LeaseManager
+from refresher.schema import ERROR_MESSAGE_MAX, NAMESPACE_MAX, entries, namespaces, refresh_runs
+
+WRITE_BATCH = 2000
+"""Rows per executemany batch: large enough to amortise round trips, small
+enough to keep each statement's parameter set modest on every driver."""
+
+PAGE_LIMIT_MAX = 1000
+
+_T = TypeVar("_T")
+
+Progress = Callable[[str, int, int | None], None]
+"""``progress(phase, done, total)``: phase is ``"fetch"`` (items consumed,
+total unknown) or ``"write"`` (rows written of the total to write)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One cached item as stored."""
+
+    namespace: str
+    key: str
+    payload: str
+    etag: str
+    generation: int
+    changed_at: datetime
+
+    def data(self) -> Any:
+        """The payload, parsed."""
+        return orjson.loads(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A key-ordered page of items and the cursor of the next one (``None`` at the end)."""
+
+    items: list[Item]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    """What readers and operators see of a namespace."""
+
+    namespace: str
+    generation: int
+    row_count: int
+    refreshed_at: datetime | None
+    last_attempt_at: datetime | None
+    last_error_class: str | None
+    last_error_message: str | None
+    source_version: str | None
+
+    def age_seconds(self, now: datetime | None = None) -> float | None:
+        """Seconds since the last successful refresh (``None`` if there was none)."""
+        if self.refreshed_at is None:
+            return None
+        return ((now or utcnow()) - self.refreshed_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    """The outcome of one successful :meth:`CacheStore.apply`."""
+
+    run_id: int
+    namespace: str
+    generation: int
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated + self.deleted
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One row of the refresh history."""
+
+    id: int
+    namespace: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    generation: int | None
+    rows_inserted: int
+    rows_updated: int
+    rows_deleted: int
+    rows_unchanged: int
+    error_class: str | None
+    error_message: str | None
+    secret_versions: dict[str, str]
+    runner: str
+
+
+class CacheStore:
+    """Reads and refreshes of the shared cache tables on one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        leases: LeaseManager | None = None,
+        remember_etags: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.leases = leases or LeaseManager(engine)
+        self._remember_etags = remember_etags
+        self._etags: dict[str, tuple[int, dict[str, str]]] = {}
+
+    # -- refresh ---------------------------------------------------------------
+
+    def apply(
+        self,
+        namespace: str,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        key_field: str = "id",
+        lease: Lease | None = None,
+        secret_versions: Mapping[str, str] | None = None,
+        source_version: str | None = None,
+        progress: Progress | None = None,
+    ) -> RefreshResult:
+        """Make ``items`` the namespace's complete content, in one step.
+
+        Raises :class:`~refresher.errors.LeaseHeldError` if another refresher
+        holds the namespace, :class:`~refresher.errors.InvalidItemsError` if
+        any item is bad (nothing is written), and
+        :class:`~refresher.errors.StoreError` if the database fails.
+        """
+        check_namespace(namespace)
+        own_lease = lease is None
+        held = self.leases.acquire(lease_name(namespace)) if lease is None else lease
+        try:
+            run_id = self._start_run(namespace, held.holder, secret_versions)
+            try:
+                on_item = None if progress is None else (lambda n: progress("fetch", n, None))
+                rows = prepare(items, key_field, on_item=on_item)
+                return self._commit(namespace, rows, held, run_id, source_version, progress)
+            except BaseException as exc:
+                self._finish_failed_run(namespace, run_id, exc)
+                if isinstance(exc, SQLAlchemyError):
+                    raise _store_error(f"refresh of namespace {namespace!r}", exc) from exc
+                raise
+        finally:
+            if own_lease:
+                self._release_quietly(held)
+
+    def _commit(
+        self,
+        namespace: str,
+        rows: dict[str, Row],
+        lease: Lease,
+        run_id: int,
+        source_version: str | None,
+        progress: Progress | None,
+    ) -> RefreshResult:
+        with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
+            state = conn.execute(
+                sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
+            ).first()
+            generation = 0 if state is None else int(state.generation)
+            changes = diff(rows, self._existing_etags(conn, namespace, generation))
+            if changes.changed:
+                generation += 1
+            now = utcnow()
+            self._write(conn, namespace, changes, generation, now, progress)
+            self._save_state(conn, namespace, state is not None, generation, len(rows), now,
+                             source_version)
+            conn.execute(
+                refresh_runs.update()
+                .where(refresh_runs.c.id == run_id)
+                .values(
+                    status="succeeded",
+                    finished_at=now,
+                    generation=generation,
+                    rows_inserted=len(changes.inserts),
+                    rows_updated=len(changes.updates),
+                    rows_deleted=len(changes.deletes),
+                    rows_unchanged=changes.unchanged,
+                )
+            )
+            self.leases.confirm(conn, lease)
+        if self._remember_etags:
+            self._etags[namespace] = (generation, {k: r.etag for k, r in rows.items()})
+        return RefreshResult(
+            run_id, namespace, generation, len(changes.inserts), len(changes.updates),
+            len(changes.deletes), changes.unchanged,
+        )
+
+    def _existing_etags(self, conn: Connection, namespace: str, generation: int) -> dict[str, str]:
+        remembered = self._etags.get(namespace)
+        if remembered is not None and remembered[0] == generation:
+            return remembered[1]
+        result = conn.execute(
+            sa.select(entries.c.key, entries.c.etag).where(entries.c.namespace == namespace)
+        )
+        return {key: etag for key, etag in result}
+
+    def _write(
+        self,
+        conn: Connection,
+        namespace: str,
+        changes: Diff,
+        generation: int,
+        now: datetime,
+        progress: Progress | None,
+    ) -> None:
+        total = len(changes.inserts) + len(changes.updates) + len(changes.deletes)
+        done = 0
+        if progress is not None:
+            progress("write", done, total)
+        for batch in _batches(changes.deletes):
+            conn.execute(
+                entries.delete().where(
+                    entries.c.namespace == sa.bindparam("ns"), entries.c.key == sa.bindparam("k")
+                ),
+                [{"ns": namespace, "k": key} for key in batch],
+            )
+            done += len(batch)
+            if progress is not None:
+                progress("write", done, total)
+        upserts = {**changes.inserts, **changes.updates}
+        for batch in _batches(list(upserts.items())):
+            params = [
+                {
+                    "namespace": namespace,
+                    "key": key,
+                    "payload": row.payload,
+                    "etag": row.etag,
+                    "generation": generation,
+                    "changed_at": now,
+                }
+                for key, row in batch
+            ]
+            self._upsert(conn, params, changes)
+            done += len(batch)
+            if progress is not None:
+                progress("write", done, total)
+
+    def _upsert(self, conn: Connection, params: list[dict[str, Any]], changes: Diff) -> None:
+        dialect = conn.dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            stmt = insert(entries)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[entries.c.namespace, entries.c.key],
+                    set_={
+                        "payload": stmt.excluded.payload,
+                        "etag": stmt.excluded.etag,
+                        "generation": stmt.excluded.generation,
+                        "changed_at": stmt.excluded.changed_at,
+                    },
+                ),
+                params,
+            )
+            return
+        # T-SQL: the diff already split new keys from changed ones, and the lease
+        # means nobody else writes them, so UPDATE + INSERT needs no MERGE.
+        new = [p for p in params if p["key"] in changes.inserts]
+        changed = [p for p in params if p["key"] not in changes.inserts]
+        if changed:
+            conn.execute(
+                entries.update()
+                .where(
+                    entries.c.namespace == sa.bindparam("b_namespace"),
+                    entries.c.key == sa.bindparam("b_key"),
+                )
+                .values(
+                    payload=sa.bindparam("payload"),
+                    etag=sa.bindparam("etag"),
+                    generation=sa.bindparam("generation"),
+                    changed_at=sa.bindparam("changed_at"),
+                ),
+                [{**p, "b_namespace": p["namespace"], "b_key": p["key"]} for p in changed],
+            )
+        if new:
+            conn.execute(entries.insert(), new)
+
+    def _save_state(
+        self,
+        conn: Connection,
+        namespace: str,
+        exists: bool,
+        generation: int,
+        row_count: int,
+        now: datetime,
+        source_version: str | None,
+    ) -> None:
+        values = {
+            "generation": generation,
+            "row_count": row_count,
+            "refreshed_at": now,
+            "last_attempt_at": now,
+            "last_error_class": None,
+            "last_error_message": None,
+            "source_version": source_version,
+        }
+        if exists:
+            conn.execute(
+                namespaces.update().where(namespaces.c.namespace == namespace).values(values)
+            )
+        else:
+            conn.execute(namespaces.insert().values(namespace=namespace, **values))
+
+    # -- run history -----------------------------------------------------------
+
+    def _start_run(
+        self, namespace: str, runner: str, secret_versions: Mapping[str, str] | None
+    ) -> int:
+        with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
+            # We hold the lease, so any run still marked running was killed.
+            conn.execute(
+                refresh_runs.update()
+                .where(refresh_runs.c.namespace == namespace, refresh_runs.c.status == "running")
+                .values(
+                    status="abandoned",
+                    error_message="the process running this refresh stopped before it finished",
+                )
+            )
+            run_id = conn.execute(
+                refresh_runs.insert().values(
+                    namespace=namespace,
+                    started_at=utcnow(),
+                    status="running",
+                    rows_inserted=0,
+                    rows_updated=0,
+                    rows_deleted=0,
+                    rows_unchanged=0,
+                    secret_versions=_dump_versions(secret_versions),
+                    runner=runner,
+                )
+            ).inserted_primary_key
+            assert run_id is not None
+            return int(run_id[0])
+
+    def _finish_failed_run(self, namespace: str, run_id: int, exc: BaseException) -> None:
+        interrupted = not isinstance(exc, Exception)
+        status = "abandoned" if interrupted else "failed"
+        error_class = type(exc).__name__
+        message = describe_error(exc)
+        now = utcnow()
+        try:
+            with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
+                conn.execute(
+                    refresh_runs.update()
+                    .where(refresh_runs.c.id == run_id)
+                    .values(status=status, finished_at=now, error_class=error_class,
+                            error_message=message)
+                )
+                conn.execute(
+                    namespaces.update()
+                    .where(namespaces.c.namespace == namespace)
+                    .values(last_attempt_at=now, last_error_class=error_class,
+                            last_error_message=message)
+                )
+        except SQLAlchemyError:
+            pass  # the database is what failed; the run stays "running" until the next one
+
+    def _release_quietly(self, lease: Lease) -> None:
+        try:
+            self.leases.release(lease)
+        except SQLAlchemyError:
+            pass  # it expires by itself
+
+    # -- reads -----------------------------------------------------------------
+
+    def get_item(self, namespace: str, key: str) -> Item:
+        """The item ``key`` of ``namespace``, or a not-found error saying which is missing."""
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(entries).where(entries.c.namespace == namespace,
+                                             entries.c.key == key)
+                ).first()
+                if row is None:
+                    self._require_namespace(conn, namespace)
+                    raise ItemNotFoundError(namespace, key)
+        except SQLAlchemyError as exc:
+            raise _store_error(f"read of namespace {namespace!r}", exc) from exc
+        return Item(*row)
+
+    def page(self, namespace: str, *, limit: int = 100, cursor: str | None = None) -> Page:
+        """Up to ``limit`` items in key order, after ``cursor`` (from a previous page)."""
+        if not 1 <= limit <= PAGE_LIMIT_MAX:
+            raise ConfigurationError(f"limit must be between 1 and {PAGE_LIMIT_MAX}")
+        after = None if cursor is None else decode_cursor(namespace, cursor)
+        query = sa.select(entries).where(entries.c.namespace == namespace)
+        if after is not None:
+            query = query.where(entries.c.key > after)
+        query = query.order_by(entries.c.key).limit(limit + 1)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+                if not rows:
+                    self._require_namespace(conn, namespace)
+        except SQLAlchemyError as exc:
+            raise _store_error(f"read of namespace {namespace!r}", exc) from exc
+        items = [Item(*row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items, encode_cursor(namespace, items[-1].key) if more else None)
+
+    def namespace(self, namespace: str) -> NamespaceInfo:
+        """The state of one namespace."""
+        try:
+            with self.engine.connect() as conn:
+                return self._require_namespace(conn, namespace)
+        except SQLAlchemyError as exc:
+            raise _store_error(f"read of namespace {namespace!r}", exc) from exc
+
+    def namespaces(self) -> list[NamespaceInfo]:
+        """Every namespace that was ever refreshed (or tried), by name."""
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.select(namespaces).order_by(namespaces.c.namespace))
+                return [NamespaceInfo(*row) for row in rows]
+        except SQLAlchemyError as exc:
+            raise _store_error("read of the namespaces", exc) from exc
+
+    def runs(self, namespace: str, *, limit: int = 20) -> list[RunRecord]:
+        """The most recent refresh runs of ``namespace``, newest first."""
+        query = (
+            sa.select(refresh_runs)
+            .where(refresh_runs.c.namespace == namespace)
+            .order_by(refresh_runs.c.started_at.desc(), refresh_runs.c.id.desc())
+            .limit(limit)
+        )
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).mappings().all()
+        except SQLAlchemyError as exc:
+            raise _store_error(f"read of the runs of {namespace!r}", exc) from exc
+        return [
+            RunRecord(**{**row, "secret_versions": orjson.loads(row["secret_versions"] or "{}")})
+            for row in rows
+        ]
+
+    def _require_namespace(self, conn: Connection, namespace: str) -> NamespaceInfo:
+        row = conn.execute(sa.select(namespaces).where(namespaces.c.namespace == namespace)).first()
+        if row is None:
+            raise NamespaceNotFoundError(namespace)
+        return NamespaceInfo(*row)
+
+
+def lease_name(namespace: str) -> str:
+    """The lease that guards refreshes of ``namespace``."""
+    return f"refresh:{namespace}"
+
+
+def check_namespace(namespace: str) -> None:
+    """Refuse namespace names the table cannot hold or a URL path cannot carry."""
+    if not namespace or len(namespace) > NAMESPACE_MAX or not all(
+        ch.isalnum() or ch in "-_." for ch in namespace
+    ):
+        raise ConfigurationError(
+            f"namespace name {namespace[:NAMESPACE_MAX]!r} is not valid: use 1 to "
+            f"{NAMESPACE_MAX} letters, digits, '-', '_' or '.'"
+        )
+
+
+def encode_cursor(namespace: str, key: str) -> str:
+    """An opaque cursor that resumes after ``key`` in ``namespace``."""
+    raw = orjson.dumps({"n": namespace, "k": key})
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(namespace: str, cursor: str) -> str:
+    """The key a cursor resumes after; :class:`InvalidCursorError` if it is not ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = orjson.loads(raw)
+        key, owner = data["k"], data["n"]
+    except (binascii.Error, ValueError, TypeError, KeyError) as exc:
+        raise InvalidCursorError(
+            "the cursor is malformed: pass the 'next' cursor of a previous page unchanged"
+        ) from exc
+    if owner != namespace or not isinstance(key, str):
+        raise InvalidCursorError(
+            f"the cursor belongs to another namespace than {namespace!r}: "
+            "start again without a cursor"
+        )
+    return key
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message for the run history: ours as written, foreign ones by class only.
+
+    Our messages are scrubbed by construction; a driver's may quote SQL or
+    parameters, so only its class is kept.
+    """
+    if isinstance(exc, CacheRefresherError):
+        message = str(exc)
+    elif isinstance(exc, SQLAlchemyError):
+        message = _store_error("refresh", exc).args[0]
+    elif not isinstance(exc, Exception):
+        message = f"interrupted ({type(exc).__name__}) before the refresh finished"
+    else:
+        message = f"unexpected {type(exc).__name__}; see the service log"
+    return message[:ERROR_MESSAGE_MAX]
+
+
+def _store_error(what: str, exc: SQLAlchemyError) -> StoreError:
+    orig = getattr(exc, "orig", None)
+    cause = type(orig).__name__ if orig is not None else type(exc).__name__
+    return StoreError(
+        f"the database failed during the {what} ({cause}); the cache is unchanged: "
+        "check that the database is reachable and the tables exist (cache-refresher db init)"
+    )
+
+
+def _dump_versions(versions: Mapping[str, str] | None) -> str | None:
+    return None if not versions else orjson.dumps(dict(versions)).decode()
+
+
+def _batches(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(values), WRITE_BATCH):
+        yield values[start : start + WRITE_BATCH]

@@ -1,0 +1,110 @@
+"""Database engines for the cache, one per database URL.
+
+``create_engine`` applies what each engine needs to serve the cache safely:
+
+- SQLite: WAL journal (readers never block the writer and see the last
+  committed refresh), a busy timeout, and explicit ``BEGIN`` / ``BEGIN
+  IMMEDIATE`` so a refresh takes the write lock up front instead of failing
+  half-way on a lock upgrade.
+- PostgreSQL (psycopg 3): pre-ping, so a restarted server costs no request.
+- Azure SQL (``mssql+pyodbc``): ``fast_executemany`` for batched writes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+
+from refresher.errors import ConfigurationError, StoreError
+from refresher.schema import metadata
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for another's lock before giving up."""
+
+IMMEDIATE = {"sqlite_begin": "BEGIN IMMEDIATE"}
+"""Execution options for a connection that will write (takes SQLite's lock at BEGIN)."""
+
+
+def create_engine(url: str, **kwargs: Any) -> Engine:
+    """Build the engine for ``url`` with the per-dialect settings above."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            "the database URL could not be parsed: give a SQLAlchemy URL such as "
+            "sqlite:///path/cache.db or postgresql+psycopg://user@host/db"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, parsed.database, **kwargs)
+    if backend == "mssql":
+        kwargs.setdefault("fast_executemany", True)
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(url, **kwargs)
+
+
+def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" hook below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+    return engine
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def db_now(conn: Connection) -> datetime:
+    """The database server's current UTC time.
+
+    Leases compare times written by different machines, so they all use the
+    database's clock rather than their own.
+    """
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+    elif dialect == "mssql":
+        value = conn.exec_driver_sql("SELECT SYSUTCDATETIME()").scalar_one()
+    else:
+        # SQLite runs in this process: its clock is ours.
+        return utcnow()
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def init_schema(engine: Engine) -> None:
+    """Create the cache tables that do not exist yet.
+
+    Raises ``StoreError`` naming the reviewed DDL in ``sql/`` when the URL's
+    identity may not create tables (the production case: a DBA applies it).
+    """
+    try:
+        metadata.create_all(engine)
+    except (ProgrammingError, OperationalError) as exc:
+        raise StoreError(
+            f"could not create the cache tables on the {engine.dialect.name} database "
+            f"({type(exc.orig).__name__}): this identity may lack DDL rights; "
+            "have a DBA apply the reviewed DDL (cache-refresher db sql --dialect ...)"
+        ) from exc

@@ -1,0 +1,133 @@
+"""The cache tables as SQLAlchemy Core metadata.
+
+These definitions are the source of truth for the reviewed DDL in ``sql/``
+(``cache-refresher db sql --dialect ...`` prints it; a test proves the files
+match on every dialect it can reach).
+
+- ``cache_entries``: one row per (namespace, key); ``etag`` is the SHA-256 of
+  the canonical JSON payload, ``generation`` the namespace generation that last
+  wrote the row, ``changed_at`` when its content last changed.
+- ``cache_namespaces``: per namespace, the generation readers see, its row
+  count, the last success / attempt / error.
+- ``cache_refresh_runs``: the history of refreshes, with the secret *names and
+  versions* a run used (never values) and which process ran it.
+- ``cache_leases``: one row per lease (``refresh:<namespace>``), with a
+  fencing token that grows on every change of holder.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    Unicode,
+    UnicodeText,
+)
+
+NAMESPACE_MAX = 100
+"""Longest namespace name (characters)."""
+
+KEY_MAX = 256
+"""Longest item key (characters). With ``NAMESPACE_MAX`` it keeps the primary
+key within Azure SQL's 900-byte clustered index limit (NVARCHAR: 2 bytes/char)."""
+
+ERROR_MESSAGE_MAX = 2000
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every engine.
+
+    SQLite has no timezone type: values are stored as naive UTC and given their
+    ``UTC`` tzinfo back when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware (UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+entries = Table(
+    "cache_entries",
+    metadata,
+    Column("namespace", Unicode(NAMESPACE_MAX), primary_key=True),
+    Column("key", Unicode(KEY_MAX), primary_key=True),
+    Column("payload", UnicodeText, nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+)
+
+namespaces = Table(
+    "cache_namespaces",
+    metadata,
+    Column("namespace", Unicode(NAMESPACE_MAX), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("row_count", BigInteger, nullable=False),
+    Column("refreshed_at", UTCDateTime, nullable=True),
+    Column("last_attempt_at", UTCDateTime, nullable=True),
+    Column("last_error_class", String(200), nullable=True),
+    Column("last_error_message", Unicode(ERROR_MESSAGE_MAX), nullable=True),
+    Column("source_version", Unicode(200), nullable=True),
+)
+
+refresh_runs = Table(
+    "cache_refresh_runs",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        Identity(),
+        primary_key=True,
+    ),
+    Column("namespace", Unicode(NAMESPACE_MAX), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("generation", BigInteger, nullable=True),
+    Column("rows_inserted", Integer, nullable=False),
+    Column("rows_updated", Integer, nullable=False),
+    Column("rows_deleted", Integer, nullable=False),
+    Column("rows_unchanged", Integer, nullable=False),
+    Column("error_class", String(200), nullable=True),
+    Column("error_message", Unicode(ERROR_MESSAGE_MAX), nullable=True),
+    Column("secret_versions", UnicodeText, nullable=True),
+    Column("runner", Unicode(200), nullable=False),
+    Index("ix_cache_refresh_runs_namespace_started", "namespace", "started_at"),
+)
+
+leases = Table(
+    "cache_leases",
+    metadata,
+    Column("name", Unicode(200), primary_key=True),
+    Column("holder", Unicode(200), nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
