@@ -1,0 +1,274 @@
+"""The cache store on SQLite and PostgreSQL: refresh, diff, reads, history."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from refresher.cache import CacheStore, encode_cursor
+from refresher.errors import (
+    ConfigurationError,
+    InvalidCursorError,
+    InvalidItemsError,
+    ItemNotFoundError,
+    NamespaceNotFoundError,
+)
+from refresher.lease import LeaseManager
+from refresher.schema import KEY_MAX, entries
+
+
+def catalogue(count: int, *, start: int = 0, version: int = 1) -> list[dict[str, Any]]:
+    return [
+        {"id": f"item-{i:05d}", "name": f"Item {i}", "price": i * 3 % 97, "version": version}
+        for i in range(start, start + count)
+    ]
+
+
+def stored(engine: Engine, namespace: str) -> dict[str, tuple[str, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(entries.c.key, entries.c.etag, entries.c.generation).where(
+                entries.c.namespace == namespace
+            )
+        )
+        return {key: (etag, generation) for key, etag, generation in rows}
+
+
+def test_first_refresh_inserts_every_item(store: CacheStore) -> None:
+    result = store.apply("products", catalogue(50))
+
+    assert (result.inserted, result.updated, result.deleted, result.unchanged) == (50, 0, 0, 0)
+    assert result.generation == 1
+    item = store.get_item("products", "item-00007")
+    assert item.data() == {"id": "item-00007", "name": "Item 7", "price": 21, "version": 1}
+    assert item.etag == hashlib.sha256(item.payload.encode()).hexdigest()
+    assert item.generation == 1
+
+
+def test_refresh_writes_only_changed_rows_and_deletes_vanished(
+    store: CacheStore, engine: Engine
+) -> None:
+    store.apply("products", catalogue(10))
+    before = stored(engine, "products")
+    items = catalogue(8)  # items 8 and 9 vanish
+    items[2]["price"] = 1000  # one changes
+    items.append({"id": "item-00099", "name": "new", "price": 1, "version": 1})
+
+    result = store.apply("products", items)
+
+    assert (result.inserted, result.updated, result.deleted, result.unchanged) == (1, 1, 2, 7)
+    after = stored(engine, "products")
+    assert set(after) == {f"item-{i:05d}" for i in range(8)} | {"item-00099"}
+    assert after["item-00002"][1] == 2 and after["item-00002"][0] != before["item-00002"][0]
+    assert all(after[k] == before[k] for k in after if k not in {"item-00002", "item-00099"})
+
+
+def test_unchanged_refresh_writes_nothing_and_keeps_the_generation(store: CacheStore) -> None:
+    first = store.apply("products", catalogue(20))
+    info_before = store.namespace("products")
+
+    result = store.apply("products", list(reversed(catalogue(20))))
+
+    assert result.written == 0 and result.unchanged == 20
+    info = store.namespace("products")
+    assert info.generation == first.generation
+    assert info.refreshed_at is not None and info_before.refreshed_at is not None
+    assert info.refreshed_at >= info_before.refreshed_at
+
+
+def test_field_order_does_not_count_as_a_change(store: CacheStore) -> None:
+    store.apply("products", [{"id": "a", "x": 1, "y": 2}])
+
+    result = store.apply("products", [{"y": 2, "x": 1, "id": "a"}])
+
+    assert result.unchanged == 1 and result.written == 0
+
+
+def test_a_cold_store_computes_the_same_diff(store: CacheStore, engine: Engine) -> None:
+    store.apply("products", catalogue(30))
+    cold = CacheStore(engine, leases=LeaseManager(engine, holder="other"))
+
+    result = cold.apply("products", catalogue(29))
+
+    assert (result.deleted, result.unchanged) == (1, 29)
+
+
+def test_remembered_etags_are_dropped_when_another_process_wrote(
+    store: CacheStore, engine: Engine
+) -> None:
+    store.apply("products", catalogue(10))
+    other = CacheStore(engine, leases=LeaseManager(engine, holder="other"))
+    other.apply("products", catalogue(10, version=2))
+
+    result = store.apply("products", catalogue(10, version=2))
+
+    assert result.unchanged == 10 and result.written == 0
+
+
+def test_namespaces_are_kept_apart(store: CacheStore) -> None:
+    store.apply("a", catalogue(5))
+    store.apply("b", catalogue(3))
+
+    store.apply("a", [])
+
+    assert [(n.namespace, n.row_count) for n in store.namespaces()] == [("a", 0), ("b", 3)]
+    assert len(store.page("b").items) == 3
+
+
+def test_pages_walk_every_key_once_in_order(store: CacheStore) -> None:
+    store.apply("products", catalogue(25))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.page("products", limit=7, cursor=cursor)
+        seen.extend(item.key for item in page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+
+    assert seen == sorted(f"item-{i:05d}" for i in range(25))
+
+
+def test_a_cursor_from_another_namespace_is_refused(store: CacheStore) -> None:
+    store.apply("products", catalogue(3))
+
+    with pytest.raises(InvalidCursorError, match="another namespace"):
+        store.page("products", cursor=encode_cursor("users", "item-00001"))
+
+
+@pytest.mark.parametrize("cursor", ["%%%", "bm90IGpzb24", "e30", "W10"])
+def test_a_malformed_cursor_is_refused(store: CacheStore, cursor: str) -> None:
+    store.apply("products", catalogue(3))
+
+    with pytest.raises(InvalidCursorError, match="malformed"):
+        store.page("products", cursor=cursor)
+
+
+@pytest.mark.parametrize("limit", [0, 1001])
+def test_a_page_limit_out_of_range_is_refused(store: CacheStore, limit: int) -> None:
+    with pytest.raises(ConfigurationError, match="limit must be between 1 and 1000"):
+        store.page("products", limit=limit)
+
+
+def test_missing_item_and_missing_namespace_are_told_apart(store: CacheStore) -> None:
+    store.apply("products", catalogue(3))
+
+    with pytest.raises(ItemNotFoundError, match="no item with key 'nope'"):
+        store.get_item("products", "nope")
+    with pytest.raises(NamespaceNotFoundError, match="'elsewhere' has no data"):
+        store.get_item("elsewhere", "item-00001")
+    with pytest.raises(NamespaceNotFoundError):
+        store.page("elsewhere")
+    with pytest.raises(NamespaceNotFoundError):
+        store.namespace("elsewhere")
+
+
+def test_namespace_info_tells_rows_generation_and_age(store: CacheStore) -> None:
+    store.apply("products", catalogue(12))
+
+    info = store.namespace("products")
+
+    assert (info.row_count, info.generation) == (12, 1)
+    age = info.age_seconds()
+    assert age is not None and 0 <= age < 60
+
+
+def test_runs_record_counts_secret_versions_and_runner(store: CacheStore) -> None:
+    store.apply("products", catalogue(4), secret_versions={"upstream-key": "v1abc"})
+    store.apply("products", catalogue(3))
+
+    newest, oldest = store.runs("products")
+
+    assert newest.status == oldest.status == "succeeded"
+    assert (newest.rows_deleted, newest.rows_unchanged) == (1, 3)
+    assert oldest.rows_inserted == 4 and oldest.secret_versions == {"upstream-key": "v1abc"}
+    assert newest.secret_versions == {}
+    assert newest.runner == "test-holder"
+    assert newest.finished_at is not None and newest.finished_at >= newest.started_at
+
+
+class Unserialisable:
+    pass
+
+
+BAD_BATCHES: dict[str, tuple[list[Any], str]] = {
+    "missing key": ([{"id": "a"}, {"name": "no id"}], "item 1: has no key field 'id'"),
+    "duplicate key": ([{"id": "a"}, {"id": "b"}, {"id": "a"}], "item 2: duplicate key 'a'"),
+    "not JSON": (
+        [{"id": "a", "when": Unserialisable()}],
+        "item 0 (key 'a'): payload is not JSON",
+    ),
+    "key too long": (
+        [{"id": "k" * (KEY_MAX + 1)}],
+        f"is {KEY_MAX + 1} characters; the longest key the cache stores is {KEY_MAX}",
+    ),
+    "empty key": ([{"id": ""}], "item 0: key field 'id' is empty"),
+    "key of wrong type": ([{"id": 1.5}], "key field 'id' is a float"),
+    "not an object": ([["a", "list"]], "item 0: is a list, not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES)
+def test_bad_items_are_refused_whole_and_nothing_is_written(
+    store: CacheStore, engine: Engine, case: str
+) -> None:
+    store.apply("products", catalogue(5))
+    before = stored(engine, "products")
+    bad, expected = BAD_BATCHES[case]
+
+    with pytest.raises(InvalidItemsError) as caught:
+        store.apply("products", bad + catalogue(5, version=2))
+
+    assert expected in str(caught.value)
+    assert "nothing was written" in str(caught.value)
+    assert stored(engine, "products") == before
+    assert store.namespace("products").generation == 1
+    failed = store.runs("products")[0]
+    assert failed.status == "failed" and failed.error_class == "InvalidItemsError"
+
+
+def test_every_problem_is_counted_but_only_the_first_few_are_listed(store: CacheStore) -> None:
+    with pytest.raises(InvalidItemsError, match=r"refused 12 of 12 items.*and 7 more"):
+        store.apply("products", [{"name": "no id"}] * 12)
+
+
+def test_integer_keys_are_stored_as_text(store: CacheStore) -> None:
+    store.apply("numbers", [{"id": 7, "v": "seven"}])
+
+    assert store.get_item("numbers", "7").data() == {"id": 7, "v": "seven"}
+
+
+def test_another_key_field_can_be_named(store: CacheStore) -> None:
+    store.apply("users", [{"upn": "ada@example.com", "n": 1}], key_field="upn")
+
+    assert store.get_item("users", "ada@example.com").data()["n"] == 1
+
+
+@pytest.mark.parametrize("name", ["", "has space", "slash/y", "x" * 101])
+def test_bad_namespace_names_are_refused(store: CacheStore, name: str) -> None:
+    with pytest.raises(ConfigurationError, match="is not valid"):
+        store.apply(name, [])
+
+
+def test_progress_reports_items_then_writes(store: CacheStore) -> None:
+    events: list[tuple[str, int, int | None]] = []
+
+    store.apply("products", catalogue(2500), progress=lambda *e: events.append(e))
+
+    assert ("fetch", 2000, None) in events and ("fetch", 2500, None) in events
+    writes = [e for e in events if e[0] == "write"]
+    assert writes[0] == ("write", 0, 2500) and writes[-1] == ("write", 2500, 2500)
+
+
+def test_payload_is_canonical_json(store: CacheStore) -> None:
+    store.apply("products", [{"id": "a", "z": [1, {"b": 2, "a": 1}], "m": None}])
+
+    payload = store.get_item("products", "a").payload
+
+    assert payload == '{"id":"a","m":null,"z":[1,{"a":1,"b":2}]}'
+    assert orjson.loads(payload)["z"][1] == {"a": 1, "b": 2}

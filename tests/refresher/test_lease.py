@@ -1,0 +1,132 @@
+"""Leases on SQLite and PostgreSQL: one holder at a time, expiry, fencing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from refresher.cache import CacheStore, lease_name
+from refresher.db import IMMEDIATE
+from refresher.errors import LeaseHeldError, LeaseLostError
+from refresher.lease import LeaseManager
+
+SHORT_TTL = 0.4
+
+
+def test_a_held_lease_is_refused_to_another_holder(engine: Engine) -> None:
+    first = LeaseManager(engine, holder="first")
+    first.acquire("refresh:a")
+
+    with pytest.raises(LeaseHeldError, match="held by 'first'"):
+        LeaseManager(engine, holder="second").acquire("refresh:a")
+
+
+def test_the_same_holder_cannot_take_a_held_lease_twice(engine: Engine) -> None:
+    manager = LeaseManager(engine, holder="only")
+    manager.acquire("refresh:a")
+
+    with pytest.raises(LeaseHeldError):
+        manager.acquire("refresh:a")
+
+
+def test_a_released_lease_can_be_taken_at_once_with_a_new_token(engine: Engine) -> None:
+    first, second = LeaseManager(engine, holder="first"), LeaseManager(engine, holder="second")
+    lease = first.acquire("refresh:a")
+    first.release(lease)
+
+    taken = second.acquire("refresh:a")
+
+    assert taken.holder == "second" and taken.token == lease.token + 1
+
+
+def test_leases_of_other_names_are_independent(engine: Engine) -> None:
+    LeaseManager(engine, holder="first").acquire("refresh:a")
+
+    assert LeaseManager(engine, holder="second").acquire("refresh:b").holder == "second"
+
+
+def test_a_dead_holders_lease_expires(engine: Engine) -> None:
+    LeaseManager(engine, holder="dead", ttl=SHORT_TTL).acquire("refresh:a")
+    time.sleep(SHORT_TTL + 0.1)
+
+    assert LeaseManager(engine, holder="next").acquire("refresh:a").holder == "next"
+
+
+def test_renewing_keeps_the_lease_past_its_first_ttl(engine: Engine) -> None:
+    holder = LeaseManager(engine, holder="holder", ttl=SHORT_TTL)
+    lease = holder.acquire("refresh:a")
+    time.sleep(SHORT_TTL / 2)
+    renewed = holder.renew(lease)
+    time.sleep(SHORT_TTL / 2 + 0.05)
+
+    assert renewed.expires_at > lease.expires_at
+    with pytest.raises(LeaseHeldError):
+        LeaseManager(engine, holder="other").acquire("refresh:a")
+
+
+def test_renewing_a_lease_taken_over_fails(engine: Engine) -> None:
+    slow = LeaseManager(engine, holder="slow", ttl=SHORT_TTL)
+    lease = slow.acquire("refresh:a")
+    time.sleep(SHORT_TTL + 0.1)
+    LeaseManager(engine, holder="fast").acquire("refresh:a")
+
+    with pytest.raises(LeaseLostError, match="no longer held by 'slow'"):
+        slow.renew(lease)
+
+
+def test_releasing_a_lost_lease_leaves_the_new_holder_alone(engine: Engine) -> None:
+    slow = LeaseManager(engine, holder="slow", ttl=SHORT_TTL)
+    lease = slow.acquire("refresh:a")
+    time.sleep(SHORT_TTL + 0.1)
+    LeaseManager(engine, holder="fast").acquire("refresh:a")
+
+    slow.release(lease)
+
+    with pytest.raises(LeaseHeldError, match="held by 'fast'"):
+        LeaseManager(engine, holder="third").acquire("refresh:a")
+
+
+def test_confirm_inside_a_transaction_fences_a_lost_lease(engine: Engine) -> None:
+    slow = LeaseManager(engine, holder="slow", ttl=SHORT_TTL)
+    lease = slow.acquire("refresh:a")
+    time.sleep(SHORT_TTL + 0.1)
+
+    with (
+        pytest.raises(LeaseLostError),
+        engine.connect().execution_options(**IMMEDIATE) as conn,
+        conn.begin(),
+    ):
+        slow.confirm(conn, lease)
+
+
+def test_apply_under_a_lost_lease_writes_nothing(engine: Engine) -> None:
+    leases = LeaseManager(engine, holder="slow", ttl=SHORT_TTL)
+    store = CacheStore(engine, leases=leases)
+    store.apply("products", [{"id": "a", "v": 1}])
+    lease = leases.acquire(lease_name("products"))
+    time.sleep(SHORT_TTL + 0.1)
+    LeaseManager(engine, holder="fast").acquire(lease_name("products"))
+
+    with pytest.raises(LeaseLostError):
+        store.apply("products", [{"id": "a", "v": 2}], lease=lease)
+
+    assert store.get_item("products", "a").data() == {"id": "a", "v": 1}
+    assert store.runs("products")[0].error_class == "LeaseLostError"
+
+
+def test_apply_under_a_held_lease_keeps_it(engine: Engine) -> None:
+    leases = LeaseManager(engine, holder="scheduler")
+    store = CacheStore(engine, leases=leases)
+    lease = leases.acquire(lease_name("products"))
+
+    store.apply("products", [{"id": "a"}], lease=lease)
+
+    with pytest.raises(LeaseHeldError, match="held by 'scheduler'"):
+        LeaseManager(engine, holder="other").acquire(lease_name("products"))
+
+
+def test_a_ttl_must_be_positive(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        LeaseManager(engine, ttl=0)
