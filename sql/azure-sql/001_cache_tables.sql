@@ -1,0 +1,73 @@
+-- cache-refresher: the cache tables, for Azure SQL Database.
+--
+-- Reviewed DDL a DBA applies once per database, before the service starts.
+-- The service itself never runs DDL in production: its identity gets only
+-- SELECT/INSERT/UPDATE/DELETE on these tables (002_app_identity_user.sql).
+--
+-- Apply it connected to the *user* database (not master) as a user allowed to
+-- create tables, e.g. the server's Microsoft Entra admin:
+--
+--   sqlcmd -S <server>.database.windows.net -d <database> \
+--       --authentication-method ActiveDirectoryDefault -b \
+--       -i sql/azure-sql/001_cache_tables.sql
+--
+-- (go-sqlcmd; with the ODBC sqlcmd use -G instead of --authentication-method),
+-- or open it in Azure Data Studio / SSMS / VS Code (mssql) and run it.
+-- The tables are created in the applier's default schema (dbo for an Entra
+-- admin), which is where the service and 002_app_identity_user.sql expect them.
+--
+-- Generated from refresher/schema.py: the statements below must stay exactly
+-- what `cache-refresher db sql --dialect azure-sql` prints (a test checks).
+-- Change the schema in the code and regenerate the statements; never edit
+-- them by hand.
+
+CREATE TABLE cache_entries (
+    namespace NVARCHAR(100) NOT NULL,
+    [key] NVARCHAR(256) NOT NULL,
+    payload NVARCHAR(max) NOT NULL,
+    etag VARCHAR(64) NOT NULL,
+    generation BIGINT NOT NULL,
+    changed_at DATETIMEOFFSET NOT NULL,
+    PRIMARY KEY (namespace, [key])
+);
+
+CREATE TABLE cache_leases (
+    name NVARCHAR(200) NOT NULL,
+    holder NVARCHAR(200) NOT NULL,
+    token BIGINT NOT NULL,
+    acquired_at DATETIMEOFFSET NOT NULL,
+    expires_at DATETIMEOFFSET NOT NULL,
+    PRIMARY KEY (name)
+);
+
+CREATE TABLE cache_namespaces (
+    namespace NVARCHAR(100) NOT NULL,
+    generation BIGINT NOT NULL,
+    row_count BIGINT NOT NULL,
+    refreshed_at DATETIMEOFFSET NULL,
+    last_attempt_at DATETIMEOFFSET NULL,
+    last_error_class VARCHAR(200) NULL,
+    last_error_message NVARCHAR(2000) NULL,
+    source_version NVARCHAR(200) NULL,
+    PRIMARY KEY (namespace)
+);
+
+CREATE TABLE cache_refresh_runs (
+    id BIGINT NOT NULL IDENTITY,
+    namespace NVARCHAR(100) NOT NULL,
+    started_at DATETIMEOFFSET NOT NULL,
+    finished_at DATETIMEOFFSET NULL,
+    status VARCHAR(20) NOT NULL,
+    generation BIGINT NULL,
+    rows_inserted INTEGER NOT NULL,
+    rows_updated INTEGER NOT NULL,
+    rows_deleted INTEGER NOT NULL,
+    rows_unchanged INTEGER NOT NULL,
+    error_class VARCHAR(200) NULL,
+    error_message NVARCHAR(2000) NULL,
+    secret_versions NVARCHAR(max) NULL,
+    runner NVARCHAR(200) NOT NULL,
+    PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_cache_refresh_runs_namespace_started ON cache_refresh_runs (namespace, started_at);
