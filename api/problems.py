@@ -1,0 +1,140 @@
+"""HTTP errors as ``application/problem+json`` (RFC 9457), mapped in one place.
+
+Routes raise our domain errors (:mod:`refresher.errors`); this module picks
+the status by the error's class, walking its MRO so a subclass inherits its
+parent's status unless it has its own:
+
+    NotFoundError (NamespaceNotFoundError, ItemNotFoundError)   404
+    InvalidCursorError, InvalidItemsError, ConfigurationError   422
+    LeaseError (LeaseHeldError, LeaseLostError)                 409
+    StoreError                                                  503 (with Retry-After)
+    any other CacheRefresherError                               500
+
+FastAPI's request validation errors become a 422 problem listing each bad
+parameter (without echoing its value), Starlette's HTTP errors (unknown route,
+wrong method) keep their status, and anything unexpected is a bare 500
+problem. A response never carries a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from refresher.errors import (
+    CacheRefresherError,
+    ConfigurationError,
+    InvalidCursorError,
+    InvalidItemsError,
+    LeaseError,
+    NotFoundError,
+    StoreError,
+)
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS_BY_ERROR: Mapping[type[CacheRefresherError], int] = MappingProxyType(
+    {
+        NotFoundError: 404,
+        InvalidCursorError: 422,
+        InvalidItemsError: 422,
+        ConfigurationError: 422,
+        LeaseError: 409,
+        StoreError: 503,
+    }
+)
+"""The HTTP status of each error class; subclasses inherit along the MRO."""
+
+RETRY_AFTER_SECONDS = 5
+"""What a 503 tells clients to wait: the database may be back by then."""
+
+
+def status_for(error: CacheRefresherError) -> int:
+    """The status of ``error``: that of the nearest class in its MRO with one, else 500."""
+    for cls in type(error).__mro__:
+        status = STATUS_BY_ERROR.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
+def problem(status: int, detail: str, *, instance: str | None = None, **extra: Any) -> Response:
+    """A problem+json response with the standard title of ``status``."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    body.update(extra)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return Response(
+        orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn errors into problems on ``app``."""
+    app.add_exception_handler(CacheRefresherError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CacheRefresherError)
+    status = status_for(exc)
+    if status >= 500:
+        logger.warning(
+            "%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc
+        )
+    return problem(status, str(exc), instance=request.url.path)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"location": [str(part) for part in error.get("loc", ())], "message": error.get("msg", "")}
+        for error in exc.errors()
+    ]
+    where = "; ".join(f"{'.'.join(e['location'])}: {e['message']}" for e in errors)
+    return problem(
+        422, f"invalid request parameters: {where}", instance=request.url.path, errors=errors
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        detail = f"there is no route {request.url.path!r}: see /docs for the routes"
+    else:
+        detail = str(exc.detail)
+    response = problem(exc.status_code, detail, instance=request.url.path)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.error(
+        "%s %s failed with an unexpected %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc_info=exc,
+    )
+    return problem(
+        500, "the service failed unexpectedly; the error is in its log", instance=request.url.path
+    )

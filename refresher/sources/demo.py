@@ -1,0 +1,162 @@
+"""A bundled, deterministic demo source: a product catalogue that changes a little each round.
+
+``cache-refresher dev`` serves it as the namespace ``demo`` so there is
+something to call without any upstream system, and tests use it to predict
+exactly what a refresh writes.
+
+Each :meth:`DemoSource.fetch` returns the catalogue of the next *round*:
+round 0 is ``size`` products; every later round updates the price and stock of
+about ``change_fraction`` of them, removes about ``churn_fraction`` and adds as
+many new ones. Everything follows from ``seed`` and the round number (each
+round draws from its own ``random.Random(f"{seed}:{round}")``), so two sources
+with the same seed produce the same rounds, and :attr:`DemoSource.last_round`
+says what the last fetch changed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Any
+
+CATEGORIES = ("books", "garden", "kitchen", "music", "outdoor", "office", "tools", "toys")
+ADJECTIVES = ("ample", "bright", "calm", "deft", "eager", "fine", "grand", "handy", "keen", "lucid")
+NOUNS = ("anchor", "basket", "candle", "drawer", "easel", "funnel", "grater", "hammock", "ladle")
+COLOURS = ("amber", "azure", "coral", "ivory", "jade", "olive", "slate", "umber")
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """One catalogue entry; :meth:`item` renders it as the cached JSON object."""
+
+    number: int
+    name: str
+    category: str
+    colour: str
+    price_cents: int
+    stock: int
+    created_round: int
+    updated_round: int
+
+    @property
+    def key(self) -> str:
+        return f"sku-{self.number:06d}"
+
+    def item(self) -> dict[str, Any]:
+        """The product as a JSON-ready mapping of a few hundred bytes."""
+        return {
+            "id": self.key,
+            "name": self.name,
+            "category": self.category,
+            "colour": self.colour,
+            "price": {
+                "amount": f"{self.price_cents // 100}.{self.price_cents % 100:02d}",
+                "currency": "EUR",
+            },
+            "stock": self.stock,
+            "available": self.stock > 0,
+            "created_round": self.created_round,
+            "updated_round": self.updated_round,
+            "description": (
+                f"The {self.name.lower()} in {self.colour}: a dependable pick from our "
+                f"{self.category} range, made to last and easy to care for."
+            ),
+            "tags": [self.category, self.colour, "demo"],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RoundChanges:
+    """What one round changed, by key (round 0 adds the whole catalogue)."""
+
+    round: int
+    updated: frozenset[str]
+    removed: frozenset[str]
+    added: frozenset[str]
+
+
+class DemoSource:
+    """The demo catalogue; each :meth:`fetch` advances one round."""
+
+    kind = "demo"
+    key_field = "id"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        size: int = 3000,
+        change_fraction: float = 0.01,
+        churn_fraction: float = 0.002,
+    ) -> None:
+        if size < 1:
+            raise ValueError("the demo catalogue needs at least one product")
+        if not (0 <= change_fraction <= 1 and 0 <= churn_fraction <= 1):
+            raise ValueError("change_fraction and churn_fraction must be between 0 and 1")
+        self.seed = seed
+        self.size = size
+        self.change_fraction = change_fraction
+        self.churn_fraction = churn_fraction
+        self._products: dict[str, Product] = {}
+        self._next_number = 1
+        self.last_round: RoundChanges | None = None
+        """What the last fetch changed; ``None`` before the first."""
+
+    def fetch(self) -> list[dict[str, Any]]:
+        """The catalogue of the next round, in key order."""
+        number = 0 if self.last_round is None else self.last_round.round + 1
+        rng = random.Random(f"{self.seed}:{number}")
+        if number == 0:
+            added = self._add(rng, self.size, number)
+            self.last_round = RoundChanges(0, frozenset(), frozenset(), frozenset(added))
+        else:
+            self.last_round = self._advance(rng, number)
+        return [self._products[key].item() for key in sorted(self._products)]
+
+    def _advance(self, rng: random.Random, number: int) -> RoundChanges:
+        keys = sorted(self._products)
+        updated = rng.sample(keys, _portion(len(keys), self.change_fraction))
+        for key in updated:
+            self._products[key] = _restock(rng, self._products[key], number)
+        churn = min(_portion(len(keys), self.churn_fraction), len(keys) - 1)
+        removed = rng.sample(sorted(set(keys) - set(updated)), churn)
+        for key in removed:
+            del self._products[key]
+        added = self._add(rng, churn, number)
+        return RoundChanges(number, frozenset(updated), frozenset(removed), frozenset(added))
+
+    def _add(self, rng: random.Random, count: int, number: int) -> list[str]:
+        keys: list[str] = []
+        for _ in range(count):
+            product = _new_product(rng, self._next_number, number)
+            self._products[product.key] = product
+            self._next_number += 1
+            keys.append(product.key)
+        return keys
+
+
+def _portion(total: int, fraction: float) -> int:
+    """``fraction`` of ``total``, at least one when the fraction is not zero."""
+    if fraction == 0 or total == 0:
+        return 0
+    return min(total, max(1, round(total * fraction)))
+
+
+def _new_product(rng: random.Random, number: int, created: int) -> Product:
+    adjective, noun = rng.choice(ADJECTIVES), rng.choice(NOUNS)
+    return Product(
+        number=number,
+        name=f"{adjective.title()} {noun}",
+        category=rng.choice(CATEGORIES),
+        colour=rng.choice(COLOURS),
+        price_cents=rng.randrange(199, 25_000),
+        stock=rng.randrange(0, 500),
+        created_round=created,
+        updated_round=created,
+    )
+
+
+def _restock(rng: random.Random, product: Product, number: int) -> Product:
+    """The product after a round's change: a new price and stock level."""
+    price = max(99, product.price_cents + rng.randrange(-500, 501))
+    return replace(product, price_cents=price, stock=rng.randrange(0, 500), updated_round=number)
