@@ -1,0 +1,94 @@
+"""The Entra ID server: :class:`~devstack.entra.Entra` over HTTP (a Starlette app).
+
+Route names are the counter keys: ``openid_configuration``, ``instance_discovery``,
+``jwks`` and ``token``. Fault injection answers in Entra's error shape with
+``Retry-After`` when one is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from devstack import aadsts
+from devstack.aadsts import EntraError
+from devstack.entra import Entra
+from devstack.traffic import Counters, Fault, Faults, TrafficMiddleware
+
+NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
+
+
+def create_entra_app(entra: Entra, *, counters: Counters, faults: Faults) -> Starlette:
+    """The ASGI app serving ``entra``, counting into ``counters``, failing per ``faults``."""
+
+    async def openid_configuration(request: Request) -> Response:
+        tenant = request.path_params["tenant"]
+        return _answer(entra, request, lambda: entra.openid_configuration(tenant))
+
+    async def instance_discovery(request: Request) -> Response:
+        endpoint = request.query_params.get("authorization_endpoint", "")
+        body = entra.instance_discovery(endpoint)
+        return JSONResponse(body, status_code=400 if "error" in body else 200)
+
+    async def jwks(request: Request) -> Response:
+        return JSONResponse(entra.jwks())
+
+    async def token(request: Request) -> Response:
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        tenant = request.path_params["tenant"]
+        authorization = request.headers.get("authorization")
+        return _answer(entra, request, lambda: entra.token(tenant, form, authorization), NO_STORE)
+
+    routes = [
+        Route("/common/discovery/instance", instance_discovery, name="instance_discovery"),
+        Route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            openid_configuration,
+            name="openid_configuration",
+        ),
+        Route("/{tenant}/discovery/v2.0/keys", jwks, name="jwks"),
+        Route("/{tenant}/discovery/keys", jwks, name="jwks"),
+        Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"], name="token"),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(
+        TrafficMiddleware,
+        routes=routes,
+        counters=counters,
+        faults=faults,
+        render=lambda fault: _fault_response(entra, fault),
+    )
+    return app
+
+
+def _answer(
+    entra: Entra,
+    request: Request,
+    produce: Callable[[], dict[str, Any]],
+    headers: dict[str, str] | None = None,
+) -> Response:
+    try:
+        return JSONResponse(produce(), headers=headers)
+    except EntraError as error:
+        return _error_response(entra, error, request.headers.get("client-request-id"))
+
+
+def _error_response(
+    entra: Entra,
+    error: EntraError,
+    correlation_id: str | None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = error.body(now=entra.clock(), base_url=entra.base_url, correlation_id=correlation_id)
+    return JSONResponse(body, status_code=error.status, headers={**NO_STORE, **(headers or {})})
+
+
+def _fault_response(entra: Entra, fault: Fault) -> Response:
+    headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+    return _error_response(entra, aadsts.transient(fault.status), None, headers)
