@@ -28,18 +28,14 @@ class Row(NamedTuple):
     etag: str
 
 
-def canonical_json(item: Mapping[str, Any]) -> bytes:
-    """The payload's canonical form: sorted keys, no insignificant whitespace.
+def row(payload: bytes) -> Row:
+    """The stored form of a canonical payload and its strong ETag (hex SHA-256).
 
-    Two items with the same content give the same bytes, whatever the order
-    their fields arrived in, so the content hash changes only with content.
+    Payloads are canonical JSON (sorted keys, no insignificant whitespace), so
+    the same content gives the same bytes and the same etag, whatever order
+    its fields arrived in.
     """
-    return orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
-
-
-def content_hash(payload: bytes) -> str:
-    """The strong ETag of a payload: hex SHA-256 of its canonical JSON."""
-    return hashlib.sha256(payload).hexdigest()
+    return Row(payload.decode(), hashlib.sha256(payload).hexdigest())
 
 
 def prepare(
@@ -47,18 +43,18 @@ def prepare(
     key_field: str,
     *,
     on_item: Callable[[int], None] | None = None,
-) -> dict[str, Row]:
-    """Validate and serialise ``items``, keyed by their ``key_field``.
+) -> dict[str, bytes]:
+    """Validate ``items`` and serialise each to canonical JSON, keyed by ``key_field``.
 
     Every item is checked before anything is returned; all problems found are
     reported together in one :class:`InvalidItemsError` (the first
     ``MAX_REPORTED_PROBLEMS`` by position and key, then a count).
     """
-    rows: dict[str, Row] = {}
+    rows: dict[str, bytes] = {}
     problems: list[str] = []
     # The hot loop: locals for speed, and a fast path for the common case (a
     # dict with a short string key); _key_of handles everything else.
-    dumps, option, sha256, make_row = orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.sha256, Row
+    dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
     count = 0
     for position, item in enumerate(items):
         count = position + 1
@@ -73,11 +69,9 @@ def prepare(
             problems.append(f"item {position}: duplicate key {key!r} (keys must be unique)")
             continue
         try:
-            payload = dumps(item, option=option)
+            rows[key] = dumps(item, option=option)
         except (orjson.JSONEncodeError, TypeError) as exc:
             problems.append(f"item {position} (key {key!r}): payload is not JSON: {exc}")
-            continue
-        rows[key] = make_row(payload.decode(), sha256(payload).hexdigest())
     if on_item is not None:
         on_item(count)
     if problems:
@@ -124,30 +118,67 @@ def _summarise(problems: list[str], count: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Diff:
-    """What one refresh changes: rows to insert, to update, keys to delete."""
+    """What one refresh changes, and the fingerprints of the content it leaves.
+
+    ``fingerprints`` maps every key to Python's ``hash()`` of its payload
+    (SipHash, keyed at random per process): a store that remembers them can
+    tell an unchanged item by one cheap hash instead of a SHA-256 and a
+    database read. They mean nothing outside this process and are never stored.
+    """
 
     inserts: dict[str, Row] = field(default_factory=dict)
     updates: dict[str, Row] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
     unchanged: int = 0
+    fingerprints: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def written(self) -> int:
+        return len(self.inserts) + len(self.updates) + len(self.deletes)
 
     @property
     def changed(self) -> bool:
-        return bool(self.inserts or self.updates or self.deletes)
+        return self.written > 0
 
 
-def diff(new: Mapping[str, Row], existing_etags: Mapping[str, str]) -> Diff:
-    """Compare a refresh's rows with the etags the table holds for the namespace."""
+def diff_by_etag(payloads: Mapping[str, bytes], etags: Mapping[str, str]) -> Diff:
+    """Compare a refresh with the etags the table holds for the namespace."""
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     unchanged = 0
-    for key, row in new.items():
-        old = existing_etags.get(key)
+    for key, payload in payloads.items():
+        new = row(payload)
+        old = etags.get(key)
         if old is None:
-            inserts[key] = row
-        elif old != row.etag:
-            updates[key] = row
+            inserts[key] = new
+        elif old != new.etag:
+            updates[key] = new
         else:
             unchanged += 1
-    deletes = [key for key in existing_etags if key not in new]
-    return Diff(inserts, updates, deletes, unchanged)
+    deletes = [key for key in etags if key not in payloads]
+    fingerprints = {key: hash(payload) for key, payload in payloads.items()}
+    return Diff(inserts, updates, deletes, unchanged, fingerprints)
+
+
+def diff_by_fingerprint(payloads: Mapping[str, bytes], previous: Mapping[str, int]) -> Diff:
+    """Compare a refresh with the fingerprints of the content this process last wrote.
+
+    Equal fingerprints mean equal payloads (a SipHash-2-4/1-3 collision between
+    a key's old and new payload has a chance of 2**-64); a different one means
+    the payload changed, so only changed items are hashed with SHA-256.
+    """
+    inserts: dict[str, Row] = {}
+    updates: dict[str, Row] = {}
+    fingerprints: dict[str, int] = {}
+    unchanged = 0
+    for key, payload in payloads.items():
+        fingerprint = fingerprints[key] = hash(payload)
+        old = previous.get(key)
+        if old is None:
+            inserts[key] = row(payload)
+        elif old != fingerprint:
+            updates[key] = row(payload)
+        else:
+            unchanged += 1
+    deletes = [key for key in previous if key not in payloads]
+    return Diff(inserts, updates, deletes, unchanged, fingerprints)

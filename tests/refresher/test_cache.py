@@ -64,7 +64,8 @@ def test_refresh_writes_only_changed_rows_and_deletes_vanished(
     assert (result.inserted, result.updated, result.deleted, result.unchanged) == (1, 1, 2, 7)
     after = stored(engine, "products")
     assert set(after) == {f"item-{i:05d}" for i in range(8)} | {"item-00099"}
-    assert after["item-00002"][1] == 2 and after["item-00002"][0] != before["item-00002"][0]
+    assert after["item-00002"][1] == 2
+    assert after["item-00002"][0] != before["item-00002"][0]
     assert all(after[k] == before[k] for k in after if k not in {"item-00002", "item-00099"})
 
 
@@ -74,10 +75,12 @@ def test_unchanged_refresh_writes_nothing_and_keeps_the_generation(store: CacheS
 
     result = store.apply("products", list(reversed(catalogue(20))))
 
-    assert result.written == 0 and result.unchanged == 20
+    assert result.written == 0
+    assert result.unchanged == 20
     info = store.namespace("products")
     assert info.generation == first.generation
-    assert info.refreshed_at is not None and info_before.refreshed_at is not None
+    assert info.refreshed_at is not None
+    assert info_before.refreshed_at is not None
     assert info.refreshed_at >= info_before.refreshed_at
 
 
@@ -86,7 +89,8 @@ def test_field_order_does_not_count_as_a_change(store: CacheStore) -> None:
 
     result = store.apply("products", [{"y": 2, "x": 1, "id": "a"}])
 
-    assert result.unchanged == 1 and result.written == 0
+    assert result.unchanged == 1
+    assert result.written == 0
 
 
 def test_a_cold_store_computes_the_same_diff(store: CacheStore, engine: Engine) -> None:
@@ -107,7 +111,8 @@ def test_remembered_etags_are_dropped_when_another_process_wrote(
 
     result = store.apply("products", catalogue(10, version=2))
 
-    assert result.unchanged == 10 and result.written == 0
+    assert result.unchanged == 10
+    assert result.written == 0
 
 
 def test_namespaces_are_kept_apart(store: CacheStore) -> None:
@@ -175,7 +180,8 @@ def test_namespace_info_tells_rows_generation_and_age(store: CacheStore) -> None
 
     assert (info.row_count, info.generation) == (12, 1)
     age = info.age_seconds()
-    assert age is not None and 0 <= age < 60
+    assert age is not None
+    assert 0 <= age < 60
 
 
 def test_runs_record_counts_secret_versions_and_runner(store: CacheStore) -> None:
@@ -186,10 +192,12 @@ def test_runs_record_counts_secret_versions_and_runner(store: CacheStore) -> Non
 
     assert newest.status == oldest.status == "succeeded"
     assert (newest.rows_deleted, newest.rows_unchanged) == (1, 3)
-    assert oldest.rows_inserted == 4 and oldest.secret_versions == {"upstream-key": "v1abc"}
+    assert oldest.rows_inserted == 4
+    assert oldest.secret_versions == {"upstream-key": "v1abc"}
     assert newest.secret_versions == {}
     assert newest.runner == "test-holder"
-    assert newest.finished_at is not None and newest.finished_at >= newest.started_at
+    assert newest.finished_at is not None
+    assert newest.finished_at >= newest.started_at
 
 
 class Unserialisable:
@@ -229,7 +237,8 @@ def test_bad_items_are_refused_whole_and_nothing_is_written(
     assert stored(engine, "products") == before
     assert store.namespace("products").generation == 1
     failed = store.runs("products")[0]
-    assert failed.status == "failed" and failed.error_class == "InvalidItemsError"
+    assert failed.status == "failed"
+    assert failed.error_class == "InvalidItemsError"
 
 
 def test_every_problem_is_counted_but_only_the_first_few_are_listed(store: CacheStore) -> None:
@@ -260,9 +269,11 @@ def test_progress_reports_items_then_writes(store: CacheStore) -> None:
 
     store.apply("products", catalogue(2500), progress=lambda *e: events.append(e))
 
-    assert ("fetch", 2000, None) in events and ("fetch", 2500, None) in events
+    assert ("fetch", 2000, None) in events
+    assert ("fetch", 2500, None) in events
     writes = [e for e in events if e[0] == "write"]
-    assert writes[0] == ("write", 0, 2500) and writes[-1] == ("write", 2500, 2500)
+    assert writes[0] == ("write", 0, 2500)
+    assert writes[-1] == ("write", 2500, 2500)
 
 
 def test_payload_is_canonical_json(store: CacheStore) -> None:

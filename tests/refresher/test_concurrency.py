@@ -51,9 +51,9 @@ def count_rows(engine: Engine, namespace: str) -> int:
     with engine.connect() as conn:
         return int(
             conn.execute(
-                sa.select(sa.func.count()).select_from(entries).where(
-                    entries.c.namespace == namespace
-                )
+                sa.select(sa.func.count())
+                .select_from(entries)
+                .where(entries.c.namespace == namespace)
             ).scalar_one()
         )
 
@@ -73,9 +73,11 @@ def test_two_processes_applying_at_once_exactly_one_gets_through(
         child.join(CHILD_TIMEOUT)
 
     (applied, refused) = outcomes
-    assert applied[0] == "applied" and refused[0] == "refused"
+    assert applied[0] == "applied"
+    assert refused[0] == "refused"
     winner = applied[1].split(":")[0]
-    assert applied[1] == f"{winner}:200" and refused[1].endswith(f":{winner}")
+    assert applied[1] == f"{winner}:200"
+    assert refused[1].endswith(f":{winner}")
     assert [run.status for run in store.runs("shared")] == ["succeeded"]
     assert store.namespace("shared").row_count == 200
 
@@ -97,8 +99,10 @@ def test_a_reader_never_sees_a_half_done_refresh(
     done, written = events.get()
     writer.join(CHILD_TIMEOUT)
 
-    assert done == "done" and written == 20_000 + 40_000 + 60_000
-    assert polls > 0 and seen_while_writing <= {60_000, 100_000}
+    assert done == "done"
+    assert written == 20_000 + 40_000 + 60_000
+    assert polls > 0
+    assert seen_while_writing <= {60_000, 100_000}
     assert count_rows(engine, "big") == 100_000
     assert store.namespace("big").row_count == 100_000
 
@@ -135,5 +139,6 @@ def test_a_killed_refresh_leaves_the_previous_one_intact_and_its_lease_expires(
             time.sleep(0.2)
 
     statuses = [run.status for run in store.runs("big")]
-    assert statuses[0] == "succeeded" and "abandoned" in statuses
+    assert statuses[0] == "succeeded"
+    assert "abandoned" in statuses
     assert store.namespace("big").row_count == 10

@@ -38,7 +38,8 @@ def test_a_released_lease_can_be_taken_at_once_with_a_new_token(engine: Engine) 
 
     taken = second.acquire("refresh:a")
 
-    assert taken.holder == "second" and taken.token == lease.token + 1
+    assert taken.holder == "second"
+    assert taken.token == lease.token + 1
 
 
 def test_leases_of_other_names_are_independent(engine: Engine) -> None:

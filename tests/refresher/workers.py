@@ -46,8 +46,9 @@ def apply_when_released(
         engine.dispose()
 
 
-def apply_and_report(url: str, namespace: str, count: int, start: int, version: int,
-                     events: Queue[tuple[str, int]]) -> None:
+def apply_and_report(
+    url: str, namespace: str, count: int, start: int, version: int, events: Queue[tuple[str, int]]
+) -> None:
     """Apply a large refresh, reporting when writing starts and when it is done."""
     engine = create_engine(url)
     store = CacheStore(engine, leases=LeaseManager(engine, holder="writer", ttl=120))
@@ -59,15 +60,14 @@ def apply_and_report(url: str, namespace: str, count: int, start: int, version: 
             started = True
             events.put(("writing", done))
 
-    result = store.apply(
-        namespace, items(count, start=start, version=version), progress=progress
-    )
+    result = store.apply(namespace, items(count, start=start, version=version), progress=progress)
     events.put(("done", result.written))
     engine.dispose()
 
 
-def apply_then_hang(url: str, namespace: str, count: int, ttl: float,
-                    events: Queue[tuple[str, int]]) -> None:
+def apply_then_hang(
+    url: str, namespace: str, count: int, ttl: float, events: Queue[tuple[str, int]]
+) -> None:
     """Start writing a refresh, say so, then hang mid-transaction until killed."""
     engine = create_engine(url)
     store = CacheStore(engine, leases=LeaseManager(engine, holder="doomed", ttl=ttl))
