@@ -40,11 +40,14 @@ __all__ = ["app", "main"]
 def dev(
     port: Annotated[
         int | None,
-        typer.Option(help="Port to serve on [default: CACHE_REFRESHER_PORT, or 8000]."),
+        typer.Option(
+            min=1, max=65535, help="Port to serve on [default: CACHE_REFRESHER_PORT, or 8000]."
+        ),
     ] = None,
     interval: Annotated[
         float | None,
         typer.Option(
+            min=0.1,
             help="Seconds between refreshes of the demo namespace "
             "[default: CACHE_REFRESHER_REFRESH_INTERVAL_SECONDS, or 30].",
         ),
@@ -102,7 +105,9 @@ def _serve(settings: Settings, store: CacheStore, listener: socket.socket) -> No
 def _listen(host: str, port: int) -> socket.socket:
     """A listening socket, bound before we announce the address (or exit 2 saying why not)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP
+    # (without it every keep-alive response waits ~40 ms for a delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
