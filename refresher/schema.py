@@ -71,7 +71,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-metadata = MetaData()
+metadata = MetaData(naming_convention={"pk": "pk_%(table_name)s"})
+"""Named primary keys, so every engine (and a DBA's diff) sees the same names."""
 
 entries = Table(
     "cache_entries",

@@ -28,7 +28,7 @@ CREATE TABLE cache_entries (
     etag VARCHAR(64) NOT NULL,
     generation BIGINT NOT NULL,
     changed_at DATETIMEOFFSET NOT NULL,
-    PRIMARY KEY (namespace, [key])
+    CONSTRAINT pk_cache_entries PRIMARY KEY (namespace, [key])
 );
 
 CREATE TABLE cache_leases (
@@ -37,7 +37,7 @@ CREATE TABLE cache_leases (
     token BIGINT NOT NULL,
     acquired_at DATETIMEOFFSET NOT NULL,
     expires_at DATETIMEOFFSET NOT NULL,
-    PRIMARY KEY (name)
+    CONSTRAINT pk_cache_leases PRIMARY KEY (name)
 );
 
 CREATE TABLE cache_namespaces (
@@ -49,7 +49,7 @@ CREATE TABLE cache_namespaces (
     last_error_class VARCHAR(200) NULL,
     last_error_message NVARCHAR(2000) NULL,
     source_version NVARCHAR(200) NULL,
-    PRIMARY KEY (namespace)
+    CONSTRAINT pk_cache_namespaces PRIMARY KEY (namespace)
 );
 
 CREATE TABLE cache_refresh_runs (
@@ -67,7 +67,7 @@ CREATE TABLE cache_refresh_runs (
     error_message NVARCHAR(2000) NULL,
     secret_versions NVARCHAR(max) NULL,
     runner NVARCHAR(200) NOT NULL,
-    PRIMARY KEY (id)
+    CONSTRAINT pk_cache_refresh_runs PRIMARY KEY (id)
 );
 
 CREATE INDEX ix_cache_refresh_runs_namespace_started ON cache_refresh_runs (namespace, started_at);

@@ -26,7 +26,7 @@ CREATE TABLE cache_entries (
     etag VARCHAR(64) NOT NULL,
     generation BIGINT NOT NULL,
     changed_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    PRIMARY KEY (namespace, key)
+    CONSTRAINT pk_cache_entries PRIMARY KEY (namespace, key)
 );
 
 CREATE TABLE cache_leases (
@@ -35,7 +35,7 @@ CREATE TABLE cache_leases (
     token BIGINT NOT NULL,
     acquired_at TIMESTAMP WITH TIME ZONE NOT NULL,
     expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    PRIMARY KEY (name)
+    CONSTRAINT pk_cache_leases PRIMARY KEY (name)
 );
 
 CREATE TABLE cache_namespaces (
@@ -47,7 +47,7 @@ CREATE TABLE cache_namespaces (
     last_error_class VARCHAR(200),
     last_error_message VARCHAR(2000),
     source_version VARCHAR(200),
-    PRIMARY KEY (namespace)
+    CONSTRAINT pk_cache_namespaces PRIMARY KEY (namespace)
 );
 
 CREATE TABLE cache_refresh_runs (
@@ -65,7 +65,7 @@ CREATE TABLE cache_refresh_runs (
     error_message VARCHAR(2000),
     secret_versions TEXT,
     runner VARCHAR(200) NOT NULL,
-    PRIMARY KEY (id)
+    CONSTRAINT pk_cache_refresh_runs PRIMARY KEY (id)
 );
 
 CREATE INDEX ix_cache_refresh_runs_namespace_started ON cache_refresh_runs (namespace, started_at);

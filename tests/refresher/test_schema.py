@@ -42,7 +42,7 @@ class ColumnShape(NamedTuple):
 
 class TableShape(NamedTuple):
     columns: dict[str, ColumnShape]  # in table order
-    primary_key: tuple[str, ...]
+    primary_key: tuple[str, ...]  # constraint name, then its columns
     indexes: dict[str, tuple[tuple[str, ...], bool]]  # name -> (columns, unique)
 
 
@@ -63,7 +63,8 @@ def declared_shape(table: sa.Table, dialect: Dialect) -> TableShape:
         str(index.name): (tuple(c.name for c in index.columns), bool(index.unique))
         for index in table.indexes
     }
-    return TableShape(columns, tuple(c.name for c in table.primary_key.columns), indexes)
+    primary_key = (str(table.primary_key.name), *(c.name for c in table.primary_key.columns))
+    return TableShape(columns, primary_key, indexes)
 
 
 def reflected_shape(inspector: sa.Inspector, name: str, dialect: Dialect) -> TableShape:
@@ -82,7 +83,8 @@ def reflected_shape(inspector: sa.Inspector, name: str, dialect: Dialect) -> Tab
         str(index["name"]): (tuple(str(c) for c in index["column_names"]), bool(index["unique"]))
         for index in inspector.get_indexes(name)
     }
-    primary_key = tuple(inspector.get_pk_constraint(name)["constrained_columns"])
+    constraint = inspector.get_pk_constraint(name)
+    primary_key = (str(constraint["name"]), *constraint["constrained_columns"])
     return TableShape(columns, primary_key, indexes)
 
 
