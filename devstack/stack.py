@@ -1,0 +1,289 @@
+"""The whole devstack in one object: CA, Entra ID and Key Vault servers, identities.
+
+::
+
+    with DevStack(directory=tmp_path) as stack:
+        credential = ClientSecretCredential(
+            stack.tenant_id, stack.service.client_id, stack.service.client_secret,
+            authority=stack.authority_host, connection_verify=str(stack.ca_path),
+            disable_instance_discovery=True)
+        client = SecretClient(stack.vault_url, credential,
+                              connection_verify=str(stack.ca_path),
+                              verify_challenge_resource=False)
+
+Four apps are registered in the tenant:
+
+- ``service``: a client secret; "Key Vault Secrets User" (get, list);
+- ``service_cert``: a certificate (PEM files in ``<directory>/identities``);
+  "Key Vault Secrets User";
+- ``operator``: a client secret; "Key Vault Secrets Officer" (also set,
+  update, delete);
+- ``outsider``: a client secret; no role on the vault.
+
+Tests reach the parts directly: ``stack.entra`` (directory, signing keys,
+token policy, minting), ``stack.vault`` (secrets), ``stack.vault_access``
+(role assignments), ``*_counters``, ``*_faults``, ``*_server.down()``.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from devstack.ca import LocalCA, ssl_context
+from devstack.certificates import AppCertificate, CertificateFiles
+from devstack.directory import EVENT_GRID_APP_ID, Clock, Resource, User, new_id
+from devstack.entra import Entra, TokenPolicy
+from devstack.entra_app import create_entra_app
+from devstack.events import EventPublisher, Subscription, secret_new_version_created
+from devstack.keyvault import SecretVersion, Vault
+from devstack.keyvault_app import create_keyvault_app
+from devstack.keyvault_auth import VaultAccess, VaultRole
+from devstack.server import Server
+from devstack.signing import SigningKeys
+from devstack.traffic import Counters, Faults
+
+EVENT_GRID_ROLE = "AzureEventGridSecureWebhookSubscriber"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppIdentity:
+    """A registered app and the credentials a client needs to act as it."""
+
+    name: str
+    tenant_id: str
+    client_id: str
+    object_id: str
+    client_secret: str | None = None
+    certificate: AppCertificate | None = None
+    certificate_files: CertificateFiles | None = None
+
+    def __repr__(self) -> str:
+        return f"AppIdentity(name={self.name!r}, client_id={self.client_id!r})"
+
+
+class DevStack:
+    """Starts on ``__enter__`` (or :meth:`start`), stops every server on exit."""
+
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        clock: Clock = time.time,
+        token_lifetime: int = TokenPolicy.lifetime,
+        entra_port: int = 0,
+        vault_port: int = 0,
+        vault_name: str = "devstack",
+    ) -> None:
+        self.directory = directory
+        self.ca = LocalCA(directory=directory / "ca")
+        self.entra_server = Server(
+            certificate=self.ca.issue_server_certificate("entra"), port=entra_port, name="entra"
+        )
+        self.vault_server = Server(
+            certificate=self.ca.issue_server_certificate("vault"), port=vault_port, name="vault"
+        )
+        self.entra = Entra(
+            base_url=self.entra_server.url,
+            keys=SigningKeys(),
+            clock=clock,
+            policy=TokenPolicy(lifetime=token_lifetime),
+        )
+        self.tenant_id = self.entra.directory.add_tenant()
+        self.vault_name = vault_name
+        self.events = EventPublisher(verify=_system_and(self.ca.ca_path))
+        self.vault = Vault(clock=clock, on_new_version=self._announce)
+        self.vault_access = VaultAccess(
+            authority=self.authority,
+            issuer=self.entra.issuer(self.tenant_id),
+            public_key=self.entra.keys.public_key,
+            clock=clock,
+            vault_name=vault_name,
+        )
+        self.entra_counters, self.entra_faults = Counters(), Faults()
+        self.vault_counters, self.vault_faults = Counters(), Faults()
+        self._register_default_apps()
+
+    # addresses
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate every devstack server's certificate chains to."""
+        return self.ca.ca_path
+
+    @property
+    def authority_host(self) -> str:
+        """The Entra server's URL (azure-identity's ``authority``, ``AZURE_AUTHORITY_HOST``)."""
+        return self.entra_server.url
+
+    @property
+    def authority(self) -> str:
+        """``<authority_host>/<tenant>`` (msal's ``authority``)."""
+        return f"{self.entra_server.url}/{self.tenant_id}"
+
+    @property
+    def vault_url(self) -> str:
+        return self.vault_server.url
+
+    # lifecycle
+
+    def start(self) -> DevStack:
+        entra_app = create_entra_app(
+            self.entra, counters=self.entra_counters, faults=self.entra_faults
+        )
+        vault_app = create_keyvault_app(
+            vault=self.vault,
+            access=self.vault_access,
+            vault_url=self.vault_url,
+            counters=self.vault_counters,
+            faults=self.vault_faults,
+        )
+        self.entra_server.start(entra_app)
+        try:
+            self.vault_server.start(vault_app)
+        except BaseException:
+            self.entra_server.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.vault_server.stop()
+        self.entra_server.stop()
+        self.events.close()
+
+    def __enter__(self) -> DevStack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # identities and tokens
+
+    def register_app(
+        self,
+        name: str,
+        *,
+        secret: bool = True,
+        certificate: bool = False,
+        vault_roles: Iterable[VaultRole] = (),
+    ) -> AppIdentity:
+        """Register an app with a client secret and/or a certificate and vault roles."""
+        directory = self.entra.directory
+        app = directory.register_app(self.tenant_id, name)
+        value = directory.add_secret(self.tenant_id, app.client_id).value if secret else None
+        cert = AppCertificate.generate(f"devstack {name}") if certificate else None
+        files = None
+        if cert is not None:
+            directory.add_certificate(self.tenant_id, app.client_id, cert.certificate)
+            files = cert.write(self.directory / "identities", name)
+        for role in vault_roles:
+            self.vault_access.assign(app.object_id, role)
+        return AppIdentity(
+            name=name,
+            tenant_id=self.tenant_id,
+            client_id=app.client_id,
+            object_id=app.object_id,
+            client_secret=value,
+            certificate=cert,
+            certificate_files=files,
+        )
+
+    def register_resource(self, identifier: str, *, app_id: str | None = None) -> Resource:
+        """Make ``identifier`` an API tokens can be requested for (``<identifier>/.default``)."""
+        resource = Resource(identifier=identifier, app_id=app_id or new_id())
+        return self.entra.directory.register_resource(resource)
+
+    def add_user(self, username: str, display_name: str = "") -> User:
+        return self.entra.directory.add_user(self.tenant_id, username, display_name)
+
+    def mint_app_token(
+        self, identity: AppIdentity, resource: str, *, lifetime: int | None = None
+    ) -> str:
+        """An app token for ``identity`` on ``resource``, without a token request."""
+        return self.entra.mint_app_token(
+            tenant_id=self.tenant_id,
+            client_id=identity.client_id,
+            resource=resource,
+            lifetime=lifetime,
+        )
+
+    def mint_user_token(
+        self,
+        user: User,
+        *,
+        audience: str,
+        scopes: Iterable[str],
+        client: AppIdentity | None = None,
+        roles: Iterable[str] = (),
+        lifetime: int | None = None,
+    ) -> str:
+        """A delegated token for ``user`` (``scp``), as if ``client`` had signed them in."""
+        return self.entra.mint_user_token(
+            user=user,
+            client_id=(client or self.service).client_id,
+            audience=audience,
+            scopes=scopes,
+            roles=roles,
+            lifetime=lifetime,
+        )
+
+    def rotate_signing_key(self) -> str:
+        """Publish a new signing key and sign with it; the old one stays published."""
+        return self.entra.keys.rotate()
+
+    # events
+
+    def subscribe_events(self, url: str, *, audience: str | None = None) -> Subscription:
+        """POST Key Vault events to ``url``; with ``audience``, with an Event Grid token for it."""
+        if audience is None:
+            return self.events.subscribe(url)
+        self._ensure_event_grid_app()
+        if self.entra.directory.find_resource(audience) is None:
+            self.register_resource(audience)
+        directory = self.entra.directory
+        directory.grant_app_roles(self.tenant_id, EVENT_GRID_APP_ID, audience, [EVENT_GRID_ROLE])
+
+        def token() -> str:
+            return self.entra.mint_app_token(
+                tenant_id=self.tenant_id, client_id=EVENT_GRID_APP_ID, resource=audience
+            )
+
+        return self.events.subscribe(url, token=token)
+
+    def _announce(self, version: SecretVersion) -> None:
+        event = secret_new_version_created(
+            version, vault_url=self.vault_url, vault_name=self.vault_name, now=self.entra.clock()
+        )
+        self.events.publish([event])
+
+    def _ensure_event_grid_app(self) -> None:
+        directory = self.entra.directory
+        if directory.find_app(self.tenant_id, EVENT_GRID_APP_ID) is None:
+            directory.register_app(
+                self.tenant_id, "Microsoft.EventGrid", client_id=EVENT_GRID_APP_ID
+            )
+
+    def _register_default_apps(self) -> None:
+        user, officer = VaultRole.SECRETS_USER, VaultRole.SECRETS_OFFICER
+        self.service = self.register_app("service", vault_roles=[user])
+        self.service_cert = self.register_app(
+            "service-cert", secret=False, certificate=True, vault_roles=[user]
+        )
+        self.operator = self.register_app("operator", vault_roles=[officer])
+        self.outsider = self.register_app("outsider")
+
+
+def _system_and(ca_path: Path) -> ssl.SSLContext:
+    """Trust for event deliveries: the system CAs plus the devstack CA."""
+    context = ssl_context(ca_path)
+    context.load_default_certs()
+    return context
