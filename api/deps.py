@@ -2,8 +2,8 @@
 
     def list_namespaces(store: StoreDep) -> ...
 
-The lifespan (:func:`api.app.create_app`) puts the settings and the cache
-store on ``app.state``; nothing here builds a resource.
+The lifespan (:func:`api.app.create_app`) puts the cache store (and the
+settings) on ``app.state``; nothing here builds a resource.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from refresher.cache import CacheStore
-from refresher.settings import Settings
 
 
 def get_store(request: Request) -> CacheStore:
@@ -23,12 +22,4 @@ def get_store(request: Request) -> CacheStore:
     return store
 
 
-def get_settings(request: Request) -> Settings:
-    """The settings the app was built with."""
-    settings = request.app.state.settings
-    assert isinstance(settings, Settings)
-    return settings
-
-
 StoreDep = Annotated[CacheStore, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -73,7 +73,8 @@ def test_loop_refreshes_on_each_interval_and_stops(
     loop.stop()
     assert not loop.running
     first, second = recorder.outcomes[0].result, recorder.outcomes[1].result
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert (first.inserted, first.generation) == (200, 1)
     twin = DemoSource(size=200)  # same seed: predicts what the loop's source did
     twin.fetch()
@@ -115,7 +116,8 @@ def test_a_failed_refresh_is_logged_and_the_loop_goes_on(
     failed, succeeded = recorder.outcomes[:2]
     assert isinstance(failed.error, ConnectionError)
     assert failed.result is None
-    assert succeeded.result is not None and succeeded.result.inserted == 2
+    assert succeeded.result is not None
+    assert succeeded.result.inserted == 2
     assert "refresh of namespace 'flaky' failed (ConnectionError)" in caplog.text
     assert "upstream went away" not in caplog.text  # foreign messages stay out of the log
     assert [run.status for run in store.runs("flaky")][-2:] == ["succeeded", "failed"]
