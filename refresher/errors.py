@@ -15,7 +15,15 @@ and namespaces by *name*, never by value.
     ├── LeaseError
     │   ├── LeaseHeldError        another holder has the lease; try again after it expires
     │   └── LeaseLostError        our lease expired or was taken over; the work was rolled back
-    └── StoreError                the database failed or refused; the cache is unchanged
+    ├── StoreError                the database failed or refused; the cache is unchanged
+    └── IdentityError             the app identity could not get a token
+        ├── CredentialUnavailableError   not configured here; nothing was tried
+        └── AuthenticationFailedError    tried, and Entra ID (or the network) said no
+            ├── CredentialRejectedError  the credential itself was refused (wrong,
+            │                            expired, revoked or unregistered secret or
+            │                            certificate): reload and try the next one
+            └── IssuerUnavailableError   Entra ID throttled, failed or was unreachable:
+                                         transient, retried with backoff
 """
 
 from __future__ import annotations
@@ -84,3 +92,39 @@ class LeaseLostError(LeaseError):
 
 class StoreError(CacheRefresherError):
     """The database failed or refused an operation; the cache is unchanged."""
+
+
+class IdentityError(CacheRefresherError):
+    """The app identity could not get a token."""
+
+
+class CredentialUnavailableError(IdentityError):
+    """No credential of this kind is configured here; nothing was tried."""
+
+
+class AuthenticationFailedError(IdentityError):
+    """A token request was made and failed.
+
+    ``code`` is Entra ID's AADSTS number when it sent one.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CredentialRejectedError(AuthenticationFailedError):
+    """Entra ID refused the credential itself (wrong, expired, revoked, unregistered)."""
+
+
+class IssuerUnavailableError(AuthenticationFailedError):
+    """Entra ID throttled, failed or could not be reached: worth retrying.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it gave one.
+    """
+
+    def __init__(
+        self, message: str, *, code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after

@@ -1,0 +1,301 @@
+"""AppIdentity's cache, renewal, single flight and credential rollover, with fakes of our protocol."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+import pytest
+
+from refresher.errors import (
+    CredentialRejectedError,
+    CredentialUnavailableError,
+    IssuerUnavailableError,
+)
+from refresher.identity import AppIdentity, IssuedToken
+from refresher.identity.base import renewal_time, retry_time
+
+SCOPE = "https://vault.azure.net/.default"
+LIFETIME = 3600.0
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeRequest:
+    """A TokenRequest that issues numbered tokens, or fails as told."""
+
+    def __init__(self, clock: Clock, name: str = "secret-1", lifetime: float = LIFETIME) -> None:
+        self.clock, self.name, self.lifetime = clock, name, lifetime
+        self.calls = 0
+        self.fail_with: Exception | None = None
+        self.gate: threading.Event | None = None
+
+    @property
+    def description(self) -> str:
+        return f"fake credential {self.name}"
+
+    def request(self, scope: str) -> IssuedToken:
+        self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.fail_with is not None:
+            raise self.fail_with
+        now = self.clock()
+        return IssuedToken(f"{self.name}-token-{self.calls}", now + self.lifetime, now)
+
+
+def identity(*requests: FakeRequest, clock: Clock, **kwargs: object) -> AppIdentity:
+    return AppIdentity(
+        list(requests), tenant_id="tenant-1", client_id="client-1", clock=clock,
+        rng=random.Random(1), **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_the_first_call_requests_and_later_calls_are_served_from_the_cache() -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    app = identity(source, clock=clock)
+
+    first = app.get_token(SCOPE)
+    clock.now += 1000
+    second = app.get_token(SCOPE)
+
+    assert first.token == second.token == "secret-1-token-1"
+    assert source.calls == 1
+    assert first.expires_on == int(1_000_000 + LIFETIME)
+
+
+def test_a_thousand_concurrent_first_calls_make_one_request() -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    source.gate = threading.Event()
+    app = identity(source, clock=clock)
+    tokens: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: tokens.append(app.get_token(SCOPE).token))
+        for _ in range(1000)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)  # let them all pile up behind the one request in flight
+    source.gate.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert source.calls == 1
+    assert tokens == ["secret-1-token-1"] * 1000
+    assert app.requests[SCOPE] == 1
+
+
+def test_callers_waiting_on_a_failed_request_share_its_error() -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    source.gate = threading.Event()
+    source.fail_with = IssuerUnavailableError("Entra ID answered 503")
+    app = identity(source, clock=clock)
+    errors: list[Exception] = []
+
+    def call() -> None:
+        try:
+            app.get_token(SCOPE)
+        except IssuerUnavailableError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    source.gate.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert source.calls == 1
+    assert len(errors) == 50
+
+
+def test_renewal_happens_in_the_background_before_expiry() -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    app = identity(source, clock=clock)
+    app.get_token(SCOPE)
+
+    next_due = app.renew_due()
+    assert source.calls == 1
+    assert (
+        next_due is not None and 1_000_000 + LIFETIME * 0.4 < next_due <= 1_000_000 + LIFETIME / 2
+    )
+
+    clock.now = next_due
+    app.renew_due()
+
+    assert source.calls == 2
+    assert app.get_token(SCOPE).token == "secret-1-token-2"
+
+
+def test_a_failed_renewal_keeps_the_current_token_and_retries_sooner() -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    app = identity(source, clock=clock)
+    app.get_token(SCOPE)
+    clock.now += LIFETIME / 2
+    source.fail_with = IssuerUnavailableError("Entra ID is down", retry_after=7)
+
+    next_try = app.renew_due()
+
+    assert app.get_token(SCOPE).token == "secret-1-token-1"
+    assert next_try is not None and clock.now + 7 <= next_try <= clock.now + 30
+    assert app.status()[0].last_error is not None
+
+
+def test_without_a_usable_token_the_error_names_tenant_client_and_scope(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    app = identity(source, clock=clock)
+    app.get_token(SCOPE)
+    source.fail_with = IssuerUnavailableError("Entra ID is down")
+    clock.now += LIFETIME - 10
+
+    with caplog.at_level(logging.WARNING), pytest.raises(IssuerUnavailableError) as caught:
+        app.get_token(SCOPE)
+
+    message = str(caught.value)
+    assert f"scope {SCOPE!r}" in message
+    assert "client 'client-1'" in message and "tenant 'tenant-1'" in message
+    assert "Entra ID is down" in message
+    assert "token-1" not in message and "token-1" not in caplog.text
+
+
+def test_a_short_lived_token_is_never_handed_out_expired() -> None:
+    clock = Clock()
+    source = FakeRequest(clock, lifetime=30)
+    app = identity(source, clock=clock)
+    handed: list[tuple[float, int]] = []
+    for _ in range(600):  # 60 s in steps of 0.1 s, renewing as the thread would
+        app.renew_due()
+        handed.append((clock.now, app.get_token(SCOPE).expires_on))
+        clock.now += 0.1
+
+    assert all(expires - now > 2 for now, expires in handed)
+    assert 3 <= source.calls <= 6
+
+
+def test_a_rejected_credential_falls_back_to_the_next() -> None:
+    clock = Clock()
+    new, old = FakeRequest(clock, "new-cert"), FakeRequest(clock, "old-cert")
+    new.fail_with = CredentialRejectedError("AADSTS700027: certificate not registered", code=700027)
+    app = identity(new, old, clock=clock)
+
+    assert app.get_token(SCOPE).token == "old-cert-token-1"
+    clock.now += LIFETIME / 2
+    app.renew_due()
+
+    assert (new.calls, old.calls) == (1, 2)  # the one that works stays in use
+    assert app.status()[0].credential == "fake credential old-cert"
+
+
+def test_when_every_credential_is_rejected_the_set_is_reloaded_once() -> None:
+    clock = Clock()
+    revoked = FakeRequest(clock, "revoked")
+    revoked.fail_with = CredentialRejectedError("AADSTS7000222: secret expired", code=7000222)
+    rotated = FakeRequest(clock, "rotated")
+    reloads: list[float] = []
+
+    def reload() -> list[FakeRequest]:
+        reloads.append(clock())
+        return [rotated]
+
+    app = identity(revoked, clock=clock, reload=reload)
+
+    assert app.get_token(SCOPE).token == "rotated-token-1"
+    assert reloads == [clock.now]
+
+
+def test_reloading_is_rate_limited() -> None:
+    clock = Clock()
+    revoked = FakeRequest(clock, "revoked")
+    revoked.fail_with = CredentialRejectedError("AADSTS7000215: invalid secret", code=7000215)
+    reloads: list[float] = []
+    app = identity(revoked, clock=clock, reload=lambda: reloads.append(1) or [revoked])
+
+    for _ in range(3):
+        with pytest.raises(CredentialRejectedError, match="every configured credential"):
+            app.get_token(SCOPE)
+        clock.now += 1
+
+    assert len(reloads) == 1
+
+
+def test_one_scope_per_request_and_only_our_tenant() -> None:
+    clock = Clock()
+    app = identity(FakeRequest(clock), clock=clock)
+
+    with pytest.raises(ValueError, match="exactly one scope"):
+        app.get_token(SCOPE, "https://database.windows.net/.default")
+    with pytest.raises(CredentialUnavailableError, match="belongs to tenant 'tenant-1'"):
+        app.get_token(SCOPE, tenant_id="tenant-2")
+
+
+def test_no_credential_configured_is_a_clear_error() -> None:
+    with pytest.raises(CredentialUnavailableError, match="AZURE_CLIENT_SECRET"):
+        AppIdentity([], tenant_id="t", client_id="c")
+
+
+def test_a_claims_challenge_bypasses_the_cache() -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    app = identity(source, clock=clock)
+    app.get_token(SCOPE)
+
+    token = app.get_token_info(SCOPE, options={"claims": '{"access_token":{}}'})
+
+    assert token.token == "secret-1-token-2"
+
+
+def test_status_shows_times_and_source_but_never_the_token() -> None:
+    clock = Clock()
+    app = identity(FakeRequest(clock), clock=clock)
+    app.get_token(SCOPE)
+
+    (status,) = app.status()
+
+    assert status.scope == SCOPE and status.requests == 1
+    assert status.expires_on == 1_000_000 + LIFETIME
+    assert "token-1" not in repr(status)
+
+
+def test_the_background_thread_renews_a_short_lived_token() -> None:
+    source = FakeRequest(Clock(), lifetime=1.0)
+    source.clock = time.time  # type: ignore[assignment]
+    with identity(source, clock=time.time) as app:  # type: ignore[arg-type]
+        app.get_token(SCOPE)
+        deadline = time.monotonic() + 5
+        while source.calls < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    assert source.calls >= 3
+
+
+def test_renewal_follows_the_issuers_refresh_hint() -> None:
+    token = IssuedToken("t", expires_on=4600.0, issued_at=1000.0, refresh_on=2000.0)
+
+    at = renewal_time(token, random.Random(3))
+
+    assert 2000.0 - 0.1 * 3600 <= at <= 2000.0
+
+
+def test_retry_never_comes_before_retry_after_and_backs_off() -> None:
+    rng = random.Random(5)
+    waits = [retry_time(0.0, n, retry_after=None, current=None, rng=rng) for n in range(1, 8)]
+
+    assert all(1.0 <= wait <= 30.0 for wait in waits)
+    assert retry_time(0.0, 1, retry_after=45.0, current=None, rng=rng) == 45.0
