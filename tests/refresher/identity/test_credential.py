@@ -1,4 +1,4 @@
-"""AppIdentity's cache, renewal, single flight and credential rollover, with fakes of our protocol."""
+"""AppIdentity: cache, renewal, single flight and credential rollover, on fakes of our protocol."""
 
 from __future__ import annotations
 
