@@ -7,10 +7,13 @@ in the code base reads the environment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -18,12 +21,25 @@ from refresher.errors import ConfigurationError
 
 ENV_PREFIX = "CACHE_REFRESHER_"
 DEV_DIR = Path(".dev")
+PUBLIC_CLOUD_AUTHORITY = "https://login.microsoftonline.com"
+SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
+
+IdentityKind = Literal[
+    "auto", "certificate", "client_secret", "workload_identity", "managed_identity", "default"
+]
+
+
+def _azure(variable: str) -> AliasChoices:
+    """Read the Azure SDK's own variable (no prefix); the field name works for overrides."""
+    return AliasChoices(variable, variable.lower())
 
 
 class Settings(BaseSettings):
     """Every setting of the service, validated when built."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True
+    )
 
     database_url: str = Field(
         default=f"sqlite:///{DEV_DIR}/cache.db",
@@ -39,6 +55,72 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
 
+    # -- the app identity: the Azure SDK's own variables, no prefix --------------------
+    azure_tenant_id: str | None = Field(
+        default=None, validation_alias=_azure("AZURE_TENANT_ID"), description="Entra ID tenant."
+    )
+    azure_client_id: str | None = Field(
+        default=None,
+        validation_alias=_azure("AZURE_CLIENT_ID"),
+        description="The app registration's (or user-assigned managed identity's) client id.",
+    )
+    azure_client_secret: SecretStr | None = Field(
+        default=None, validation_alias=_azure("AZURE_CLIENT_SECRET"), description="Client secret."
+    )
+    azure_client_certificate_path: Path | None = Field(
+        default=None,
+        validation_alias=_azure("AZURE_CLIENT_CERTIFICATE_PATH"),
+        description="PEM file with the app's private key and certificate.",
+    )
+    azure_client_certificate_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=_azure("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+        description="Password of the certificate's private key, if encrypted.",
+    )
+    azure_federated_token_file: Path | None = Field(
+        default=None,
+        validation_alias=_azure("AZURE_FEDERATED_TOKEN_FILE"),
+        description="Workload identity: file with the federated token (re-read on every use).",
+    )
+    azure_authority_host: str = Field(
+        default=PUBLIC_CLOUD_AUTHORITY,
+        validation_alias=_azure("AZURE_AUTHORITY_HOST"),
+        description="Entra ID authority host (national clouds, or devstack).",
+    )
+    identity: IdentityKind = Field(
+        default="auto",
+        description="Which app credential to use: auto picks certificate(s), then client "
+        "secret, then federated token file, then managed identity.",
+    )
+    extra_certificate_paths: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="More certificate files, tried in order after AZURE_CLIENT_CERTIFICATE_PATH "
+        "(comma-separated; for certificate rollover).",
+    )
+    client_secret_file: Path | None = Field(
+        default=None,
+        description="File holding a client secret (re-read when Entra ID rejects the one in use).",
+    )
+    send_certificate_chain: bool = Field(
+        default=False, description="Send the x5c chain (subject name / issuer authentication)."
+    )
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM bundle to trust for Entra ID and Key Vault instead of the system's "
+        "(devstack's CA in development).",
+    )
+
+    # -- Key Vault -------------------------------------------------------------------
+    vault_url: str | None = Field(
+        default=None, description="Key Vault URL, e.g. https://my-vault.vault.azure.net/."
+    )
+    secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Names of the Key Vault secrets the service uses."
+    )
+    secret_poll_seconds: float = Field(
+        default=300.0, gt=0, description="How often each secret is checked for a new version."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _parse_url(cls, value: str) -> str:
@@ -49,6 +131,42 @@ class Settings(BaseSettings):
                 "must be a SQLAlchemy URL such as sqlite:///path/cache.db, "
                 "postgresql+psycopg://user@host/db or mssql+pyodbc://server/db?driver=..."
             ) from None
+        return value
+
+    @field_validator("extra_certificate_paths", "secrets", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("azure_authority_host")
+    @classmethod
+    def _authority(cls, value: str) -> str:
+        parsed = urlsplit(value if "://" in value else f"https://{value}")
+        if parsed.scheme != "https" or not parsed.hostname or parsed.path not in ("", "/"):
+            raise ValueError("must be an https host such as https://login.microsoftonline.com")
+        return f"https://{parsed.netloc}"
+
+    @field_validator("vault_url")
+    @classmethod
+    def _vault(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme != "https" or not parsed.hostname or parsed.path not in ("", "/"):
+            raise ValueError("must be a vault URL such as https://my-vault.vault.azure.net/")
+        return f"https://{parsed.netloc}/"
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not SECRET_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(
+                f"{', '.join(repr(b) for b in bad)} are not Key Vault secret names "
+                "(1-127 letters, digits and dashes)"
+            )
         return value
 
     @field_validator("log_level")
@@ -66,8 +184,13 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = [
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        ]
+        lines = [f"{_variable(err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ConfigurationError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def _variable(location: tuple[int | str, ...]) -> str:
+    """The environment variable a validation error is about."""
+    name = str(location[0]) if location else "?"
+    if name.lower().startswith("azure_"):
+        return name.upper()
+    return f"{ENV_PREFIX}{name.upper()}"

@@ -1,0 +1,61 @@
+"""Workload identity, managed identity and ``DefaultAzureCredential`` through azure-identity.
+
+azure-identity keeps its own token cache and refreshes inside its own window,
+so a renewal through it may return the token it already holds; the renewal
+policy then simply tries again at half the remaining lifetime, which costs no
+network request until azure-identity itself decides to renew.
+"""
+
+from __future__ import annotations
+
+import time
+
+from azure.core.credentials import SupportsTokenInfo
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+from azure.identity import CredentialUnavailableError as AzureCredentialUnavailable
+
+from refresher.errors import CredentialUnavailableError, IssuerUnavailableError
+from refresher.identity.base import IssuedToken
+from refresher.identity.entra_errors import aadsts_code, classify, retry_after_seconds
+
+
+class AzureIdentityTokenRequest:
+    """Tokens from one azure-identity credential, with its errors translated."""
+
+    def __init__(self, credential: SupportsTokenInfo, *, description: str) -> None:
+        self._credential = credential
+        self._description = description
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    def request(self, scope: str) -> IssuedToken:
+        now = time.time()
+        try:
+            info = self._credential.get_token_info(scope)
+        except AzureCredentialUnavailable as exc:
+            raise CredentialUnavailableError(
+                f"{self._description} is not available here: {_first_line(exc.message)}"
+            ) from None
+        except ClientAuthenticationError as exc:
+            response = exc.response
+            raise classify(
+                f"Entra ID refused {self._description}: {_first_line(exc.message)}",
+                code=aadsts_code(exc.message or ""),
+                status=exc.status_code,
+                retry_after=retry_after_seconds(
+                    response.headers.get("Retry-After") if response is not None else None  # type: ignore[attr-defined]
+                ),
+            ) from None
+        except ServiceRequestError as exc:
+            raise IssuerUnavailableError(
+                f"could not reach the token endpoint for {self._description} "
+                f"({type(exc).__name__}): check the network and AZURE_AUTHORITY_HOST"
+            ) from None
+        refresh_on = float(info.refresh_on) if info.refresh_on else None
+        return IssuedToken(info.token, float(info.expires_on), now, refresh_on)
+
+
+def _first_line(message: str | None) -> str:
+    return (message or "no details").strip().splitlines()[0][:300]
