@@ -20,12 +20,15 @@ The CA's private key stays in the directory (mode 0600) so that a restarted
 from __future__ import annotations
 
 import ssl
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 import trustme
+from cryptography import x509
 
+from devstack.certificates import AppCertificate
 from devstack.files import write_private
 
 CA_CERT_FILE = "ca.pem"
@@ -54,6 +57,10 @@ class LocalCA:
         """The CA certificate (PEM) clients must trust."""
         return self.directory / CA_CERT_FILE
 
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.ca_path.read_bytes())
+
     def issue_server_certificate(self, name: str = "server") -> ServerCertificate:
         """Issue a certificate for 127.0.0.1, ::1 and localhost, written as ``<name>.pem``."""
         leaf = self._ca.issue_cert(*SERVER_IDENTITIES)
@@ -62,6 +69,20 @@ class LocalCA:
         cert_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
         write_private(key_path, leaf.private_key_pem.bytes())
         return ServerCertificate(cert_path=cert_path, key_path=key_path)
+
+    def issue_client_certificate(self, common_name: str) -> AppCertificate:
+        """An RSA client certificate issued by this CA (for subject name/issuer auth)."""
+        leaf = self._ca.issue_cert(
+            f"{uuid.uuid4().hex[:12]}.clients.devstack.test",
+            common_name=common_name,
+            organization_name="cache-refresher devstack",
+            organization_unit_name="clients",  # fixed, so a renewal keeps the subject
+            key_type=trustme.KeyType.RSA,
+        )
+        return AppCertificate.from_pem(
+            certificate_pem=leaf.cert_chain_pems[0].bytes(),
+            private_key_pem=leaf.private_key_pem.bytes(),
+        )
 
 
 def _load_or_create(directory: Path) -> trustme.CA:

@@ -64,6 +64,19 @@ class AppCertificate:
         )
         return cls(certificate=certificate, private_key=private_key)
 
+    @classmethod
+    def from_pem(cls, *, certificate_pem: bytes, private_key_pem: bytes) -> AppCertificate:
+        private_key = serialization.load_pem_private_key(private_key_pem, password=None)
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise ValueError("app certificates must have RSA keys")
+        certificate = x509.load_pem_x509_certificate(certificate_pem)
+        return cls(certificate=certificate, private_key=private_key)
+
+    @property
+    def subject(self) -> str:
+        """The subject name as Entra's trusted-subject setting writes it (RFC 4514)."""
+        return self.certificate.subject.rfc4514_string()
+
     @property
     def private_key_pem(self) -> str:
         return self.private_key.private_bytes(

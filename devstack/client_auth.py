@@ -1,12 +1,18 @@
 """Authenticating a client at the token endpoint: client secret or certificate assertion.
 
 A client presents either a ``client_secret`` (in the form body or HTTP Basic)
-or a ``client_assertion``: a JWT it signed with a registered certificate's
-private key, naming the certificate in its header by ``x5t#S256`` (SHA-256
-thumbprint; msal with ``public_certificate``, azure-identity with PS256) or
-``x5t`` (SHA-1; msal with ``thumbprint``, azure-identity's default RS256), with
-``iss`` = ``sub`` = client id, ``aud`` = the token endpoint, and a valid
-``exp``/``nbf``. Each failure maps to the AADSTS error Entra gives for it.
+or a ``client_assertion``: a JWT signed with a certificate's private key,
+with ``iss`` = ``sub`` = client id, ``aud`` = the token endpoint, and a valid
+``exp``/``nbf``. Its header names the certificate by thumbprint:
+
+- ``x5t#S256`` (SHA-256), PS256: msal 1.39 given ``public_certificate`` and
+  no ``thumbprint`` (it then also sends ``x5c``);
+- ``x5t`` (SHA-1), RS256: msal given ``thumbprint``, which is what
+  azure-identity's ``CertificateCredential`` passes it.
+
+The certificate is either registered on the app by thumbprint, or (subject
+name/issuer authentication) carried in ``x5c`` with a subject the app trusts
+and issued by a trusted CA. Each failure maps to the AADSTS error Entra gives.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from devstack import aadsts
 from devstack.directory import Application, ClientCertificate, Clock, Directory
@@ -83,10 +91,12 @@ class ClientAuthenticator:
         directory: Directory,
         clock: Clock,
         audiences: Callable[[str], Collection[str]],
+        trust_anchors: Callable[[], Sequence[x509.Certificate]] = tuple,
     ) -> None:
         self.directory = directory
         self.clock = clock
         self.audiences = audiences
+        self.trust_anchors = trust_anchors
 
     def authenticate(self, tenant_id: str, credentials: Presented) -> Authenticated:
         """The authenticated app, or :class:`~devstack.aadsts.EntraError`."""
@@ -129,6 +139,7 @@ class ClientAuthenticator:
     ) -> ClientCertificate:
         thumbprint, matches = _thumbprint_matcher(header)
         found = next((c for c in app.certificates if matches(c)), None)
+        found = found or self._subject_name_issuer(app, header, matches)
         if found is None:
             raise aadsts.certificate_not_registered(
                 app.client_id, thumbprint, "The key was not found."
@@ -138,6 +149,23 @@ class ClientAuthenticator:
                 app.client_id, thumbprint, "The key used is expired."
             )
         return found
+
+    def _subject_name_issuer(
+        self,
+        app: Application,
+        header: Mapping[str, Any],
+        matches: Callable[[ClientCertificate], bool],
+    ) -> ClientCertificate | None:
+        """The ``x5c`` leaf, if it has a trusted subject and a trusted issuer."""
+        leaf = _x5c_leaf(header) if app.trusted_subjects else None
+        if leaf is None or leaf.subject.rfc4514_string() not in app.trusted_subjects:
+            return None
+        if not any(_issued_by(leaf, anchor) for anchor in self.trust_anchors()):
+            return None
+        candidate = ClientCertificate(
+            key_id="x5c", certificate=leaf, expires_at=leaf.not_valid_after_utc.timestamp()
+        )
+        return candidate if matches(candidate) else None
 
     def _check_time_range(self, claims: Mapping[str, Any]) -> None:
         now = self.clock()
@@ -178,6 +206,24 @@ def _thumbprint_matcher(
         wanted = header["x5t"].rstrip("=")
         return _hex(wanted), lambda c: b64url(c.sha1) == wanted
     raise aadsts.assertion_malformed("the header names no x5t or x5t#S256 thumbprint")
+
+
+def _x5c_leaf(header: Mapping[str, Any]) -> x509.Certificate | None:
+    chain = header.get("x5c")
+    if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
+        return None
+    try:
+        return x509.load_der_x509_certificate(base64.b64decode(chain[0]))
+    except ValueError:
+        return None
+
+
+def _issued_by(leaf: x509.Certificate, anchor: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(anchor)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _hex(b64url_value: str) -> str:

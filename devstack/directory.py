@@ -99,6 +99,7 @@ class Application:
     secrets: tuple[ClientSecret, ...] = ()
     certificates: tuple[ClientCertificate, ...] = ()
     app_roles: dict[str, frozenset[str]] = field(default_factory=dict)
+    trusted_subjects: frozenset[str] = frozenset()
 
     def roles_for(self, resource: Resource) -> frozenset[str]:
         """App roles granted to this app on ``resource``."""
@@ -280,6 +281,15 @@ class Directory:
             lambda app: replace(
                 app, certificates=tuple(c for c in app.certificates if c.key_id != key_id)
             ),
+        )
+
+    def trust_subject_name(self, tenant_id: str, client_id: str, subject: str) -> None:
+        """Accept certificates with this subject, issued by a trusted CA, without
+        registering each one (subject name/issuer authentication; needs ``x5c``)."""
+        self._update(
+            tenant_id,
+            client_id,
+            lambda app: replace(app, trusted_subjects=app.trusted_subjects | {subject}),
         )
 
     def _put(self, app: Application) -> None:

@@ -20,11 +20,14 @@ Endpoints (``<base>`` is the server URL, the *authority host*):
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from cryptography import x509
 
 from devstack import aadsts
 from devstack.claims import Validity, app_token_claims, user_token_claims
@@ -56,14 +59,20 @@ class Entra:
         keys: SigningKeys | None = None,
         clock: Clock = time.time,
         policy: TokenPolicy | None = None,
+        trust_anchors: Sequence[x509.Certificate] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.clock = clock
         self.directory = directory or Directory(clock=clock)
         self.keys = keys or SigningKeys()
         self.policy = policy or TokenPolicy()
+        self._issued_lock = threading.Lock()
+        self._issued: list[str] = []
         self.authenticator = ClientAuthenticator(
-            directory=self.directory, clock=clock, audiences=self.assertion_audiences
+            directory=self.directory,
+            clock=clock,
+            audiences=self.assertion_audiences,
+            trust_anchors=lambda: trust_anchors,
         )
 
     # discovery
@@ -198,7 +207,7 @@ class Entra:
             roles=roles,
             validity=Validity(issued_at=self.clock(), lifetime=lifetime or self.policy.lifetime),
         )
-        return self.keys.sign(claims)
+        return self._sign(claims)
 
     def _app_token(
         self,
@@ -221,7 +230,18 @@ class Entra:
             auth_method=auth_method,
             validity=Validity(issued_at=self.clock(), lifetime=lifetime),
         )
-        return self.keys.sign(claims)
+        return self._sign(claims)
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        token = self.keys.sign(claims)
+        with self._issued_lock:
+            self._issued.append(token)
+        return token
+
+    def issued_tokens(self) -> list[str]:
+        """Every token issued or minted so far (for leak checks in tests)."""
+        with self._issued_lock:
+            return list(self._issued)
 
     @staticmethod
     def _token_response(token: str, policy: TokenPolicy) -> dict[str, Any]:

@@ -231,6 +231,13 @@ class Vault:
             raise secret_not_found(name)
         return deleted
 
+    def values(self) -> frozenset[str]:
+        """Every secret value stored, deleted ones included (for leak checks in tests)."""
+        with self._lock:
+            live = [v for s in self._secrets.values() for v in s.versions]
+            gone = [v for d in self._deleted.values() for v in d.versions]
+        return frozenset(v.value for v in live + gone)
+
     def deleted(self) -> list[DeletedSecret]:
         with self._lock:
             return sorted(self._deleted.values(), key=lambda d: d.latest.name.lower())

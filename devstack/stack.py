@@ -92,6 +92,7 @@ class DevStack:
             keys=SigningKeys(),
             clock=clock,
             policy=TokenPolicy(lifetime=token_lifetime),
+            trust_anchors=[self.ca.certificate],
         )
         self.tenant_id = self.entra.directory.add_tenant()
         self.vault_name = vault_name
@@ -174,17 +175,26 @@ class DevStack:
         *,
         secret: bool = True,
         certificate: bool = False,
+        subject_name_issuer: bool = False,
         vault_roles: Iterable[VaultRole] = (),
     ) -> AppIdentity:
-        """Register an app with a client secret and/or a certificate and vault roles."""
+        """Register an app with a client secret and/or a certificate and vault roles.
+
+        ``certificate`` registers a self-signed certificate by thumbprint;
+        ``subject_name_issuer`` instead issues one from the devstack CA and
+        trusts its subject name (the client must send ``x5c``).
+        """
         directory = self.entra.directory
         app = directory.register_app(self.tenant_id, name)
         value = directory.add_secret(self.tenant_id, app.client_id).value if secret else None
-        cert = AppCertificate.generate(f"devstack {name}") if certificate else None
-        files = None
-        if cert is not None:
+        cert = None
+        if certificate:
+            cert = AppCertificate.generate(f"devstack {name}")
             directory.add_certificate(self.tenant_id, app.client_id, cert.certificate)
-            files = cert.write(self.directory / "identities", name)
+        elif subject_name_issuer:
+            cert = self.ca.issue_client_certificate(f"devstack {name}")
+            directory.trust_subject_name(self.tenant_id, app.client_id, cert.subject)
+        files = cert.write(self.directory / "identities", name) if cert else None
         for role in vault_roles:
             self.vault_access.assign(app.object_id, role)
         return AppIdentity(
@@ -235,6 +245,12 @@ class DevStack:
             roles=roles,
             lifetime=lifetime,
         )
+
+    def sensitive_values(self) -> set[str]:
+        """Values that must never appear in a log or error message: every client
+        secret devstack created, every token it issued, every secret value in the vault."""
+        secrets = {s.value for app in self.entra.directory.apps() for s in app.secrets}
+        return secrets | set(self.entra.issued_tokens()) | self.vault.values()
 
     def rotate_signing_key(self) -> str:
         """Publish a new signing key and sign with it; the old one stays published."""

@@ -273,3 +273,13 @@ def test_counters_count_each_operation(stack: DevStack, sdk: Sdk) -> None:
     after = stack.vault_counters.snapshot()
     assert after["get_secret"] - before.get("get_secret", 0) == 2
     assert after["set_secret"] == before["set_secret"]
+
+
+def test_sensitive_values_cover_secrets_tokens_and_vault_values(stack: DevStack, sdk: Sdk) -> None:
+    name = unique("sensitive")
+    sdk.secret_client(stack.operator).set_secret(name, "top-secret-value")
+    token = stack.mint_app_token(stack.service, "https://vault.azure.net")
+
+    values = stack.sensitive_values()
+
+    assert {"top-secret-value", token, stack.operator.client_secret} <= values
