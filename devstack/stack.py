@@ -10,6 +10,10 @@
         client = SecretClient(stack.vault_url, credential,
                               connection_verify=str(stack.ca_path),
                               verify_challenge_resource=False)
+        app = msal.ConfidentialClientApplication(
+            stack.service.client_id, client_credential=stack.service.client_secret,
+            authority=stack.authority, instance_discovery=False,
+            http_client=devstack.ca.requests_session(stack.ca_path))
 
 Four apps are registered in the tenant:
 
@@ -22,7 +26,8 @@ Four apps are registered in the tenant:
 
 Tests reach the parts directly: ``stack.entra`` (directory, signing keys,
 token policy, minting), ``stack.vault`` (secrets), ``stack.vault_access``
-(role assignments), ``*_counters``, ``*_faults``, ``*_server.down()``.
+(role assignments), ``*_counters``, ``*_faults``, ``*_server.down()``;
+``sensitive_values()`` lists what must never reach a log.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from devstack.entra_app import create_entra_app
 from devstack.events import EventPublisher, Subscription, secret_new_version_created
 from devstack.keyvault import SecretVersion, Vault
 from devstack.keyvault_app import create_keyvault_app
-from devstack.keyvault_auth import VaultAccess, VaultRole
+from devstack.keyvault_auth import CLOCK_SKEW, VaultAccess, VaultRole
 from devstack.server import Server
 from devstack.signing import SigningKeys
 from devstack.traffic import Counters, Faults
@@ -78,6 +83,7 @@ class DevStack:
         entra_port: int = 0,
         vault_port: int = 0,
         vault_name: str = "devstack",
+        vault_clock_skew: int = CLOCK_SKEW,
     ) -> None:
         self.directory = directory
         self.ca = LocalCA(directory=directory / "ca")
@@ -104,6 +110,7 @@ class DevStack:
             public_key=self.entra.keys.public_key,
             clock=clock,
             vault_name=vault_name,
+            clock_skew=vault_clock_skew,
         )
         self.entra_counters, self.entra_faults = Counters(), Faults()
         self.vault_counters, self.vault_faults = Counters(), Faults()
