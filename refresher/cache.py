@@ -32,7 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from refresher.db import IMMEDIATE, utcnow
@@ -49,10 +49,11 @@ from refresher.errors import (
     ConfigurationError,
     InvalidCursorError,
     ItemNotFoundError,
+    LeaseLostError,
     NamespaceNotFoundError,
     StoreError,
 )
-from refresher.items import Diff, diff_by_etag, diff_by_fingerprint, prepare
+from refresher.items import Diff, diff_by_etag, diff_by_fingerprint, diff_by_version, prepare
 from refresher.lease import Lease, LeaseManager
 from refresher.schema import ERROR_MESSAGE_MAX, NAMESPACE_MAX, entries, namespaces, refresh_runs
 
@@ -79,6 +80,7 @@ class Item:
     etag: str
     generation: int
     changed_at: datetime
+    source_version: str | None
 
     def data(self) -> Any:
         """The payload, parsed."""
@@ -150,6 +152,32 @@ class RunRecord:
     runner: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What a refresh is compared with (see :meth:`CacheStore._known`)."""
+
+    generation: int
+    mode: str
+    remembered: dict[str, Hashable] | None
+    stored: dict[str, str]
+
+
+def _diff(
+    items: Iterable[Mapping[str, Any]],
+    key_field: str,
+    version_field: str | None,
+    known: _Known,
+    on_item: Callable[[int], None] | None,
+) -> Diff:
+    if version_field:
+        versions = known.stored if known.remembered is None else known.remembered
+        return diff_by_version(items, key_field, version_field, versions, on_item=on_item)
+    payloads = prepare(items, key_field, on_item=on_item)
+    if known.remembered is not None:
+        return diff_by_fingerprint(payloads, known.remembered)
+    return diff_by_etag(payloads, known.stored)
+
+
 class _Counter:
     """Reports write progress, if anyone listens."""
 
@@ -176,8 +204,9 @@ class CacheStore:
         self.engine = engine
         self.leases = leases or LeaseManager(engine)
         self._remember = remember
-        # namespace -> (generation, fingerprints of the content this process wrote)
-        self._fingerprints: dict[str, tuple[int, dict[str, int]]] = {}
+        # namespace -> (generation, mode, memo of the content this process wrote);
+        # mode is the version field, or "" when comparing by content.
+        self._memos: dict[str, tuple[int, str, dict[str, Hashable]]] = {}
 
     # -- refresh ---------------------------------------------------------------
 
@@ -187,12 +216,17 @@ class CacheStore:
         items: Iterable[Mapping[str, Any]],
         *,
         key_field: str = "id",
+        version_field: str | None = None,
         lease: Lease | None = None,
         secret_versions: Mapping[str, str] | None = None,
         source_version: str | None = None,
         progress: Progress | None = None,
     ) -> RefreshResult:
         """Make ``items`` the namespace's complete content, in one step.
+
+        Items are compared with the stored ones by content hash, or, with
+        ``version_field``, by the version the source gives each item (then
+        unchanged items are not even serialised).
 
         Raises :class:`~refresher.errors.LeaseHeldError` if another refresher
         holds the namespace, :class:`~refresher.errors.InvalidItemsError` if
@@ -206,8 +240,11 @@ class CacheStore:
             run_id = self._start_run(namespace, held.holder, secret_versions)
             try:
                 on_item = None if progress is None else (lambda n: progress("fetch", n, None))
-                payloads = prepare(items, key_field, on_item=on_item)
-                return self._commit(namespace, payloads, held, run_id, source_version, progress)
+                known = self._known(namespace, version_field or "")
+                changes = _diff(items, key_field, version_field, known, on_item)
+                return self._commit(
+                    namespace, changes, known, held, run_id, source_version, progress
+                )
             except BaseException as exc:
                 self._finish_failed_run(namespace, run_id, exc)
                 if isinstance(exc, SQLAlchemyError):
@@ -217,28 +254,56 @@ class CacheStore:
             if own_lease:
                 self._release_quietly(held)
 
+    def _known(self, namespace: str, mode: str) -> _Known:
+        """What the namespace holds now, to diff a refresh against.
+
+        This process's memo when it wrote the current generation in the same
+        mode; otherwise the stored etags (or source versions) read back. The
+        lease keeps anyone else from writing until this refresh commits, and
+        :meth:`_commit` checks the generation again to be sure.
+        """
+        with self.engine.connect() as conn:
+            generation = conn.execute(
+                sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
+            ).scalar()
+            current = 0 if generation is None else int(generation)
+            memo = self._memos.get(namespace)
+            if memo is not None and memo[:2] == (current, mode):
+                return _Known(current, mode, memo[2], {})
+            column = entries.c.source_version if mode else entries.c.etag
+            # Straight from the driver: 100k pairs through SQLAlchemy's Result
+            # rows cost more than the query.
+            query = sa.select(entries.c.key, column).where(entries.c.namespace == namespace)
+            compiled = query.compile(dialect=_positional(conn.dialect))
+            cursor = conn.exec_driver_sql(str(compiled), (namespace,)).cursor
+            assert cursor is not None
+            # A row written without a version compares unequal to any version ("").
+            stored = {key: value or "" for key, value in cursor.fetchall()}
+        return _Known(current, mode, None, stored)
+
     def _commit(
         self,
         namespace: str,
-        payloads: dict[str, bytes],
+        changes: Diff,
+        known: _Known,
         lease: Lease,
         run_id: int,
         source_version: str | None,
         progress: Progress | None,
     ) -> RefreshResult:
+        generation = known.generation + 1 if changes.changed else known.generation
         with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
-            state = conn.execute(
+            current = conn.execute(
                 sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
-            ).first()
-            generation = 0 if state is None else int(state.generation)
-            changes = self._diff(conn, namespace, generation, payloads)
-            if changes.changed:
-                generation += 1
+            ).scalar()
+            if (0 if current is None else int(current)) != known.generation:
+                raise LeaseLostError(lease.name, lease.holder)  # someone else wrote meanwhile
             now = utcnow()
             self._write(conn, namespace, changes, generation, now, progress)
             self._save_state(
-                conn, namespace, state is not None, generation, len(payloads), now, source_version
-            )
+                conn, namespace, current is not None, generation, len(changes.memo), now,
+                source_version,
+            )  # fmt: skip
             conn.execute(
                 refresh_runs.update()
                 .where(refresh_runs.c.id == run_id)
@@ -254,7 +319,7 @@ class CacheStore:
             )
             self.leases.confirm(conn, lease)
         if self._remember:
-            self._fingerprints[namespace] = (generation, changes.fingerprints)
+            self._memos[namespace] = (generation, known.mode, changes.memo)
         return RefreshResult(
             run_id,
             namespace,
@@ -264,17 +329,6 @@ class CacheStore:
             len(changes.deletes),
             changes.unchanged,
         )
-
-    def _diff(
-        self, conn: Connection, namespace: str, generation: int, payloads: dict[str, bytes]
-    ) -> Diff:
-        remembered = self._fingerprints.get(namespace)
-        if remembered is not None and remembered[0] == generation:
-            return diff_by_fingerprint(payloads, remembered[1])
-        result = conn.execute(
-            sa.select(entries.c.key, entries.c.etag).where(entries.c.namespace == namespace)
-        )
-        return diff_by_etag(payloads, {key: etag for key, etag in result})
 
     def _write(
         self,
@@ -298,7 +352,7 @@ class CacheStore:
         for rows, stmt in ((changes.inserts, entries.insert()), (changes.updates, _update(conn))):
             for batch in _batches(list(rows.items())):
                 values = [
-                    (namespace, key, row.payload, row.etag, generation, changed_at)
+                    (namespace, key, row.payload, row.etag, generation, changed_at, row.version)
                     for key, row in batch
                 ]
                 _executemany(conn, stmt, values)
@@ -541,7 +595,9 @@ def _store_error(what: str, exc: SQLAlchemyError) -> StoreError:
     )
 
 
-_ROW_COLUMNS = ("namespace", "key", "payload", "etag", "generation", "changed_at")
+_ROW_COLUMNS = (
+    "namespace", "key", "payload", "etag", "generation", "changed_at", "source_version",
+)  # fmt: skip
 
 
 def _update(conn: Connection) -> sa.Executable:
@@ -571,19 +627,30 @@ def _executemany(conn: Connection, stmt: sa.Executable, rows: list[tuple[Any, ..
 
     Rows are tuples in ``_ROW_COLUMNS`` order whose values are already in the
     driver's form (see :func:`_bind_value`): SQLAlchemy's per-row parameter
-    processing would otherwise cost more than the database's own work.
+    processing, and a named-parameter dict per row, would otherwise cost more
+    than the database's own work. The statement is compiled for a positional
+    parameter style so the tuples go to the driver as they are.
     """
-    compiled = stmt.compile(dialect=conn.dialect)  # type: ignore[attr-defined]
-    if conn.dialect.positional:
-        order = [_ROW_COLUMNS.index(name) for name in compiled.positiontup]
-        params: list[Any] = (
-            rows
-            if order == list(range(len(_ROW_COLUMNS)))
-            else [tuple(row[i] for i in order) for row in rows]
-        )
-    else:
-        params = [dict(zip(_ROW_COLUMNS, row, strict=True)) for row in rows]
-    conn.exec_driver_sql(str(compiled), params)
+    compiled = stmt.compile(  # type: ignore[attr-defined]
+        dialect=_positional(conn.dialect), column_keys=list(_ROW_COLUMNS)
+    )
+    order = [_ROW_COLUMNS.index(name) for name in compiled.positiontup]
+    if order != list(range(len(_ROW_COLUMNS))):
+        rows = [tuple(row[i] for i in order) for row in rows]
+    conn.exec_driver_sql(str(compiled), rows)
+
+
+_POSITIONAL_TWINS: dict[str, Dialect] = {}
+
+
+def _positional(dialect: Dialect) -> Dialect:
+    """``dialect``, or a twin of it that writes ``%s`` placeholders (psycopg's positional style)."""
+    if dialect.positional:
+        return dialect
+    name = f"{dialect.name}+{dialect.driver}"
+    if name not in _POSITIONAL_TWINS:
+        _POSITIONAL_TWINS[name] = type(dialect)(paramstyle="format")  # type: ignore[call-arg]
+    return _POSITIONAL_TWINS[name]
 
 
 def _bind_value(conn: Connection, column: sa.Column[Any], value: Any) -> Any:

@@ -8,34 +8,35 @@ shell around them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
 
 from refresher.errors import InvalidItemsError
-from refresher.schema import KEY_MAX
+from refresher.schema import KEY_MAX, VERSION_MAX
 
 MAX_REPORTED_PROBLEMS = 5
 """How many bad items an :class:`InvalidItemsError` message names before summarising."""
 
 
 class Row(NamedTuple):
-    """One item ready to store: canonical JSON payload and its content hash."""
+    """One item ready to store: canonical JSON payload, content hash, source version."""
 
     payload: str
     etag: str
+    version: str | None = None
 
 
-def row(payload: bytes) -> Row:
+def row(payload: bytes, version: str | None = None) -> Row:
     """The stored form of a canonical payload and its strong ETag (hex SHA-256).
 
     Payloads are canonical JSON (sorted keys, no insignificant whitespace), so
     the same content gives the same bytes and the same etag, whatever order
     its fields arrived in.
     """
-    return Row(payload.decode(), hashlib.sha256(payload).hexdigest())
+    return Row(payload.decode(), hashlib.sha256(payload).hexdigest(), version)
 
 
 def prepare(
@@ -118,19 +119,20 @@ def _summarise(problems: list[str], count: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Diff:
-    """What one refresh changes, and the fingerprints of the content it leaves.
+    """What one refresh changes, and what to remember of the content it leaves.
 
-    ``fingerprints`` maps every key to Python's ``hash()`` of its payload
-    (SipHash, keyed at random per process): a store that remembers them can
-    tell an unchanged item by one cheap hash instead of a SHA-256 and a
-    database read. They mean nothing outside this process and are never stored.
+    ``memo`` maps every key to what tells its next version apart cheaply: in
+    content mode Python's ``hash()`` of its payload (SipHash, keyed at random
+    per process, so it means nothing outside this process and is never
+    stored); in source-version mode the item's version. A store that remembers
+    it tells an unchanged item without a SHA-256 or a database read.
     """
 
     inserts: dict[str, Row] = field(default_factory=dict)
     updates: dict[str, Row] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
     unchanged: int = 0
-    fingerprints: dict[str, int] = field(default_factory=dict)
+    memo: dict[str, Hashable] = field(default_factory=dict)
 
     @property
     def written(self) -> int:
@@ -146,21 +148,22 @@ def diff_by_etag(payloads: Mapping[str, bytes], etags: Mapping[str, str]) -> Dif
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     unchanged = 0
+    sha256, make_row, known = hashlib.sha256, Row, etags.get  # the hot loop: locals
     for key, payload in payloads.items():
-        new = row(payload)
-        old = etags.get(key)
+        etag = sha256(payload).hexdigest()
+        old = known(key)
         if old is None:
-            inserts[key] = new
-        elif old != new.etag:
-            updates[key] = new
+            inserts[key] = make_row(payload.decode(), etag)
+        elif old != etag:
+            updates[key] = make_row(payload.decode(), etag)
         else:
             unchanged += 1
     deletes = [key for key in etags if key not in payloads]
-    fingerprints = {key: hash(payload) for key, payload in payloads.items()}
-    return Diff(inserts, updates, deletes, unchanged, fingerprints)
+    memo: dict[str, Hashable] = {key: hash(payload) for key, payload in payloads.items()}
+    return Diff(inserts, updates, deletes, unchanged, memo)
 
 
-def diff_by_fingerprint(payloads: Mapping[str, bytes], previous: Mapping[str, int]) -> Diff:
+def diff_by_fingerprint(payloads: Mapping[str, bytes], previous: Mapping[str, Hashable]) -> Diff:
     """Compare a refresh with the fingerprints of the content this process last wrote.
 
     Equal fingerprints mean equal payloads (a SipHash-2-4/1-3 collision between
@@ -169,10 +172,10 @@ def diff_by_fingerprint(payloads: Mapping[str, bytes], previous: Mapping[str, in
     """
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
-    fingerprints: dict[str, int] = {}
+    memo: dict[str, Hashable] = {}
     unchanged = 0
     for key, payload in payloads.items():
-        fingerprint = fingerprints[key] = hash(payload)
+        fingerprint = memo[key] = hash(payload)
         old = previous.get(key)
         if old is None:
             inserts[key] = row(payload)
@@ -181,4 +184,76 @@ def diff_by_fingerprint(payloads: Mapping[str, bytes], previous: Mapping[str, in
         else:
             unchanged += 1
     deletes = [key for key in previous if key not in payloads]
-    return Diff(inserts, updates, deletes, unchanged, fingerprints)
+    return Diff(inserts, updates, deletes, unchanged, memo)
+
+
+def diff_by_version(
+    items: Iterable[Mapping[str, Any]],
+    key_field: str,
+    version_field: str,
+    known: Mapping[str, Hashable],
+    *,
+    on_item: Callable[[int], None] | None = None,
+) -> Diff:
+    """Validate ``items`` and compare them by the version their source gives each one.
+
+    For sources whose items carry a version that changes whenever the item
+    does (an ETag, a ``rowversion``, a last-modified stamp): an item whose
+    version equals the stored one is unchanged and is not even serialised, so
+    a refresh costs in proportion to what changed. Keys and versions of every
+    item are checked; payloads only of the items that changed.
+    """
+    inserts: dict[str, Row] = {}
+    updates: dict[str, Row] = {}
+    memo: dict[str, Hashable] = {}
+    problems: list[str] = []
+    dumps, option, unchanged, count = orjson.dumps, orjson.OPT_SORT_KEYS, 0, 0
+    for position, item in enumerate(items):
+        count = position + 1
+        if on_item is not None and not count % 1000:
+            on_item(count)
+        key = item.get(key_field) if type(item) is dict else None
+        if type(key) is not str or not 0 < len(key) <= KEY_MAX:
+            key = _key_of(item, key_field, position, problems)
+            if key is None:
+                continue
+        version = _version_of(item, version_field, position, key, problems)
+        if version is None:
+            continue
+        if key in memo:
+            problems.append(f"item {position}: duplicate key {key!r} (keys must be unique)")
+            continue
+        memo[key] = version
+        old = known.get(key)
+        if old == version:
+            unchanged += 1
+            continue
+        try:
+            payload = dumps(item, option=option)
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            problems.append(f"item {position} (key {key!r}): payload is not JSON: {exc}")
+            continue
+        (inserts if old is None else updates)[key] = row(payload, version)
+    if on_item is not None:
+        on_item(count)
+    if problems:
+        raise InvalidItemsError(_summarise(problems, count))
+    deletes = [key for key in known if key not in memo]
+    return Diff(inserts, updates, deletes, unchanged, memo)
+
+
+def _version_of(
+    item: Mapping[str, Any], version_field: str, position: int, key: str, problems: list[str]
+) -> str | None:
+    raw = item.get(version_field)
+    if type(raw) is str and 0 < len(raw) <= VERSION_MAX:
+        return raw
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    what = (
+        "is missing"
+        if raw is None
+        else f"is not a string or integer of 1 to {VERSION_MAX} characters"
+    )
+    problems.append(f"item {position} (key {key!r}): version field {version_field!r} {what}")
+    return None

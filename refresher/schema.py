@@ -6,7 +6,9 @@ match on every dialect it can reach).
 
 - ``cache_entries``: one row per (namespace, key); ``etag`` is the SHA-256 of
   the canonical JSON payload, ``generation`` the namespace generation that last
-  wrote the row, ``changed_at`` when its content last changed.
+  wrote the row, ``changed_at`` when its content last changed, and
+  ``source_version`` the item's own version when its namespace compares by
+  one (see :func:`refresher.items.diff_by_version`).
 - ``cache_namespaces``: per namespace, the generation readers see, its row
   count, the last success / attempt / error.
 - ``cache_refresh_runs``: the history of refreshes, with the secret *names and
@@ -42,6 +44,9 @@ NAMESPACE_MAX = 100
 KEY_MAX = 256
 """Longest item key (characters). With ``NAMESPACE_MAX`` it keeps the primary
 key within Azure SQL's 900-byte clustered index limit (NVARCHAR: 2 bytes/char)."""
+
+VERSION_MAX = 200
+"""Longest per-item source version (an ETag, rowversion or timestamp as text)."""
 
 ERROR_MESSAGE_MAX = 2000
 
@@ -83,6 +88,7 @@ entries = Table(
     Column("etag", String(64), nullable=False),
     Column("generation", BigInteger, nullable=False),
     Column("changed_at", UTCDateTime, nullable=False),
+    Column("source_version", Unicode(VERSION_MAX), nullable=True),
 )
 
 namespaces = Table(

@@ -28,6 +28,7 @@ CREATE TABLE cache_entries (
     etag VARCHAR(64) NOT NULL,
     generation BIGINT NOT NULL,
     changed_at DATETIMEOFFSET NOT NULL,
+    source_version NVARCHAR(200) NULL,
     CONSTRAINT pk_cache_entries PRIMARY KEY (namespace, [key])
 );
 

@@ -26,6 +26,7 @@ CREATE TABLE cache_entries (
     etag VARCHAR(64) NOT NULL,
     generation BIGINT NOT NULL,
     changed_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    source_version VARCHAR(200),
     CONSTRAINT pk_cache_entries PRIMARY KEY (namespace, key)
 );
 

@@ -19,6 +19,7 @@ CREATE TABLE cache_entries (
     etag VARCHAR(64) NOT NULL,
     generation BIGINT NOT NULL,
     changed_at DATETIME NOT NULL,
+    source_version VARCHAR(200),
     CONSTRAINT pk_cache_entries PRIMARY KEY (namespace, "key")
 );
 

@@ -283,3 +283,43 @@ def test_payload_is_canonical_json(store: CacheStore) -> None:
 
     assert payload == '{"id":"a","m":null,"z":[1,{"a":1,"b":2}]}'
     assert orjson.loads(payload)["z"][1] == {"a": 1, "b": 2}
+
+
+def with_versions(count: int, *, bumped: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+    return [
+        {"id": f"item-{i:05d}", "rev": 2 if i in bumped else 1, "n": i * (3 if i in bumped else 1)}
+        for i in range(count)
+    ]
+
+
+def test_a_versioned_namespace_writes_only_items_whose_version_changed(
+    store: CacheStore, engine: Engine
+) -> None:
+    store.apply("versioned", with_versions(20), version_field="rev")
+
+    result = store.apply("versioned", with_versions(20, bumped=frozenset({4})), version_field="rev")
+
+    assert (result.updated, result.unchanged) == (1, 19)
+    item = store.get_item("versioned", "item-00004")
+    assert item.source_version == "2" and item.data()["n"] == 12
+
+
+def test_a_cold_store_reads_the_stored_versions_back(store: CacheStore, engine: Engine) -> None:
+    store.apply("versioned", with_versions(20), version_field="rev")
+    cold = CacheStore(engine, leases=LeaseManager(engine, holder="cold"))
+
+    result = cold.apply("versioned", with_versions(19, bumped=frozenset({0})), version_field="rev")
+
+    assert (result.updated, result.deleted, result.unchanged) == (1, 1, 18)
+
+
+def test_switching_a_namespace_to_versions_rewrites_rows_stored_without_one(
+    store: CacheStore,
+) -> None:
+    store.apply("switch", with_versions(5))
+
+    result = store.apply("switch", with_versions(5), version_field="rev")
+
+    assert (result.inserted, result.updated) == (0, 5)
+    again = store.apply("switch", with_versions(5), version_field="rev")
+    assert again.unchanged == 5

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 
-from refresher.items import diff_by_etag, diff_by_fingerprint, prepare, row
+import pytest
+
+from refresher.errors import InvalidItemsError
+from refresher.items import diff_by_etag, diff_by_fingerprint, diff_by_version, prepare, row
 
 
 def payloads(count: int, *, changed: frozenset[int] = frozenset()) -> dict[str, bytes]:
@@ -39,19 +42,52 @@ def test_both_diffs_agree_on_random_changes() -> None:
         old = payloads(200)
         new = payloads(rng.randrange(150, 250), changed=frozenset(rng.sample(range(200), 10)))
         by_etag = diff_by_etag(new, {key: row(p).etag for key, p in old.items()})
-        by_fingerprint = diff_by_fingerprint(new, diff_by_etag(old, {}).fingerprints)
+        by_fingerprint = diff_by_fingerprint(new, diff_by_etag(old, {}).memo)
 
         assert by_etag.inserts == by_fingerprint.inserts
         assert by_etag.updates == by_fingerprint.updates
         assert sorted(by_etag.deletes) == sorted(by_fingerprint.deletes)
         assert by_etag.unchanged == by_fingerprint.unchanged
-        assert by_etag.fingerprints == by_fingerprint.fingerprints
+        assert by_etag.memo == by_fingerprint.memo
 
 
 def test_an_unchanged_refresh_changes_nothing() -> None:
     first = diff_by_etag(payloads(50), {})
 
-    again = diff_by_fingerprint(payloads(50), first.fingerprints)
+    again = diff_by_fingerprint(payloads(50), first.memo)
 
     assert not again.changed
     assert again.unchanged == 50
+
+
+def versioned(count: int, *, bumped: frozenset[int] = frozenset()) -> list[dict[str, object]]:
+    return [
+        {"id": f"k{i}", "etag": f"v{2 if i in bumped else 1}", "v": i * (2 if i in bumped else 1)}
+        for i in range(count)
+    ]
+
+
+def test_diff_by_version_serialises_only_changed_items() -> None:
+    first = diff_by_version(versioned(10), "id", "etag", {})
+    items = versioned(9, bumped=frozenset({3}))
+    items[5] = {"id": "k5", "etag": "v1", "unserialisable": object()}  # same version: skipped
+
+    changes = diff_by_version(items, "id", "etag", first.memo)
+
+    assert set(first.inserts) == {f"k{i}" for i in range(10)}
+    assert set(changes.updates) == {"k3"} and changes.updates["k3"].version == "v2"
+    assert changes.deletes == ["k9"] and changes.unchanged == 8
+
+
+def test_diff_by_version_refuses_items_without_a_version() -> None:
+    with pytest.raises(
+        InvalidItemsError, match="item 1 \\(key 'b'\\): version field 'etag' is missing"
+    ):
+        diff_by_version([{"id": "a", "etag": "1"}, {"id": "b"}], "id", "etag", {})
+
+
+def test_integer_versions_compare_as_text() -> None:
+    first = diff_by_version([{"id": "a", "rev": 7}], "id", "rev", {})
+
+    assert first.memo == {"a": "7"}
+    assert diff_by_version([{"id": "a", "rev": 7}], "id", "rev", first.memo).unchanged == 1
