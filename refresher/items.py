@@ -8,7 +8,7 @@ shell around them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -55,12 +55,8 @@ def prepare(
     problems: list[str] = []
     # The hot loop: locals for speed, and a fast path for the common case (a
     # dict with a short string key); _key_of handles everything else.
-    dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
-    count = 0
-    for position, item in enumerate(items):
-        count = position + 1
-        if on_item is not None and not count % 1000:
-            on_item(count)
+    dumps, option, position = orjson.dumps, orjson.OPT_SORT_KEYS, -1
+    for position, item in enumerate(_counted(items, on_item)):
         key = item.get(key_field) if type(item) is dict else None
         if type(key) is not str or not 0 < len(key) <= KEY_MAX:
             key = _key_of(item, key_field, position, problems)
@@ -73,10 +69,8 @@ def prepare(
             rows[key] = dumps(item, option=option)
         except (orjson.JSONEncodeError, TypeError) as exc:
             problems.append(f"item {position} (key {key!r}): payload is not JSON: {exc}")
-    if on_item is not None:
-        on_item(count)
     if problems:
-        raise InvalidItemsError(_summarise(problems, count))
+        raise InvalidItemsError(_summarise(problems, position + 1))
     return rows
 
 
@@ -148,14 +142,15 @@ def diff_by_etag(payloads: Mapping[str, bytes], etags: Mapping[str, str]) -> Dif
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     unchanged = 0
-    sha256, make_row, known = hashlib.sha256, Row, etags.get  # the hot loop: locals
+    sha256, new_tuple, known = hashlib.sha256, tuple.__new__, etags.get  # the hot loop: locals
     for key, payload in payloads.items():
         etag = sha256(payload).hexdigest()
         old = known(key)
         if old is None:
-            inserts[key] = make_row(payload.decode(), etag)
+            # tuple.__new__ builds the Row in C; Row(...) costs a Python call per item.
+            inserts[key] = new_tuple(Row, (payload.decode(), etag, None))
         elif old != etag:
-            updates[key] = make_row(payload.decode(), etag)
+            updates[key] = new_tuple(Row, (payload.decode(), etag, None))
         else:
             unchanged += 1
     deletes = [key for key in etags if key not in payloads]
@@ -207,24 +202,31 @@ def diff_by_version(
     updates: dict[str, Row] = {}
     memo: dict[str, Hashable] = {}
     problems: list[str] = []
-    dumps, option, unchanged, count = orjson.dumps, orjson.OPT_SORT_KEYS, 0, 0
-    for position, item in enumerate(items):
-        count = position + 1
-        if on_item is not None and not count % 1000:
-            on_item(count)
+    dumps, option, known_get, unchanged, position = (
+        orjson.dumps,
+        orjson.OPT_SORT_KEYS,
+        known.get,
+        0,
+        -1,
+    )
+    # The hot loop: every item passes here, most of them unchanged.
+    for position, item in enumerate(_counted(items, on_item)):
         key = item.get(key_field) if type(item) is dict else None
         if type(key) is not str or not 0 < len(key) <= KEY_MAX:
             key = _key_of(item, key_field, position, problems)
             if key is None:
                 continue
-        version = _version_of(item, version_field, position, key, problems)
-        if version is None:
+        version = item.get(version_field)
+        if type(version) is not str:
+            version = str(version) if type(version) is int else None
+        if version is None or not 0 < len(version) <= VERSION_MAX:
+            _bad_version(item, version_field, position, key, problems)
             continue
         if key in memo:
             problems.append(f"item {position}: duplicate key {key!r} (keys must be unique)")
             continue
         memo[key] = version
-        old = known.get(key)
+        old = known_get(key)
         if old == version:
             unchanged += 1
             continue
@@ -234,26 +236,39 @@ def diff_by_version(
             problems.append(f"item {position} (key {key!r}): payload is not JSON: {exc}")
             continue
         (inserts if old is None else updates)[key] = row(payload, version)
-    if on_item is not None:
-        on_item(count)
     if problems:
-        raise InvalidItemsError(_summarise(problems, count))
+        raise InvalidItemsError(_summarise(problems, position + 1))
     deletes = [key for key in known if key not in memo]
     return Diff(inserts, updates, deletes, unchanged, memo)
 
 
-def _version_of(
+def _counted(
+    items: Iterable[Mapping[str, Any]], on_item: Callable[[int], None] | None
+) -> Iterable[Mapping[str, Any]]:
+    """``items``, reporting every thousandth (and the last) to ``on_item`` if given."""
+    if on_item is None:
+        return items
+    return _reporting(items, on_item)
+
+
+def _reporting(
+    items: Iterable[Mapping[str, Any]], on_item: Callable[[int], None]
+) -> Iterator[Mapping[str, Any]]:
+    count = 0
+    for count, item in enumerate(items, 1):
+        if not count % 1000:
+            on_item(count)
+        yield item
+    on_item(count)
+
+
+def _bad_version(
     item: Mapping[str, Any], version_field: str, position: int, key: str, problems: list[str]
-) -> str | None:
+) -> None:
     raw = item.get(version_field)
-    if type(raw) is str and 0 < len(raw) <= VERSION_MAX:
-        return raw
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return str(raw)
     what = (
         "is missing"
         if raw is None
         else f"is not a string or integer of 1 to {VERSION_MAX} characters"
     )
     problems.append(f"item {position} (key {key!r}): version field {version_field!r} {what}")
-    return None
