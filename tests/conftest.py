@@ -1,21 +1,31 @@
-"""Shared fixtures: a fresh database per test, on SQLite and on a real PostgreSQL.
+"""Shared fixtures: databases, the devstack, and the suite-wide secret leak check.
 
-PostgreSQL comes from ``CACHE_REFRESHER_TEST_POSTGRES_URL`` (default: the
-local server at 127.0.0.1:5432, user ``postgres``, database ``test``). Each
-test gets a schema of its own, dropped afterwards. If no server answers, the
-tests that need it fail with a message saying how to provide one: never a skip.
+- PostgreSQL comes from ``CACHE_REFRESHER_TEST_POSTGRES_URL`` (default: the
+  local server at 127.0.0.1:5432, user ``postgres``, database ``test``). Each
+  test gets a schema of its own, dropped afterwards. If no server answers, the
+  tests that need it fail with a message saying how to provide one: never a skip.
+- ``stack`` is one running devstack (local Entra ID and Key Vault over HTTPS)
+  for the session; ``make_stack`` starts more for tests that need their own.
+- The leak check: every log record of the run (all levels of ``refresher`` and
+  ``api``, INFO and up of everything else, with tracebacks) and every test
+  report's failure text and captured output are kept; at the end of the run,
+  any client secret, token or vault value a devstack issued that appears in
+  them fails the run, naming the test.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from devstack.stack import DevStack
 from refresher.cache import CacheStore
 from refresher.db import create_engine, init_schema
 from refresher.lease import LeaseManager
@@ -82,3 +92,89 @@ def engine(db_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def store(engine: Engine) -> CacheStore:
     return CacheStore(engine, leases=LeaseManager(engine, holder="test-holder", ttl=30))
+
+
+# -- devstack ------------------------------------------------------------------------
+
+_SENSITIVE: set[str] = set()
+"""Every secret and token the suite's devstacks issued (filled as they stop)."""
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """One devstack for the session (Entra ID and Key Vault on 127.0.0.1 over HTTPS)."""
+    with DevStack(directory=tmp_path_factory.mktemp("devstack")) as running:
+        yield running
+        _SENSITIVE.update(running.sensitive_values())
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Iterator[Callable[..., DevStack]]:
+    """Start devstacks of this test's own (stopped, and leak-checked, after it)."""
+    started: list[DevStack] = []
+
+    def make(**kwargs: object) -> DevStack:
+        running = DevStack(directory=tmp_path / f"devstack-{len(started)}", **kwargs)  # type: ignore[arg-type]
+        started.append(running.start())
+        return running
+
+    yield make
+    for running in started:
+        _SENSITIVE.update(running.sensitive_values())
+        running.stop()
+
+
+# -- the leak check ------------------------------------------------------------------
+
+_SEEN: list[tuple[str, str]] = []
+"""(test id, text) of every log record and test report of the run."""
+_CURRENT_TEST = ["(collection)"]
+
+
+class _Collector(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _SEEN.append((_CURRENT_TEST[0], self.format(record)))
+        except Exception:  # a record that cannot be formatted is kept by its parts
+            _SEEN.append((_CURRENT_TEST[0], f"{record.msg} {record.args}"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    collector = _Collector(level=logging.DEBUG)
+    collector.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(collector)
+    if logging.getLogger().level > logging.INFO or logging.getLogger().level == 0:
+        logging.getLogger().setLevel(logging.INFO)
+    for ours in ("refresher", "api"):
+        logging.getLogger(ours).setLevel(logging.DEBUG)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _CURRENT_TEST[0] = item.nodeid
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    texts = [report.longreprtext, report.capstdout, report.capstderr, report.caplog]
+    _SEEN.extend((item.nodeid, text) for text in texts if text)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaks = sorted(
+        {
+            (test, f"{value[:6]}...({len(value)} characters)")
+            for value in _SENSITIVE
+            if len(value) >= 8
+            for test, text in _SEEN
+            if value in text
+        }
+    )
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"  {test}: {value}" for test, value in leaks[:20]]
+        message = "a devstack secret or token appeared in a log record or error text:\n"
+        if reporter is not None:
+            reporter.write_line(message + "\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

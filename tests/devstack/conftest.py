@@ -1,6 +1,6 @@
 """Fixtures for the devstack suite: one running DevStack and SDK clients wired to it.
 
-The stack is session-scoped (starting it costs about half a second); tests
+The stack (``tests/conftest.py``) is session-scoped (starting it costs about half a second); tests
 that change shared state (token policy, signing keys, role assignments) undo
 it, and ``clean_faults`` resets faults and latency after every test. SDK
 objects come from the ``sdk`` fixture, which closes them after the test.
@@ -19,12 +19,6 @@ from azure.keyvault.secrets import SecretClient
 
 from devstack.ca import requests_session
 from devstack.stack import AppIdentity, DevStack
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    with DevStack(directory=tmp_path_factory.mktemp("devstack")) as running:
-        yield running
 
 
 @pytest.fixture(autouse=True)
