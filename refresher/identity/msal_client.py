@@ -184,8 +184,12 @@ class MsalTokenRequest:
                 except requests.RequestException as exc:
                     raise self._unreachable(exc) from None
                 except ValueError as exc:
+                    # msal raises its own text; Entra's answer (AADSTS90002 for an
+                    # unknown tenant) is the exception it was handling.
+                    answer = exc.__cause__ or exc.__context__ or exc
+                    description = str(answer) if "AADSTS" in str(answer) else str(exc)
                     raise from_entra_error(
-                        {"error": "invalid_tenant", "error_description": str(exc.__cause__ or exc)},
+                        {"error": "invalid_tenant", "error_description": description},
                         who=self._description,
                     ) from None
             return self._app
