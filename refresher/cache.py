@@ -53,7 +53,7 @@ from refresher.errors import (
     NamespaceNotFoundError,
     StoreError,
 )
-from refresher.items import Diff, diff_by_etag, diff_by_fingerprint, diff_by_version, prepare
+from refresher.items import Diff, diff_by_etag, diff_by_fingerprint, diff_by_version
 from refresher.lease import Lease, LeaseManager
 from refresher.schema import ERROR_MESSAGE_MAX, NAMESPACE_MAX, entries, namespaces, refresh_runs
 
@@ -172,10 +172,9 @@ def _diff(
     if version_field:
         versions = known.stored if known.remembered is None else known.remembered
         return diff_by_version(items, key_field, version_field, versions, on_item=on_item)
-    payloads = prepare(items, key_field, on_item=on_item)
     if known.remembered is not None:
-        return diff_by_fingerprint(payloads, known.remembered)
-    return diff_by_etag(payloads, known.stored)
+        return diff_by_fingerprint(items, key_field, known.remembered, on_item=on_item)
+    return diff_by_etag(items, key_field, known.stored, on_item=on_item)
 
 
 class _Counter:

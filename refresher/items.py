@@ -1,8 +1,11 @@
 """Pure functions that turn a refresh's items into rows and decide what to write.
 
-Nothing here does I/O: :func:`prepare` validates and serialises, :func:`diff`
-compares with what the table holds. The store (``refresher.cache``) is the thin
-shell around them.
+Nothing here does I/O. Each ``diff_by_*`` function streams a refresh's items
+once: it validates each (key, duplicates, JSON), serialises it to canonical
+JSON where it must, compares it with what the table holds, and collects every
+problem, raising one :class:`InvalidItemsError` at the end so that bad input
+is refused whole. The store (``refresher.cache``) is the thin shell around
+them.
 """
 
 from __future__ import annotations
@@ -39,39 +42,39 @@ def row(payload: bytes, version: str | None = None) -> Row:
     return Row(payload.decode(), hashlib.sha256(payload).hexdigest(), version)
 
 
-def prepare(
-    items: Iterable[Mapping[str, Any]],
-    key_field: str,
-    *,
-    on_item: Callable[[int], None] | None = None,
-) -> dict[str, bytes]:
-    """Validate ``items`` and serialise each to canonical JSON, keyed by ``key_field``.
+class _Scan:
+    """Validates keys as items stream past; problems are collected, raised by :meth:`finish`."""
 
-    Every item is checked before anything is returned; all problems found are
-    reported together in one :class:`InvalidItemsError` (the first
-    ``MAX_REPORTED_PROBLEMS`` by position and key, then a count).
-    """
-    rows: dict[str, bytes] = {}
-    problems: list[str] = []
-    # The hot loop: locals for speed, and a fast path for the common case (a
-    # dict with a short string key); _key_of handles everything else.
-    dumps, option, position = orjson.dumps, orjson.OPT_SORT_KEYS, -1
-    for position, item in enumerate(_counted(items, on_item)):
-        key = item.get(key_field) if type(item) is dict else None
-        if type(key) is not str or not 0 < len(key) <= KEY_MAX:
-            key = _key_of(item, key_field, position, problems)
-            if key is None:
-                continue
-        if key in rows:
-            problems.append(f"item {position}: duplicate key {key!r} (keys must be unique)")
-            continue
-        try:
-            rows[key] = dumps(item, option=option)
-        except (orjson.JSONEncodeError, TypeError) as exc:
-            problems.append(f"item {position} (key {key!r}): payload is not JSON: {exc}")
-    if problems:
-        raise InvalidItemsError(_summarise(problems, position + 1))
-    return rows
+    def __init__(self, key_field: str) -> None:
+        self.key_field = key_field
+        self.problems: list[str] = []
+        self.count = 0
+
+    def keyed(
+        self, items: Iterable[Mapping[str, Any]], on_item: Callable[[int], None] | None
+    ) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+        """(position, key, item) of every item with a valid key."""
+        key_field, problems, position = self.key_field, self.problems, -1
+        for position, item in enumerate(_counted(items, on_item)):
+            # Fast path: a dict with a short string key; _key_of handles the rest.
+            key = item.get(key_field) if type(item) is dict else None
+            if type(key) is not str or not 0 < len(key) <= KEY_MAX:
+                key = _key_of(item, key_field, position, problems)
+                if key is None:
+                    continue
+            yield position, key, item
+        self.count = position + 1
+
+    def duplicate(self, position: int, key: str) -> None:
+        self.problems.append(f"item {position}: duplicate key {key!r} (keys must be unique)")
+
+    def not_json(self, position: int, key: str, exc: Exception) -> None:
+        self.problems.append(f"item {position} (key {key!r}): payload is not JSON: {exc}")
+
+    def finish(self) -> None:
+        """Refuse the whole refresh if any item was bad."""
+        if self.problems:
+            raise InvalidItemsError(_summarise(self.problems, self.count))
 
 
 def _key_of(item: Any, key_field: str, position: int, problems: list[str]) -> str | None:
@@ -137,49 +140,82 @@ class Diff:
         return self.written > 0
 
 
-def diff_by_etag(payloads: Mapping[str, bytes], etags: Mapping[str, str]) -> Diff:
+def diff_by_etag(
+    items: Iterable[Mapping[str, Any]],
+    key_field: str,
+    etags: Mapping[str, str],
+    *,
+    on_item: Callable[[int], None] | None = None,
+) -> Diff:
     """Compare a refresh with the etags the table holds for the namespace."""
+    scan, unchanged = _Scan(key_field), 0
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
-    unchanged = 0
-    sha256, new_tuple, known = hashlib.sha256, tuple.__new__, etags.get  # the hot loop: locals
-    for key, payload in payloads.items():
+    memo: dict[str, Hashable] = {}
+    # The hot loop: locals, and rows built by tuple.__new__ (in C; Row(...)
+    # costs a Python call per item).
+    dumps, option, sha256, new_tuple, known = (
+        orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.sha256, tuple.__new__, etags.get,
+    )  # fmt: skip
+    for position, key, item in scan.keyed(items, on_item):
+        if key in memo:
+            scan.duplicate(position, key)
+            continue
+        try:
+            payload = dumps(item, option=option)
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            scan.not_json(position, key, exc)
+            continue
+        memo[key] = hash(payload)
         etag = sha256(payload).hexdigest()
         old = known(key)
         if old is None:
-            # tuple.__new__ builds the Row in C; Row(...) costs a Python call per item.
             inserts[key] = new_tuple(Row, (payload.decode(), etag, None))
         elif old != etag:
             updates[key] = new_tuple(Row, (payload.decode(), etag, None))
         else:
             unchanged += 1
-    deletes = [key for key in etags if key not in payloads]
-    memo: dict[str, Hashable] = {key: hash(payload) for key, payload in payloads.items()}
-    return Diff(inserts, updates, deletes, unchanged, memo)
+    scan.finish()
+    return Diff(inserts, updates, [k for k in etags if k not in memo], unchanged, memo)
 
 
-def diff_by_fingerprint(payloads: Mapping[str, bytes], previous: Mapping[str, Hashable]) -> Diff:
+def diff_by_fingerprint(
+    items: Iterable[Mapping[str, Any]],
+    key_field: str,
+    previous: Mapping[str, Hashable],
+    *,
+    on_item: Callable[[int], None] | None = None,
+) -> Diff:
     """Compare a refresh with the fingerprints of the content this process last wrote.
 
-    Equal fingerprints mean equal payloads (a SipHash-2-4/1-3 collision between
-    a key's old and new payload has a chance of 2**-64); a different one means
-    the payload changed, so only changed items are hashed with SHA-256.
+    Equal fingerprints mean equal payloads (a SipHash collision between a key's
+    old and new payload has a chance of 2**-64); a different one means the
+    payload changed, so only changed items are hashed with SHA-256.
     """
+    scan, unchanged = _Scan(key_field), 0
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     memo: dict[str, Hashable] = {}
-    unchanged = 0
-    for key, payload in payloads.items():
+    dumps, option, known = orjson.dumps, orjson.OPT_SORT_KEYS, previous.get
+    for position, key, item in scan.keyed(items, on_item):
+        if key in memo:
+            scan.duplicate(position, key)
+            continue
+        try:
+            payload = dumps(item, option=option)
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            scan.not_json(position, key, exc)
+            continue
         fingerprint = memo[key] = hash(payload)
-        old = previous.get(key)
+        old = known(key)
         if old is None:
             inserts[key] = row(payload)
         elif old != fingerprint:
             updates[key] = row(payload)
         else:
             unchanged += 1
-    deletes = [key for key in previous if key not in payloads]
-    return Diff(inserts, updates, deletes, unchanged, memo)
+    scan.finish()
+    return Diff(inserts, updates, [k for k in previous if k not in memo], unchanged, memo)
 
 
 def diff_by_version(
@@ -190,7 +226,7 @@ def diff_by_version(
     *,
     on_item: Callable[[int], None] | None = None,
 ) -> Diff:
-    """Validate ``items`` and compare them by the version their source gives each one.
+    """Compare a refresh by the version its source gives each item.
 
     For sources whose items carry a version that changes whenever the item
     does (an ETag, a ``rowversion``, a last-modified stamp): an item whose
@@ -198,48 +234,34 @@ def diff_by_version(
     a refresh costs in proportion to what changed. Keys and versions of every
     item are checked; payloads only of the items that changed.
     """
+    scan, unchanged = _Scan(key_field), 0
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     memo: dict[str, Hashable] = {}
-    problems: list[str] = []
-    dumps, option, known_get, unchanged, position = (
-        orjson.dumps,
-        orjson.OPT_SORT_KEYS,
-        known.get,
-        0,
-        -1,
-    )
-    # The hot loop: every item passes here, most of them unchanged.
-    for position, item in enumerate(_counted(items, on_item)):
-        key = item.get(key_field) if type(item) is dict else None
-        if type(key) is not str or not 0 < len(key) <= KEY_MAX:
-            key = _key_of(item, key_field, position, problems)
-            if key is None:
-                continue
+    dumps, option, stored = orjson.dumps, orjson.OPT_SORT_KEYS, known.get
+    for position, key, item in scan.keyed(items, on_item):
         version = item.get(version_field)
         if type(version) is not str:
             version = str(version) if type(version) is int else None
         if version is None or not 0 < len(version) <= VERSION_MAX:
-            _bad_version(item, version_field, position, key, problems)
+            _bad_version(item, version_field, position, key, scan.problems)
             continue
         if key in memo:
-            problems.append(f"item {position}: duplicate key {key!r} (keys must be unique)")
+            scan.duplicate(position, key)
             continue
         memo[key] = version
-        old = known_get(key)
+        old = stored(key)
         if old == version:
             unchanged += 1
             continue
         try:
             payload = dumps(item, option=option)
         except (orjson.JSONEncodeError, TypeError) as exc:
-            problems.append(f"item {position} (key {key!r}): payload is not JSON: {exc}")
+            scan.not_json(position, key, exc)
             continue
         (inserts if old is None else updates)[key] = row(payload, version)
-    if problems:
-        raise InvalidItemsError(_summarise(problems, position + 1))
-    deletes = [key for key in known if key not in memo]
-    return Diff(inserts, updates, deletes, unchanged, memo)
+    scan.finish()
+    return Diff(inserts, updates, [k for k in known if k not in memo], unchanged, memo)
 
 
 def _counted(

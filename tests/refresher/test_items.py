@@ -1,18 +1,22 @@
-"""The pure half of a refresh: validation, canonical payloads, and the diff."""
+"""The pure half of a refresh: validation, canonical payloads, and the diffs."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
 from refresher.errors import InvalidItemsError
-from refresher.items import diff_by_etag, diff_by_fingerprint, diff_by_version, prepare, row
+from refresher.items import diff_by_etag, diff_by_fingerprint, diff_by_version, row
 
 
-def payloads(count: int, *, changed: frozenset[int] = frozenset()) -> dict[str, bytes]:
-    items = [{"id": f"k{i}", "v": i + (1000 if i in changed else 0)} for i in range(count)]
-    return prepare(items, "id")
+def catalogue(count: int, *, changed: frozenset[int] = frozenset()) -> list[dict[str, object]]:
+    return [{"id": f"k{i}", "v": i + (1000 if i in changed else 0)} for i in range(count)]
+
+
+def etags_of(items: list[dict[str, object]]) -> dict[str, str]:
+    return {key: r.etag for key, r in diff_by_etag(items, "id", {}).inserts.items()}
 
 
 def test_the_etag_is_the_sha256_of_the_canonical_payload() -> None:
@@ -23,11 +27,10 @@ def test_the_etag_is_the_sha256_of_the_canonical_payload() -> None:
 
 
 def test_diff_by_etag_sorts_keys_into_inserts_updates_deletes_and_unchanged() -> None:
-    before = {key: row(p).etag for key, p in payloads(5).items()}
-    after = payloads(4, changed=frozenset({1}))
-    after["new"] = b'{"id":"new"}'
+    before = etags_of(catalogue(5))
+    after = [*catalogue(4, changed=frozenset({1})), {"id": "new"}]
 
-    changes = diff_by_etag(after, before)
+    changes = diff_by_etag(after, "id", before)
 
     assert set(changes.inserts) == {"new"}
     assert set(changes.updates) == {"k1"}
@@ -39,10 +42,10 @@ def test_diff_by_etag_sorts_keys_into_inserts_updates_deletes_and_unchanged() ->
 def test_both_diffs_agree_on_random_changes() -> None:
     rng = random.Random(7)
     for _ in range(20):
-        old = payloads(200)
-        new = payloads(rng.randrange(150, 250), changed=frozenset(rng.sample(range(200), 10)))
-        by_etag = diff_by_etag(new, {key: row(p).etag for key, p in old.items()})
-        by_fingerprint = diff_by_fingerprint(new, diff_by_etag(old, {}).memo)
+        old = catalogue(200)
+        new = catalogue(rng.randrange(150, 250), changed=frozenset(rng.sample(range(200), 10)))
+        by_etag = diff_by_etag(new, "id", etags_of(old))
+        by_fingerprint = diff_by_fingerprint(new, "id", diff_by_etag(old, "id", {}).memo)
 
         assert by_etag.inserts == by_fingerprint.inserts
         assert by_etag.updates == by_fingerprint.updates
@@ -52,9 +55,9 @@ def test_both_diffs_agree_on_random_changes() -> None:
 
 
 def test_an_unchanged_refresh_changes_nothing() -> None:
-    first = diff_by_etag(payloads(50), {})
+    first = diff_by_etag(catalogue(50), "id", {})
 
-    again = diff_by_fingerprint(payloads(50), first.memo)
+    again = diff_by_fingerprint(catalogue(50), "id", first.memo)
 
     assert not again.changed
     assert again.unchanged == 50
@@ -91,3 +94,16 @@ def test_integer_versions_compare_as_text() -> None:
 
     assert first.memo == {"a": "7"}
     assert diff_by_version([{"id": "a", "rev": 7}], "id", "rev", first.memo).unchanged == 1
+
+
+@pytest.mark.parametrize("diff", [diff_by_etag, diff_by_fingerprint])
+def test_every_diff_refuses_bad_items_whole(diff: Callable[..., object]) -> None:
+    items = [{"id": "a"}, {"id": "a"}, {"name": "no key"}, {"id": "b", "x": {1, 2}}]
+
+    with pytest.raises(InvalidItemsError, match="refused 3 of 4 items") as caught:
+        diff(items, "id", {})
+
+    message = str(caught.value)
+    assert "item 1: duplicate key 'a'" in message
+    assert "item 2: has no key field 'id'" in message
+    assert "item 3 (key 'b'): payload is not JSON" in message
