@@ -20,6 +20,9 @@ credentials (tried in order) and owns the token cache:
   credential is tried; if all are rejected, the set is re-loaded (certificate
   files re-read) at most once per ``reload_interval`` and tried once more, as
   Microsoft.Identity.Web does.
+- **A refused token can be dropped.** A resource that rejects a token we
+  thought valid (Azure SQL's "login failed") calls :meth:`AppIdentity.invalidate`,
+  and the next caller gets a new one.
 """
 
 from __future__ import annotations
@@ -141,6 +144,23 @@ class AppIdentity:
         token = self._get(scopes, options.get("tenant_id"), fresh=bool(options.get("claims")))
         refresh_on = int(token.refresh_on) if token.refresh_on else None
         return AccessTokenInfo(token.token, int(token.expires_on), refresh_on=refresh_on)
+
+    def invalidate(self, scope: str, *, token: str | None = None) -> bool:
+        """Forget the cached token for ``scope``: the next ``get_token`` asks Entra ID.
+
+        For a resource that refused a token we still thought valid (Azure SQL's
+        "login failed"). With ``token``, only that token is forgotten: if another
+        caller already replaced it, the newer one stays, so many connections
+        failing at once cause one new request. Whether a token was dropped.
+        """
+        with self._cond:
+            slot = self._slots.get(scope)
+            if slot is None or slot.token is None:
+                return False
+            if token is not None and slot.token.token != token:
+                return False
+            slot.token, slot.renew_at = None, 0.0
+            return True
 
     # -- lifecycle -----------------------------------------------------------------------
 

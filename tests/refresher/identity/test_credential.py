@@ -299,3 +299,39 @@ def test_retry_never_comes_before_retry_after_and_backs_off() -> None:
 
     assert all(1.0 <= wait <= 30.0 for wait in waits)
     assert retry_time(0.0, 1, retry_after=45.0, current=None, rng=rng) == 45.0
+
+
+def test_an_invalidated_token_is_replaced_on_the_next_call() -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    app = identity(source, clock=clock)
+    refused = app.get_token(SCOPE).token
+
+    dropped = app.invalidate(SCOPE, token=refused)
+
+    assert dropped
+    assert app.get_token(SCOPE).token == "secret-1-token-2"
+    assert source.calls == 2
+
+
+def test_invalidating_a_token_already_replaced_keeps_the_newer_one() -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    app = identity(source, clock=clock)
+    refused = app.get_token(SCOPE).token
+    app.invalidate(SCOPE, token=refused)
+    app.get_token(SCOPE)
+
+    dropped = app.invalidate(SCOPE, token=refused)
+
+    assert not dropped
+    assert app.get_token(SCOPE).token == "secret-1-token-2"
+    assert source.calls == 2
+
+
+def test_invalidating_an_unknown_scope_changes_nothing() -> None:
+    clock = Clock()
+    app = identity(FakeRequest(clock), clock=clock)
+
+    assert not app.invalidate(SCOPE)
+    assert app.status() == []
