@@ -8,6 +8,10 @@
   half-way on a lock upgrade.
 - PostgreSQL (psycopg 3): pre-ping, so a restarted server costs no request.
 - Azure SQL (``mssql+pyodbc``): ``fast_executemany`` for batched writes.
+
+With a credential (the app identity), Azure SQL and Azure Database for
+PostgreSQL connections log in with its Entra ID access token instead of a
+password: :mod:`refresher.db_tokens`.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from azure.core.credentials import TokenCredential
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
+from refresher.db_tokens import ConnectRetry, TokenConnector, TokenExpiry, token_method
 from refresher.errors import ConfigurationError, StoreError
 from refresher.schema import metadata
+from refresher.settings import DatabaseAuth
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another's lock before giving up."""
@@ -31,8 +38,22 @@ IMMEDIATE = {"sqlite_begin": "BEGIN IMMEDIATE"}
 """Execution options for a connection that will write (takes SQLite's lock at BEGIN)."""
 
 
-def create_engine(url: str, **kwargs: Any) -> Engine:
-    """Build the engine for ``url`` with the per-dialect settings above."""
+def create_engine(
+    url: str,
+    *,
+    credential: TokenCredential | None = None,
+    database_auth: DatabaseAuth | None = None,
+    retry: ConnectRetry | None = None,
+    expiry: TokenExpiry | None = None,
+    **kwargs: Any,
+) -> Engine:
+    """Build the engine for ``url`` with the per-dialect settings above.
+
+    ``database_auth="entra"`` (or ``None`` with a ``credential``) logs in with
+    the credential's tokens; ``retry`` and ``expiry`` tune that (tests inject
+    their clock and sleep there). Other keyword arguments go to SQLAlchemy.
+    Raises :class:`ConfigurationError` for a URL that cannot be used so.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -40,13 +61,18 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
             "the database URL could not be parsed: give a SQLAlchemy URL such as "
             "sqlite:///path/cache.db or postgresql+psycopg://user@host/db"
         ) from exc
+    method = token_method(parsed, credential, database_auth)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(url, parsed.database, **kwargs)
     if backend == "mssql":
         kwargs.setdefault("fast_executemany", True)
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    if method is not None:
+        assert credential is not None  # token_method refuses "entra" without one
+        TokenConnector(credential, method, retry=retry, expiry=expiry).install(engine)
+    return engine
 
 
 def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -27,6 +34,8 @@ SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 IdentityKind = Literal[
     "auto", "certificate", "client_secret", "workload_identity", "managed_identity", "default"
 ]
+DatabaseAuth = Literal["password", "entra"]
+ENTRA_DATABASE_BACKENDS = ("mssql", "postgresql")
 
 
 def _azure(variable: str) -> AliasChoices:
@@ -44,6 +53,12 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default=f"sqlite:///{DEV_DIR}/cache.db",
         description="SQLAlchemy URL of the cache database.",
+    )
+    database_auth: DatabaseAuth = Field(
+        default="password",
+        description="How the service logs in to the database: 'password' (whatever the URL "
+        "carries) or 'entra' (an access token of the app identity; Azure SQL or Azure "
+        "Database for PostgreSQL, with no password in the URL).",
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the HTTP server.")
@@ -131,6 +146,21 @@ class Settings(BaseSettings):
                 "must be a SQLAlchemy URL such as sqlite:///path/cache.db, "
                 "postgresql+psycopg://user@host/db or mssql+pyodbc://server/db?driver=..."
             ) from None
+        return value
+
+    @field_validator("database_auth")
+    @classmethod
+    def _entra_database(cls, value: DatabaseAuth, info: ValidationInfo) -> DatabaseAuth:
+        url = info.data.get("database_url")
+        if (
+            value == "entra"
+            and url
+            and make_url(url).get_backend_name() not in ENTRA_DATABASE_BACKENDS
+        ):
+            raise ValueError(
+                "'entra' works with Azure SQL (mssql+pyodbc://...) and Azure Database for "
+                "PostgreSQL (postgresql+psycopg://...) URLs only: use 'password' for this database"
+            )
         return value
 
     @field_validator("extra_certificate_paths", "secrets", mode="before")
