@@ -39,6 +39,8 @@ class AzureIdentityTokenRequest:
                 f"{self._description} is not available here: {_first_line(exc.message)}"
             ) from None
         except ClientAuthenticationError as exc:
+            if exc.response is None and _caused_by_network(exc):
+                raise self._unreachable(exc) from None
             response = exc.response
             raise classify(
                 f"Entra ID refused {self._description}: {_first_line(exc.message)}",
@@ -49,12 +51,26 @@ class AzureIdentityTokenRequest:
                 ),
             ) from None
         except ServiceRequestError as exc:
-            raise IssuerUnavailableError(
-                f"could not reach the token endpoint for {self._description} "
-                f"({type(exc).__name__}): check the network and AZURE_AUTHORITY_HOST"
-            ) from None
+            raise self._unreachable(exc) from None
         refresh_on = float(info.refresh_on) if info.refresh_on else None
         return IssuedToken(info.token, float(info.expires_on), now, refresh_on)
+
+
+    def _unreachable(self, exc: Exception) -> IssuerUnavailableError:
+        return IssuerUnavailableError(
+            f"could not reach the token endpoint for {self._description} "
+            f"({type(exc).__name__}): check the network and AZURE_AUTHORITY_HOST"
+        )
+
+
+def _caused_by_network(exc: BaseException) -> bool:
+    """Whether azure-identity wrapped a connection failure in its authentication error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ServiceRequestError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _first_line(message: str | None) -> str:
