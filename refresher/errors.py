@@ -16,14 +16,22 @@ and namespaces by *name*, never by value.
     │   ├── LeaseHeldError        another holder has the lease; try again after it expires
     │   └── LeaseLostError        our lease expired or was taken over; the work was rolled back
     ├── StoreError                the database failed or refused; the cache is unchanged
-    └── IdentityError             the app identity could not get a token
-        ├── CredentialUnavailableError   not configured here; nothing was tried
-        └── AuthenticationFailedError    tried, and Entra ID (or the network) said no
-            ├── CredentialRejectedError  the credential itself was refused (wrong,
-            │                            expired, revoked or unregistered secret or
-            │                            certificate): reload and try the next one
-            └── IssuerUnavailableError   Entra ID throttled, failed or was unreachable:
-                                         transient, retried with backoff
+    ├── IdentityError             the app identity could not get a token
+    │   ├── CredentialUnavailableError   not configured here; nothing was tried
+    │   └── AuthenticationFailedError    tried, and Entra ID (or the network) said no
+    │       ├── CredentialRejectedError  the credential itself was refused (wrong,
+    │       │                            expired, revoked or unregistered secret or
+    │       │                            certificate): reload and try the next one
+    │       └── IssuerUnavailableError   Entra ID throttled, failed or was unreachable:
+    │                                    transient, retried with backoff
+    └── SecretError               a Key Vault secret could not be read (names it, never its value)
+        ├── SecretNotFoundError          the vault has no secret of that name
+        ├── SecretUnavailableError       it exists but no version may be used now:
+        │                                disabled, expired, or not valid yet
+        ├── SecretAccessDeniedError      Key Vault refused the app identity (401/403):
+        │                                assign "Key Vault Secrets User"
+        └── VaultUnavailableError        unreachable, 5xx or 429 after azure-core's
+                                         retries: transient, last known values stay in use
 """
 
 from __future__ import annotations
@@ -127,4 +135,81 @@ class IssuerUnavailableError(AuthenticationFailedError):
         self, message: str, *, code: int | None = None, retry_after: float | None = None
     ) -> None:
         super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class SecretError(CacheRefresherError):
+    """A Key Vault secret could not be read. ``name`` is the secret's name, ``vault`` the
+    vault's URL; neither the message nor the attributes ever hold a secret value."""
+
+    def __init__(self, message: str, *, name: str, vault: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.vault = vault
+
+
+class SecretNotFoundError(SecretError):
+    def __init__(self, name: str, vault: str) -> None:
+        super().__init__(
+            f"secret {name!r} does not exist in Key Vault {vault}: check the name in "
+            "CACHE_REFRESHER_SECRETS, create the secret, or recover it if it was deleted",
+            name=name,
+            vault=vault,
+        )
+
+
+class SecretUnavailableError(SecretError):
+    """The secret exists but no version may be used now; ``reason`` says why."""
+
+    def __init__(self, name: str, vault: str, reason: str) -> None:
+        super().__init__(
+            f"secret {name!r} in Key Vault {vault} {reason}: enable a version that is valid "
+            "now, or set a new version (az keyvault secret set)",
+            name=name,
+            vault=vault,
+        )
+        self.reason = reason
+
+
+class SecretAccessDeniedError(SecretError):
+    """Key Vault refused the app identity (``status`` 401 or 403, Key Vault's ``code``)."""
+
+    def __init__(self, name: str, vault: str, *, status: int | None, code: str | None) -> None:
+        said = f"HTTP {status}{f' {code}' if code else ''}"
+        if status == 401:
+            advice = (
+                "Key Vault did not accept the app identity's token: check that AZURE_TENANT_ID "
+                "is the vault's tenant and AZURE_AUTHORITY_HOST its cloud"
+            )
+        else:
+            advice = (
+                'assign the app identity the role "Key Vault Secrets User" on the vault or '
+                "the secret (or get and list permissions in the vault's access policy)"
+            )
+        super().__init__(
+            f"the app identity may not read secret {name!r} in Key Vault {vault} ({said}): "
+            f"{advice}",
+            name=name,
+            vault=vault,
+        )
+        self.status = status
+        self.code = code
+
+
+class VaultUnavailableError(SecretError):
+    """Key Vault could not be reached, failed or throttled after retries: transient.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it gave one.
+    """
+
+    def __init__(
+        self, name: str, vault: str, detail: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(
+            f"Key Vault {vault} could not be reached for secret {name!r} ({detail}): the last "
+            "known value stays in use and the check is retried; if this persists, check the "
+            "network and CACHE_REFRESHER_VAULT_URL",
+            name=name,
+            vault=vault,
+        )
         self.retry_after = retry_after
