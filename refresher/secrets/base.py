@@ -51,7 +51,7 @@ class SecretStatus:
 
     ``state`` is ``"not loaded"``, ``"current"``, ``"stale: <why> since <time>"``
     (the last known good version stays in use) or ``"failed"`` (no value held;
-    ``last_error`` says why).
+    ``last_error`` says why). ``next_check`` is ``None`` while a check is due now.
     """
 
     name: str
@@ -61,7 +61,7 @@ class SecretStatus:
     expires_on: float | None
     fetched_at: float | None
     checked_at: float | None
-    next_check: float
+    next_check: float | None
     state: str
     last_error: str | None
 
@@ -70,7 +70,8 @@ class SecretStore(Protocol):
     """The secrets the service uses, by name; versioned, re-checked, never logged."""
 
     def get(self, name: str) -> SecretValue:
-        """The version of ``name`` in use (loading it on first use), or a ``SecretError``."""
+        """The version of ``name`` in use (loading it on first use); else a ``SecretError``
+        (or the ``IdentityError`` of an app identity that could not get a token)."""
         ...
 
     def previous(self, name: str) -> SecretValue | None:

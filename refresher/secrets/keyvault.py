@@ -141,7 +141,8 @@ class KeyVaultSecretStore:
         """The version of ``name`` in use; loads it on first use (shared by concurrent callers).
 
         Raises a :class:`~refresher.errors.SecretError` if no valid value is held
-        and none could be loaded.
+        and none could be loaded, or the app identity's
+        :class:`~refresher.errors.IdentityError` if it could not get a token.
         """
         entry = self._entry(name)
         now = self._clock()

@@ -91,7 +91,7 @@ class SecretState:
             expires_on=current.expires_on if current else None,
             fetched_at=current.fetched_at if current else None,
             checked_at=self.checked_at,
-            next_check=self.next_check,
+            next_check=self.next_check if self.next_check != float("-inf") else None,
             state=state,
             last_error=str(error) if error else None,
         )

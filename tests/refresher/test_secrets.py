@@ -274,9 +274,9 @@ def test_before_loading_nothing_is_in_use_and_status_says_not_loaded(
 ) -> None:
     assert offline_store.versions_in_use() == {}
     assert offline_store.previous("db-password") is None  # names are case-insensitive
-    assert [(s.name, s.version, s.state) for s in offline_store.status()] == [
-        ("api-key", None, "not loaded"),
-        ("Db-Password", None, "not loaded"),
+    assert [(s.name, s.version, s.state, s.next_check) for s in offline_store.status()] == [
+        ("api-key", None, "not loaded", None),
+        ("Db-Password", None, "not loaded", None),
     ]
 
 

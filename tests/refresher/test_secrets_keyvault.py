@@ -29,6 +29,7 @@ from devstack.server import Server
 from devstack.stack import AppIdentity as DevApp
 from devstack.stack import DevStack
 from refresher.errors import (
+    CredentialRejectedError,
     SecretAccessDeniedError,
     SecretError,
     SecretNotFoundError,
@@ -239,7 +240,7 @@ def test_an_expired_version_is_not_served_even_while_the_vault_is_unreachable(
     clock.offset = 2 * 3600
     stack.vault_faults.fail_next(20, status=503, endpoint="get_secret_versions")
 
-    with pytest.raises(SecretUnavailableError, match="expired at .* no newer version"):
+    with pytest.raises(SecretUnavailableError, match=r"expired at .* no newer version"):
         store.get(name)
 
 
@@ -429,6 +430,29 @@ def test_missing_vault_right_is_access_denied_naming_the_role(
     assert '"Key Vault Secrets User"' in message
     assert "ForbiddenByRbac" in message
     assert raised.value.status == 403
+
+
+def test_an_app_identity_that_cannot_get_a_token_fails_the_load_with_its_own_error(
+    wiring: Wiring, stack: DevStack
+) -> None:
+    request = MsalTokenRequest(
+        authority=stack.authority,
+        client_id=stack.service.client_id,
+        secret="not-the-client-secret",
+        session=RecordingSession(ca_bundle=stack.ca_path),
+    )
+    identity = AppIdentity([request], tenant_id=stack.tenant_id, client_id=stack.service.client_id)
+    settings = load_settings(vault_url=stack.vault_url, ca_bundle=stack.ca_path)
+    client = build_secret_client(settings, identity, verify_challenge_resource=False)
+    store = KeyVaultSecretStore(wiring.closer.enter_context(client), ["any-secret"])
+
+    with pytest.raises(CredentialRejectedError, match="AADSTS7000215"):
+        store.get("any-secret")
+
+    (status,) = store.status()
+    assert status.state == "failed"
+    assert status.last_error is not None and "AADSTS7000215" in status.last_error
+    assert status.next_check is not None
 
 
 def test_disabled_secret_is_unavailable(wiring: Wiring, operator: SecretClient) -> None:
