@@ -31,6 +31,8 @@ from typing import Any
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+from refresher.errors import ConfigurationError
+
 SCOPE = "https://database.windows.net/.default"
 """The scope of an access token for Azure SQL Database and Managed Instance."""
 
@@ -96,10 +98,19 @@ def sql_server_token_struct(token: str) -> bytes:
 def connect_args(
     cargs: Sequence[Any], cparams: Mapping[str, Any], token: str
 ) -> tuple[list[Any], dict[str, Any]]:
-    """pyodbc's connect arguments with ``token`` attached and no other credential."""
+    """pyodbc's connect arguments with ``token`` attached and no other credential.
+
+    pyodbc turns keyword arguments into connection-string attributes too, so
+    ``connect_args`` such as ``UID`` are refused like the URL's.
+    """
     connection_string = without_trusted_connection(str(cargs[0]))
-    # Only a bug could leave one here: create_engine refuses such URLs.
-    assert not keywords(connection_string) & CREDENTIAL_KEYWORDS
+    given = keywords(connection_string) | {key.lower() for key in cparams}
+    other_logins = sorted(given & CREDENTIAL_KEYWORDS)
+    if other_logins:
+        raise ConfigurationError(
+            f"the Azure SQL connect arguments carry {', '.join(other_logins)}: "
+            "remove them, the app identity's access token replaces them"
+        )
     attrs = dict(cparams.get("attrs_before", {}))
     attrs[SQL_COPT_SS_ACCESS_TOKEN] = sql_server_token_struct(token)
     return [connection_string, *cargs[1:]], {**cparams, "attrs_before": attrs}

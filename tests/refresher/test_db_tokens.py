@@ -281,7 +281,7 @@ def test_entra_login_without_a_credential_is_a_clear_error() -> None:
 
 
 def test_the_entra_setting_is_checked_against_the_database_url() -> None:
-    with pytest.raises(ConfigurationError, match="CACHE_REFRESHER_DATABASE_AUTH: .*'password'"):
+    with pytest.raises(ConfigurationError, match=r"CACHE_REFRESHER_DATABASE_AUTH: .*'password'"):
         load_settings(database_url="sqlite:///x.db", database_auth="entra")
 
     settings = load_settings(database_url="postgresql+psycopg://app@h/db", database_auth="entra")
@@ -597,3 +597,15 @@ def test_the_retry_returns_the_first_success() -> None:
 
     assert result == "connected"
     assert len(sleeps) == 2
+
+
+def test_a_login_given_as_a_connect_argument_is_refused_when_connecting() -> None:
+    engine, cargs, cparams = dialect_connect_args()
+    driver = Driver()
+
+    with pytest.raises(ConfigurationError, match="carry pwd, uid: remove them"):
+        connector(PlainCredential(), driver, []).on_do_connect(
+            engine.dialect, Record(), cargs, {**cparams, "UID": "app", "PWD": "s3cr3t-pw"}
+        )
+
+    assert driver.calls == []
