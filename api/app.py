@@ -17,7 +17,7 @@ from api import problems
 from api.routes import health, namespaces
 from refresher import __version__
 from refresher.cache import CacheStore
-from refresher.db import create_engine
+from refresher.db import cache_engine
 from refresher.lease import LeaseManager
 from refresher.settings import Settings
 
@@ -44,14 +44,11 @@ def create_app(settings: Settings, *, store: CacheStore | None = None) -> FastAP
             app.state.store = store
             yield
             return
-        engine = create_engine(settings.database_url)
-        try:
+        with cache_engine(settings) as engine:
             app.state.store = CacheStore(
                 engine, leases=LeaseManager(engine, ttl=settings.lease_ttl_seconds)
             )
             yield
-        finally:
-            engine.dispose()
 
     app = FastAPI(
         title="cache-refresher (development preview)",

@@ -25,7 +25,7 @@ import uvicorn
 from api.app import create_app
 from refresher.cache import CacheStore
 from refresher.cli import EXIT_USAGE, app, console, fail, reported_errors, settings_or_exit
-from refresher.db import create_engine, init_schema
+from refresher.db import cache_engine, init_schema
 from refresher.lease import LeaseManager
 from refresher.scheduler import RefreshLoop
 from refresher.settings import Settings
@@ -73,11 +73,8 @@ def dev(
 
 
 def _run_dev(settings: Settings, listener: socket.socket) -> None:
-    with reported_errors():
-        engine = create_engine(settings.database_url)
-    try:
-        with reported_errors():
-            init_schema(engine)
+    with reported_errors(), cache_engine(settings) as engine:
+        init_schema(engine)
         store = CacheStore(engine, leases=LeaseManager(engine, ttl=settings.lease_ttl_seconds))
         loop = RefreshLoop(
             store, DEMO_NAMESPACE, DemoSource(), interval=settings.refresh_interval_seconds
@@ -89,8 +86,6 @@ def _run_dev(settings: Settings, listener: socket.socket) -> None:
             _serve(settings, store, listener)
         finally:
             loop.stop()
-    finally:
-        engine.dispose()
 
 
 def _serve(settings: Settings, store: CacheStore, listener: socket.socket) -> None:

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from refresher.cache import CacheStore, NamespaceInfo
-from refresher.db import create_engine, init_schema
+from refresher.db import cache_engine, init_schema
 from refresher.ddl import DIALECTS, render_ddl
 from refresher.errors import CacheRefresherError, ConfigurationError
 from refresher.settings import Settings, load_settings
@@ -79,12 +79,8 @@ def db_init() -> None:
     reviewed DDL (see `cache-refresher db sql`).
     """
     settings = settings_or_exit()
-    with reported_errors():
-        engine = create_engine(settings.database_url)
-        try:
-            init_schema(engine)
-        finally:
-            engine.dispose()
+    with reported_errors(), cache_engine(settings) as engine:
+        init_schema(engine)
     backend = engine.url.get_backend_name()
     console.print(f"The cache tables exist on the {backend} database.", highlight=False)
 
@@ -110,12 +106,8 @@ def db_sql(
 def list_namespaces() -> None:
     """List the cached namespaces: rows, generation, age and last error."""
     settings = settings_or_exit()
-    with reported_errors():
-        engine = create_engine(settings.database_url)
-        try:
-            infos = CacheStore(engine).namespaces()
-        finally:
-            engine.dispose()
+    with reported_errors(), cache_engine(settings) as engine:
+        infos = CacheStore(engine).namespaces()
     if not infos:
         console.print("No namespace has been refreshed yet.", highlight=False)
         return

@@ -16,6 +16,8 @@ password: :mod:`refresher.db_tokens`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
 from refresher.db_tokens import ConnectRetry, TokenConnector, TokenExpiry, token_method
 from refresher.errors import ConfigurationError, StoreError
+from refresher.identity.build import build_credential
 from refresher.schema import metadata
-from refresher.settings import DatabaseAuth
+from refresher.settings import DatabaseAuth, Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another's lock before giving up."""
@@ -73,6 +76,30 @@ def create_engine(
         assert credential is not None  # token_method refuses "entra" without one
         TokenConnector(credential, method, retry=retry, expiry=expiry).install(engine)
     return engine
+
+
+@contextmanager
+def cache_engine(settings: Settings) -> Iterator[Engine]:
+    """The cache database engine for the lifetime of a command or app, disposed after.
+
+    With ``CACHE_REFRESHER_DATABASE_AUTH=entra`` it logs in with the app
+    identity's tokens; the identity is built from the same settings, renews
+    its tokens in the background meanwhile, and is closed after.
+    """
+    identity = build_credential(settings) if settings.database_auth == "entra" else None
+    if identity is not None:
+        identity.start()
+    try:
+        engine = create_engine(
+            settings.database_url, credential=identity, database_auth=settings.database_auth
+        )
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+    finally:
+        if identity is not None:
+            identity.close()
 
 
 def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
