@@ -148,7 +148,7 @@ class RunRecord:
     rows_unchanged: int
     error_class: str | None
     error_message: str | None
-    secret_versions: dict[str, str]
+    secret_versions: dict[str, list[str]]
     runner: str
 
 
@@ -217,7 +217,7 @@ class CacheStore:
         key_field: str = "id",
         version_field: str | None = None,
         lease: Lease | None = None,
-        secret_versions: Mapping[str, str] | None = None,
+        secret_versions: Mapping[str, Sequence[str]] | None = None,
         source_version: str | None = None,
         progress: Progress | None = None,
     ) -> RefreshResult:
@@ -236,16 +236,17 @@ class CacheStore:
         own_lease = lease is None
         held = self.leases.acquire(lease_name(namespace)) if lease is None else lease
         try:
-            run_id = self._start_run(namespace, held.holder, secret_versions)
+            run_id = self._start_run(namespace, held.holder)
             try:
                 on_item = None if progress is None else (lambda n: progress("fetch", n, None))
                 known = self._known(namespace, version_field or "")
                 changes = _diff(items, key_field, version_field, known, on_item)
                 return self._commit(
-                    namespace, changes, known, held, run_id, source_version, progress
-                )
+                    namespace, changes, known, held, run_id, source_version, secret_versions,
+                    progress,
+                )  # fmt: skip
             except BaseException as exc:
-                self._finish_failed_run(namespace, run_id, exc)
+                self._finish_failed_run(namespace, run_id, exc, secret_versions)
                 if isinstance(exc, SQLAlchemyError):
                     raise _store_error(f"refresh of namespace {namespace!r}", exc) from exc
                 raise
@@ -288,6 +289,7 @@ class CacheStore:
         lease: Lease,
         run_id: int,
         source_version: str | None,
+        secret_versions: Mapping[str, Sequence[str]] | None,
         progress: Progress | None,
     ) -> RefreshResult:
         generation = known.generation + 1 if changes.changed else known.generation
@@ -314,6 +316,7 @@ class CacheStore:
                     rows_updated=len(changes.updates),
                     rows_deleted=len(changes.deletes),
                     rows_unchanged=changes.unchanged,
+                    secret_versions=_dump_versions(secret_versions),
                 )
             )
             self.leases.confirm(conn, lease)
@@ -385,9 +388,7 @@ class CacheStore:
 
     # -- run history -----------------------------------------------------------
 
-    def _start_run(
-        self, namespace: str, runner: str, secret_versions: Mapping[str, str] | None
-    ) -> int:
+    def _start_run(self, namespace: str, runner: str) -> int:
         with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
             # We hold the lease, so any run still marked running was killed.
             conn.execute(
@@ -407,14 +408,19 @@ class CacheStore:
                     rows_updated=0,
                     rows_deleted=0,
                     rows_unchanged=0,
-                    secret_versions=_dump_versions(secret_versions),
                     runner=runner,
                 )
             ).inserted_primary_key
             assert run_id is not None
             return int(run_id[0])
 
-    def _finish_failed_run(self, namespace: str, run_id: int, exc: BaseException) -> None:
+    def _finish_failed_run(
+        self,
+        namespace: str,
+        run_id: int,
+        exc: BaseException,
+        secret_versions: Mapping[str, Sequence[str]] | None,
+    ) -> None:
         interrupted = not isinstance(exc, Exception)
         status = "abandoned" if interrupted else "failed"
         error_class = type(exc).__name__
@@ -430,6 +436,7 @@ class CacheStore:
                         finished_at=now,
                         error_class=error_class,
                         error_message=message,
+                        secret_versions=_dump_versions(secret_versions),
                     )
                 )
                 conn.execute(
@@ -658,8 +665,12 @@ def _bind_value(conn: Connection, column: sa.Column[Any], value: Any) -> Any:
     return value if processor is None else processor(value)
 
 
-def _dump_versions(versions: Mapping[str, str] | None) -> str | None:
-    return None if not versions else orjson.dumps(dict(versions)).decode()
+def _dump_versions(versions: Mapping[str, Sequence[str]] | None) -> str | None:
+    """The secret versions a run used, by secret name, as JSON (read at the run's end,
+    so a source may record the versions it used while it fetched)."""
+    if not versions:
+        return None
+    return orjson.dumps({name: list(used) for name, used in versions.items()}).decode()
 
 
 def _batches(values: Sequence[_T]) -> Iterator[Sequence[_T]]:

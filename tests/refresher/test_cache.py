@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -185,7 +186,7 @@ def test_namespace_info_tells_rows_generation_and_age(store: CacheStore) -> None
 
 
 def test_runs_record_counts_secret_versions_and_runner(store: CacheStore) -> None:
-    store.apply("products", catalogue(4), secret_versions={"upstream-key": "v1abc"})
+    store.apply("products", catalogue(4), secret_versions={"upstream-key": ["v1abc"]})
     store.apply("products", catalogue(3))
 
     newest, oldest = store.runs("products")
@@ -193,7 +194,7 @@ def test_runs_record_counts_secret_versions_and_runner(store: CacheStore) -> Non
     assert newest.status == oldest.status == "succeeded"
     assert (newest.rows_deleted, newest.rows_unchanged) == (1, 3)
     assert oldest.rows_inserted == 4
-    assert oldest.secret_versions == {"upstream-key": "v1abc"}
+    assert oldest.secret_versions == {"upstream-key": ["v1abc"]}
     assert newest.secret_versions == {}
     assert newest.runner == "test-holder"
     assert newest.finished_at is not None
@@ -323,3 +324,24 @@ def test_switching_a_namespace_to_versions_rewrites_rows_stored_without_one(
     assert (result.inserted, result.updated) == (0, 5)
     again = store.apply("switch", with_versions(5), version_field="rev")
     assert again.unchanged == 5
+
+
+def test_secret_versions_recorded_while_fetching_reach_the_run(store: CacheStore) -> None:
+    used: dict[str, list[str]] = {}
+
+    def fetch() -> Iterator[dict[str, Any]]:
+        used.setdefault("api-key", []).append("v1")
+        yield {"id": "a"}
+        used["api-key"].append("v2")  # rotated between two pages
+        yield {"id": "b"}
+
+    store.apply("rotating", fetch(), secret_versions=used)
+
+    assert store.runs("rotating")[0].secret_versions == {"api-key": ["v1", "v2"]}
+
+
+def test_a_failed_run_records_the_secret_versions_it_used(store: CacheStore) -> None:
+    with pytest.raises(InvalidItemsError):
+        store.apply("rotating", [{"no": "key"}], secret_versions={"api-key": ["v7"]})
+
+    assert store.runs("rotating")[0].secret_versions == {"api-key": ["v7"]}
