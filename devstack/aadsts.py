@@ -196,6 +196,83 @@ def assertion_expired(now: float, not_before: float | None, expires: float | Non
     )
 
 
+# -- workload identity federation ----------------------------------------------------
+# Texts as real Entra answers (see each factory); the finer 70021x codes replaced
+# the generic 70021 in 2023.
+
+FEDERATION_DOCS = (
+    "https://docs.microsoft.com/en-us/azure/active-directory/develop/workload-identity-federation"
+)
+CHECK_FEDERATED = (
+    "Please check your federated identity credential Subject, Audience and Issuer against the "
+    f"presented assertion. {FEDERATION_DOCS}"
+)
+
+
+def federated_record_not_found(issuer: str, subject: str, audience: str) -> EntraError:
+    """The generic no-match (the app has no federated credential at all)."""
+    return EntraError(
+        status=400,
+        error="invalid_request",
+        code=70021,
+        message=(
+            "No matching federated identity record found for presented assertion. "
+            f"Assertion Issuer: '{issuer}'. Assertion Subject: '{subject}'. "
+            f"Assertion Audience: '{audience}'. {FEDERATION_DOCS}"
+        ),
+    )
+
+
+def federated_issuer_not_found(issuer: str) -> EntraError:
+    return EntraError(
+        status=401,
+        error="invalid_client",
+        code=700211,
+        message=(
+            "No matching federated identity record found for presented assertion issuer "
+            f"'{issuer}'. {CHECK_FEDERATED}"
+        ),
+    )
+
+
+def federated_audience_not_found(audience: str) -> EntraError:
+    return EntraError(
+        status=401,
+        error="invalid_client",
+        code=700212,
+        message=(
+            "No matching federated identity record found for presented assertion audience "
+            f"'{audience}'. {CHECK_FEDERATED}"
+        ),
+    )
+
+
+def federated_subject_not_found(subject: str) -> EntraError:
+    return EntraError(
+        status=401,
+        error="invalid_client",
+        code=700213,
+        message=(
+            "No matching federated identity record found for presented assertion subject "
+            f"'{subject}'. {CHECK_FEDERATED}"
+        ),
+    )
+
+
+def federated_signing_key_not_found(key_id: str, issuer: str) -> EntraError:
+    return EntraError(
+        status=401,
+        error="invalid_client",
+        code=7000272,
+        message=(
+            f"The certificate with identifier {key_id} used to sign the federated credential "
+            f"could not be found in the metadata of identity provider {issuer}. Please validate "
+            "that your Identity Provider's metadata exposes the key used to sign the incoming "
+            "token."
+        ),
+    )
+
+
 def unsupported_assertion_type(assertion_type: str) -> EntraError:
     return EntraError(
         status=400,

@@ -13,6 +13,12 @@ with ``iss`` = ``sub`` = client id, ``aud`` = the token endpoint, and a valid
 The certificate is either registered on the app by thumbprint, or (subject
 name/issuer authentication) carried in ``x5c`` with a subject the app trusts
 and issued by a trusted CA. Each failure maps to the AADSTS error Entra gives.
+
+An assertion whose ``iss`` is an ``https`` URL is instead a token of an
+external OIDC issuer (workload identity federation: OIDC issuers are
+``https`` URLs, a client names itself by its client id), checked by the
+:class:`FederatedVerifier` given (``devstack.federation``); a certificate
+assertion's ``iss`` is the client id.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import binascii
 import hmac
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography import x509
@@ -60,6 +66,14 @@ class Authenticated:
     auth_method: str
 
 
+class FederatedVerifier(Protocol):
+    """Checks a client assertion signed by an external issuer (workload identity)."""
+
+    def verify(self, app: Application, assertion: str) -> None:
+        """Return if the assertion signs ``app`` in, else raise ``EntraError``."""
+        ...
+
+
 def presented(form: Mapping[str, str], authorization: str | None) -> Presented:
     """Read client credentials from the form and an optional ``Authorization: Basic``."""
     basic_id, basic_secret = _basic(authorization)
@@ -92,11 +106,13 @@ class ClientAuthenticator:
         clock: Clock,
         audiences: Callable[[str], Collection[str]],
         trust_anchors: Callable[[], Sequence[x509.Certificate]] = tuple,
+        federation: FederatedVerifier | None = None,
     ) -> None:
         self.directory = directory
         self.clock = clock
         self.audiences = audiences
         self.trust_anchors = trust_anchors
+        self.federation = federation
 
     def authenticate(self, tenant_id: str, credentials: Presented) -> Authenticated:
         """The authenticated app, or :class:`~devstack.aadsts.EntraError`."""
@@ -126,13 +142,19 @@ class ClientAuthenticator:
         if credentials.assertion_type != ASSERTION_TYPE:
             raise aadsts.unsupported_assertion_type(credentials.assertion_type or "")
         assertion = credentials.assertion or ""
+        if self.federation is not None and is_federated(assertion):
+            self.federation.verify(app, assertion)
+        else:
+            self._check_certificate_assertion(app, assertion)
+
+    def _check_certificate_assertion(self, app: Application, assertion: str) -> None:
         certificate = self._signing_certificate(app, _header(assertion))
         claims = _verified_claims(assertion, certificate)
         if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
             raise aadsts.assertion_client_mismatch()
         if claims.get("aud") not in self.audiences(app.tenant_id):
             raise aadsts.assertion_audience_mismatch()
-        self._check_time_range(claims)
+        check_time_range(claims, self.clock())
 
     def _signing_certificate(
         self, app: Application, header: Mapping[str, Any]
@@ -167,13 +189,19 @@ class ClientAuthenticator:
         )
         return candidate if matches(candidate) else None
 
-    def _check_time_range(self, claims: Mapping[str, Any]) -> None:
-        now = self.clock()
-        expires, not_before = _number(claims.get("exp")), _number(claims.get("nbf"))
-        if expires is None or expires + CLOCK_SKEW < now:
-            raise aadsts.assertion_expired(now, not_before, expires)
-        if not_before is not None and not_before - CLOCK_SKEW > now:
-            raise aadsts.assertion_expired(now, not_before, expires)
+
+def check_time_range(claims: Mapping[str, Any], now: float) -> None:
+    """AADSTS700024 unless ``now`` is within ``nbf``..``exp``, give or take the skew."""
+    expires, not_before = _number(claims.get("exp")), _number(claims.get("nbf"))
+    if expires is None or expires + CLOCK_SKEW < now:
+        raise aadsts.assertion_expired(now, not_before, expires)
+    if not_before is not None and not_before - CLOCK_SKEW > now:
+        raise aadsts.assertion_expired(now, not_before, expires)
+
+
+def is_federated(assertion: str) -> bool:
+    """Whether the assertion's (unverified) issuer is an OIDC issuer URL, not a client id."""
+    return (_unverified_issuer(assertion) or "").startswith("https://")
 
 
 def _unverified_issuer(assertion: str | None) -> str | None:

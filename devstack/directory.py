@@ -6,6 +6,10 @@ app tokens), its credentials (client secrets and certificates, each with an
 expiry) and the app roles granted to it per resource. Credentials rotate the
 way they do in the portal: add a new one, then expire or remove the old one.
 
+A :class:`FederatedCredential` (workload identity federation) lets an app be
+signed in with a token from an external OIDC issuer instead of a secret: it
+names the issuer, the subject and the audiences such a token must carry.
+
 A :class:`Resource` is an API tokens can be issued for, named in a scope by
 its identifier URI (``https://vault.azure.net/.default``) or its app id.
 Microsoft's first-party resources the service talks to are registered in
@@ -89,6 +93,18 @@ class ClientCertificate:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FederatedCredential:
+    """Trust for tokens of ``issuer`` about ``subject`` (both matched exactly, case
+    included, as Entra does) whose ``aud`` is one of ``audiences``."""
+
+    key_id: str
+    name: str
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Application:
     """An app registration with its service principal."""
 
@@ -100,6 +116,7 @@ class Application:
     certificates: tuple[ClientCertificate, ...] = ()
     app_roles: dict[str, frozenset[str]] = field(default_factory=dict)
     trusted_subjects: frozenset[str] = frozenset()
+    federated_credentials: tuple[FederatedCredential, ...] = ()
 
     def roles_for(self, resource: Resource) -> frozenset[str]:
         """App roles granted to this app on ``resource``."""
@@ -290,6 +307,46 @@ class Directory:
             tenant_id,
             client_id,
             lambda app: replace(app, trusted_subjects=app.trusted_subjects | {subject}),
+        )
+
+    def add_federated_credential(
+        self,
+        tenant_id: str,
+        client_id: str,
+        *,
+        issuer: str,
+        subject: str,
+        audiences: Iterable[str],
+        name: str = "",
+    ) -> FederatedCredential:
+        """Trust tokens of an external issuer about one subject (workload identity)."""
+        credential = FederatedCredential(
+            key_id=new_id(),
+            name=name or subject,
+            issuer=issuer,
+            subject=subject,
+            audiences=tuple(audiences),
+        )
+        self._update(
+            tenant_id,
+            client_id,
+            lambda app: replace(
+                app, federated_credentials=(*app.federated_credentials, credential)
+            ),
+        )
+        return credential
+
+    def remove_federated_credential(self, tenant_id: str, client_id: str, key_id: str) -> None:
+        """Delete a federated credential (its tokens then match no record)."""
+        self._update(
+            tenant_id,
+            client_id,
+            lambda app: replace(
+                app,
+                federated_credentials=tuple(
+                    f for f in app.federated_credentials if f.key_id != key_id
+                ),
+            ),
         )
 
     def _put(self, app: Application) -> None:

@@ -15,7 +15,11 @@ Endpoints (``<base>`` is the server URL, the *authority host*):
   point msal at this endpoint (``instance_discovery=<base>/common/discovery/instance``);
 - ``<base>/<tenant>/discovery/v2.0/keys``: the JWKS;
 - ``<base>/<tenant>/oauth2/v2.0/token``: ``client_credentials`` with a client
-  secret or a certificate assertion.
+  secret, a certificate assertion or a token of an external issuer (workload
+  identity federation);
+- ``<base>/external/<name>/.well-known/openid-configuration`` and
+  ``<base>/external/<name>/openid/v1/jwks``: the external OIDC issuers
+  (``devstack.federation``) devstack hosts for workload identity.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from devstack import aadsts
 from devstack.claims import Validity, app_token_claims, user_token_claims
 from devstack.client_auth import AZPACR_SHARED, ClientAuthenticator, presented
 from devstack.directory import Clock, Directory, Resource, User
+from devstack.federation import ExternalIssuers, FederatedAssertions
 from devstack.signing import SigningKeys
 
 MULTI_TENANT_ALIASES = ("common", "organizations", "consumers")
@@ -68,11 +73,13 @@ class Entra:
         self.policy = policy or TokenPolicy()
         self._issued_lock = threading.Lock()
         self._issued: list[str] = []
+        self.external_issuers = ExternalIssuers(base_url=self.base_url, clock=clock)
         self.authenticator = ClientAuthenticator(
             directory=self.directory,
             clock=clock,
             audiences=self.assertion_audiences,
             trust_anchors=lambda: trust_anchors,
+            federation=FederatedAssertions(issuers=self.external_issuers, clock=clock),
         )
 
     # discovery

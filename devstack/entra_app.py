@@ -1,7 +1,8 @@
 """The Entra ID server: :class:`~devstack.entra.Entra` over HTTP (a Starlette app).
 
 Route names are the counter keys: ``openid_configuration``, ``instance_discovery``,
-``jwks`` and ``token``. Fault injection answers in Entra's error shape with
+``jwks``, ``token``, and the external issuers' ``external_openid_configuration`` and
+``external_jwks``. Fault injection answers in Entra's error shape with
 ``Retry-After`` when one is set.
 """
 
@@ -45,7 +46,21 @@ def create_entra_app(entra: Entra, *, counters: Counters, faults: Faults) -> Sta
         authorization = request.headers.get("authorization")
         return _answer(entra, request, lambda: entra.token(tenant, form, authorization), NO_STORE)
 
+    async def external_openid_configuration(request: Request) -> Response:
+        issuer = entra.external_issuers.get(request.path_params["name"])
+        return JSONResponse(issuer.openid_configuration()) if issuer else _not_found()
+
+    async def external_jwks(request: Request) -> Response:
+        issuer = entra.external_issuers.get(request.path_params["name"])
+        return JSONResponse(issuer.jwks()) if issuer else _not_found()
+
     routes = [
+        Route(
+            "/external/{name}/.well-known/openid-configuration",
+            external_openid_configuration,
+            name="external_openid_configuration",
+        ),
+        Route("/external/{name}/openid/v1/jwks", external_jwks, name="external_jwks"),
         Route("/common/discovery/instance", instance_discovery, name="instance_discovery"),
         Route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
@@ -65,6 +80,10 @@ def create_entra_app(entra: Entra, *, counters: Counters, faults: Faults) -> Sta
         render=lambda fault: _fault_response(entra, fault),
     )
     return app
+
+
+def _not_found() -> Response:
+    return JSONResponse({"error": "not_found"}, status_code=404)
 
 
 def _answer(

@@ -13,3 +13,11 @@ def write_private(path: Path, data: bytes | str) -> None:
         path.write_text(data)
     else:
         path.write_bytes(data)
+
+
+def replace_private(path: Path, data: str) -> None:
+    """Replace ``path`` whole with ``data`` (mode 0600): a reader sees the old
+    content or the new, never half of it (kubelet swaps projected tokens so)."""
+    staging = path.with_name(f".{path.name}.new")
+    write_private(staging, data)
+    staging.replace(path)

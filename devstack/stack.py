@@ -24,9 +24,26 @@ Four apps are registered in the tenant:
   update, delete);
 - ``outsider``: a client secret; no role on the vault.
 
+Workload identity federation: ``add_external_issuer(name)`` hosts an OIDC
+issuer (like a cluster's service account issuer) on the Entra server;
+``add_federated_credential(app, issuer=, subject=)`` makes the app trust its
+tokens for that subject; ``write_federated_token(path, issuer, subject)`` plays
+the kubelet, projecting a token into the file ``WorkloadIdentityCredential``
+reads::
+
+    issuer = stack.add_external_issuer("cluster")
+    app = stack.register_app("workload", secret=False)
+    stack.add_federated_credential(app, issuer=issuer, subject="system:serviceaccount:ns:sa")
+    path = stack.write_federated_token(tmp_path / "token", issuer, "system:serviceaccount:ns:sa")
+    credential = WorkloadIdentityCredential(
+        tenant_id=stack.tenant_id, client_id=app.client_id, token_file_path=str(path),
+        authority=stack.authority_host, connection_verify=str(stack.ca_path),
+        disable_instance_discovery=True)
+
 Tests reach the parts directly: ``stack.entra`` (directory, signing keys,
 token policy, minting), ``stack.vault`` (secrets), ``stack.vault_access``
-(role assignments), ``*_counters``, ``*_faults``, ``*_server.down()``;
+(role assignments), ``stack.entra.external_issuers`` (their signing keys),
+``*_counters``, ``*_faults``, ``*_server.down()``;
 ``sensitive_values()`` lists what must never reach a log.
 """
 
@@ -41,10 +58,19 @@ from types import TracebackType
 
 from devstack.ca import LocalCA, ssl_context
 from devstack.certificates import AppCertificate, CertificateFiles
-from devstack.directory import EVENT_GRID_APP_ID, Clock, Resource, User, new_id
+from devstack.directory import (
+    EVENT_GRID_APP_ID,
+    Clock,
+    FederatedCredential,
+    Resource,
+    User,
+    new_id,
+)
 from devstack.entra import Entra, TokenPolicy
 from devstack.entra_app import create_entra_app
 from devstack.events import EventPublisher, Subscription, secret_new_version_created
+from devstack.federation import DEFAULT_LIFETIME, EXCHANGE_AUDIENCE
+from devstack.files import replace_private
 from devstack.keyvault import SecretVersion, Vault
 from devstack.keyvault_app import create_keyvault_app
 from devstack.keyvault_auth import CLOCK_SKEW, VaultAccess, VaultRole
@@ -255,9 +281,68 @@ class DevStack:
 
     def sensitive_values(self) -> set[str]:
         """Values that must never appear in a log or error message: every client
-        secret devstack created, every token it issued, every secret value in the vault."""
+        secret devstack created, every token it issued or an external issuer minted,
+        every secret value in the vault."""
         secrets = {s.value for app in self.entra.directory.apps() for s in app.secrets}
-        return secrets | set(self.entra.issued_tokens()) | self.vault.values()
+        tokens = {*self.entra.issued_tokens(), *self.entra.external_issuers.minted_tokens()}
+        return secrets | tokens | self.vault.values()
+
+    # workload identity federation
+
+    def add_external_issuer(self, name: str) -> str:
+        """Host an OIDC issuer with its own signing key; returns its issuer URL."""
+        return self.entra.external_issuers.add(name).url
+
+    def add_federated_credential(
+        self,
+        app: AppIdentity,
+        *,
+        issuer: str,
+        subject: str,
+        audiences: Iterable[str] = (EXCHANGE_AUDIENCE,),
+        name: str = "",
+    ) -> FederatedCredential:
+        """Let ``app`` sign in with ``issuer``'s tokens about ``subject``."""
+        return self.entra.directory.add_federated_credential(
+            app.tenant_id,
+            app.client_id,
+            issuer=issuer,
+            subject=subject,
+            audiences=audiences,
+            name=name,
+        )
+
+    def mint_federated_token(
+        self,
+        issuer: str,
+        subject: str,
+        audience: str = EXCHANGE_AUDIENCE,
+        *,
+        lifetime: int = DEFAULT_LIFETIME,
+        issued_at: float | None = None,
+    ) -> str:
+        """A token of the hosted ``issuer`` about ``subject`` (what a kubelet projects)."""
+        return self.entra.external_issuers.mint(
+            issuer, subject=subject, audience=audience, lifetime=lifetime, issued_at=issued_at
+        )
+
+    def write_federated_token(
+        self,
+        path: Path,
+        issuer: str,
+        subject: str,
+        audience: str = EXCHANGE_AUDIENCE,
+        *,
+        lifetime: int = DEFAULT_LIFETIME,
+        issued_at: float | None = None,
+    ) -> Path:
+        """Write a fresh federated token to ``path`` (replacing it whole, as kubelet
+        does) and return ``path``: the ``AZURE_FEDERATED_TOKEN_FILE``."""
+        token = self.mint_federated_token(
+            issuer, subject, audience, lifetime=lifetime, issued_at=issued_at
+        )
+        replace_private(path, token)
+        return path
 
     def rotate_signing_key(self) -> str:
         """Publish a new signing key and sign with it; the old one stays published."""

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import msal
 import pytest
-from azure.identity import CertificateCredential, ClientSecretCredential
+from azure.identity import (
+    CertificateCredential,
+    ClientSecretCredential,
+    WorkloadIdentityCredential,
+)
 from azure.keyvault.secrets import SecretClient
 
 from devstack.ca import requests_session
@@ -67,8 +72,22 @@ class Sdk:
         )
         return self.closer.enter_context(credential)
 
+    def workload_credential(
+        self, identity: AppIdentity, token_file: Path
+    ) -> WorkloadIdentityCredential:
+        """azure-identity's workload identity credential reading ``token_file``."""
+        credential = WorkloadIdentityCredential(
+            tenant_id=self.stack.tenant_id,
+            client_id=identity.client_id,
+            token_file_path=str(token_file),
+            authority=self.stack.authority_host,
+            connection_verify=str(self.stack.ca_path),
+            disable_instance_discovery=True,
+        )
+        return self.closer.enter_context(credential)
+
     def msal_app(
-        self, client_id: str, credential: str | dict[str, str], *, tenant: str | None = None
+        self, client_id: str, credential: str | dict[str, Any], *, tenant: str | None = None
     ) -> msal.ConfidentialClientApplication:
         """msal through a requests session that trusts only the devstack CA."""
         session = self.closer.enter_context(requests_session(self.stack.ca_path))

@@ -11,7 +11,7 @@ import pytest
 from devstack import aadsts
 from devstack.certificates import AppCertificate
 from devstack.client_auth import ASSERTION_TYPE, ClientAuthenticator, Presented, presented
-from devstack.directory import Directory
+from devstack.directory import Application, Directory
 
 NOW = 1_700_000_000.0
 TOKEN_ENDPOINT = "https://login.devstack.test/tenant/oauth2/v2.0/token"
@@ -152,3 +152,32 @@ def test_presented_credentials_repr_hides_the_secret() -> None:
     credentials = Presented(client_id="c", secret="s3cret", assertion=None, assertion_type=None)
 
     assert "s3cret" not in repr(credentials)
+
+
+class RecordingFederation:
+    """A federated verifier that accepts everything and records what it saw."""
+
+    def __init__(self) -> None:
+        self.verified: list[str] = []
+
+    def verify(self, app: Application, assertion: str) -> None:
+        self.verified.append(assertion)
+
+
+def test_only_assertions_issued_by_an_https_url_are_checked_as_federated(
+    directory: Directory, certificate: AppCertificate
+) -> None:
+    federation = RecordingFederation()
+    authenticator = ClientAuthenticator(
+        directory=directory,
+        clock=lambda: NOW,
+        audiences=lambda tenant: {TOKEN_ENDPOINT},
+        federation=federation,
+    )
+    # an x5t header does not make a certificate assertion: GitHub's OIDC tokens carry one
+    cluster = assertion(certificate, claims={"iss": "https://cluster.test", "sub": "ns:sa"})
+
+    authenticator.authenticate("tenant", cluster)
+    authenticator.authenticate("tenant", assertion(certificate))
+
+    assert federation.verified == [cluster.assertion]
