@@ -95,7 +95,8 @@ class Settings(BaseSettings):
     azure_federated_token_file: Path | None = Field(
         default=None,
         validation_alias=_azure("AZURE_FEDERATED_TOKEN_FILE"),
-        description="Workload identity: file with the federated token (re-read on every use).",
+        description="Workload identity: file with the federated token (azure-identity "
+        "re-reads it at most every 10 minutes).",
     )
     azure_authority_host: str = Field(
         default=PUBLIC_CLOUD_AUTHORITY,

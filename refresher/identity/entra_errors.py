@@ -31,7 +31,7 @@ REJECTED_CREDENTIAL_CODES = frozenset(
 )
 """AADSTS codes that mean "this credential was rotated or revoked": try the next."""
 
-TRANSIENT_CODES = frozenset({50196, 90033, 90055, 50027})
+TRANSIENT_CODES = frozenset({50196, 90033, 90055})
 """AADSTS codes for throttling and temporary service trouble."""
 
 HINTS = {
@@ -44,6 +44,18 @@ HINTS = {
     90002: "the tenant does not exist: check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST",
     500011: "the resource of the scope is not registered in this tenant: check the scope",
     7000112: "the app is disabled in the tenant: ask the tenant admin to enable it",
+    70021: "the app has no federated credential for this token: add one for the "
+    "workload's issuer and subject to the app registration",
+    700211: "no federated credential trusts the token's issuer: check the issuer URL "
+    "of the app's federated credential against the cluster's OIDC issuer",
+    700212: "the federated token's audience is not one the federated credential "
+    "accepts (normally api://AzureADTokenExchange)",
+    700213: "no federated credential matches the token's subject: check the "
+    "service account (namespace and name) in the app's federated credential",
+    7000272: "the federated token's signing key is not in its issuer's JWKS: "
+    "check the issuer's published keys",
+    50027: "the federated token file does not hold a valid JWT: check "
+    "AZURE_FEDERATED_TOKEN_FILE",
 }
 
 _CODE = re.compile(r"AADSTS(\d+)")
