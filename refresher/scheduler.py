@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from refresher.cache import CacheStore, RefreshResult, describe_error
 from refresher.errors import LeaseHeldError
-from refresher.sources.base import Source
+from refresher.sources.base import FetchContext, Source
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class RefreshLoop:
         source: Source,
         *,
         interval: float,
+        key_field: str = "id",
         on_run: Callable[[RunOutcome], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -63,6 +64,7 @@ class RefreshLoop:
         self.namespace = namespace
         self.source = source
         self.interval = interval
+        self.key_field = key_field
         self._on_run = on_run
         self._clock = clock
         self._stop = threading.Event()
@@ -74,8 +76,12 @@ class RefreshLoop:
         result: RefreshResult | None = None
         error: Exception | None = None
         try:
+            context = FetchContext()
             result = self.store.apply(
-                self.namespace, self.source.fetch(), key_field=self.source.key_field
+                self.namespace,
+                self.source.fetch(context),
+                key_field=self.key_field,
+                secret_versions=context.secret_versions,
             )
         except Exception as exc:  # the loop must survive any failure of one refresh
             error = exc

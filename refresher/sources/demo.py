@@ -16,8 +16,12 @@ says what the last fetch changed.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+
+from refresher.errors import ConfigurationError
+from refresher.sources.base import FetchContext
 
 CATEGORIES = ("books", "garden", "kitchen", "music", "outdoor", "office", "tools", "toys")
 ADJECTIVES = ("ample", "bright", "calm", "deft", "eager", "fine", "grand", "handy", "keen", "lucid")
@@ -80,6 +84,7 @@ class DemoSource:
 
     kind = "demo"
     key_field = "id"
+    """The field each demo item's key is in (what a namespace on it names as key_field)."""
 
     def __init__(
         self,
@@ -102,7 +107,11 @@ class DemoSource:
         self.last_round: RoundChanges | None = None
         """What the last fetch changed; ``None`` before the first."""
 
-    def fetch(self) -> list[dict[str, Any]]:
+    def secret_names(self) -> frozenset[str]:
+        """The demo needs no secret."""
+        return frozenset()
+
+    def fetch(self, context: FetchContext | None = None) -> list[dict[str, Any]]:
         """The catalogue of the next round, in key order."""
         number = 0 if self.last_round is None else self.last_round.round + 1
         rng = random.Random(f"{self.seed}:{number}")
@@ -160,3 +169,20 @@ def _restock(rng: random.Random, product: Product, number: int) -> Product:
     """The product after a round's change: a new price and stock level."""
     price = max(99, product.price_cents + rng.randrange(-500, 501))
     return replace(product, price_cents=price, stock=rng.randrange(0, 500), updated_round=number)
+
+
+_OPTIONS = {"seed": int, "size": int, "change_fraction": float, "churn_fraction": float}
+
+
+def from_options(namespace: str, options: Mapping[str, Any]) -> DemoSource:
+    """The ``demo`` source kind: ``seed``, ``size``, ``change_fraction``, ``churn_fraction``."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            f"namespace {namespace!r}: the demo source has no option(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(_OPTIONS)}"
+        )
+    try:
+        return DemoSource(**{k: _OPTIONS[k](v) for k, v in options.items()})
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"namespace {namespace!r}: demo source: {exc}") from None

@@ -15,6 +15,7 @@ from refresher.cache import CacheStore, lease_name
 from refresher.errors import LeaseHeldError
 from refresher.lease import LeaseManager
 from refresher.scheduler import RefreshLoop, RunOutcome
+from refresher.sources.base import FetchContext
 from refresher.sources.demo import DemoSource
 
 WAIT = 20.0
@@ -44,7 +45,10 @@ class FailingOnceSource:
     def __init__(self) -> None:
         self.calls = 0
 
-    def fetch(self) -> Iterator[Mapping[str, Any]]:
+    def secret_names(self) -> frozenset[str]:
+        return frozenset()
+
+    def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
         self.calls += 1
         yield {"id": "a", "value": self.calls}
         if self.calls == 1:
