@@ -24,6 +24,15 @@ and namespaces by *name*, never by value.
     │       │                            certificate): reload and try the next one
     │       └── IssuerUnavailableError   Entra ID throttled, failed or was unreachable:
     │                                    transient, retried with backoff
+    ├── SourceError               an upstream source failed; the cache keeps the last refresh
+    │   ├── UpstreamUnavailableError     unreachable, timed out, 5xx or 429 after our retries,
+    │   │                                or a source database out of reach: transient
+    │   ├── UpstreamRejectedError        the upstream refused the request: 401/403 after the
+    │   │                                retry with a new token or the other key version, or
+    │   │                                another 4xx: fix the grant, the key or the options
+    │   └── UpstreamDataError            the answer cannot be used: malformed or truncated JSON,
+    │                                    over the size limit, no item list where the options
+    │                                    point, too many pages, a failing source query
     └── SecretError               a Key Vault secret could not be read (names it, never its value)
         ├── SecretNotFoundError          the vault has no secret of that name
         ├── SecretUnavailableError       it exists but no version may be used now:
@@ -213,3 +222,35 @@ class VaultUnavailableError(SecretError):
             vault=vault,
         )
         self.retry_after = retry_after
+
+
+class SourceError(CacheRefresherError):
+    """An upstream source failed; the refresh is abandoned and the cache keeps its last
+    complete refresh. Messages name the page and the URL without its query string (which
+    could carry an API key), a source database by its secret's *name*."""
+
+
+class UpstreamUnavailableError(SourceError):
+    """The upstream could not be reached, timed out, failed (5xx) or throttled (429) after
+    the source's retries: transient, the next refresh tries again.
+
+    ``retry_after`` is the upstream's last ``Retry-After`` in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamRejectedError(SourceError):
+    """The upstream refused the request (``status``): credentials refused even after the
+    one retry with a new token or the other key version, or another 4xx answer."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamDataError(SourceError):
+    """The upstream answered, but not with something the source can use (malformed or
+    truncated JSON, over the size limit, no item list, too many pages, a failing query)."""
