@@ -15,6 +15,9 @@ match on every dialect it can reach).
   versions* a run used (never values) and which process ran it.
 - ``cache_leases``: one row per lease (``refresh:<namespace>``), with a
   fencing token that grows on every change of holder.
+- ``cache_refresh_requests``: on-demand refreshes an operator asked for; any
+  replica claims a pending one (a conditional ``UPDATE``) and records the run
+  that served it (see :mod:`refresher.refresh_requests`).
 """
 
 from __future__ import annotations
@@ -137,4 +140,25 @@ leases = Table(
     Column("token", BigInteger, nullable=False),
     Column("acquired_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+refresh_requests = Table(
+    "cache_refresh_requests",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        Identity(),
+        primary_key=True,
+    ),
+    Column("namespace", Unicode(NAMESPACE_MAX), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("requested_by", Unicode(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("claimed_by", Unicode(200), nullable=True),
+    Column("claimed_at", UTCDateTime, nullable=True),
+    Column("run_id", BigInteger, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("error_message", Unicode(ERROR_MESSAGE_MAX), nullable=True),
+    Index("ix_cache_refresh_requests_status_requested", "status", "requested_at"),
 )

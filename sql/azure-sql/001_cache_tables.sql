@@ -53,6 +53,22 @@ CREATE TABLE cache_namespaces (
     CONSTRAINT pk_cache_namespaces PRIMARY KEY (namespace)
 );
 
+CREATE TABLE cache_refresh_requests (
+    id BIGINT NOT NULL IDENTITY,
+    namespace NVARCHAR(100) NOT NULL,
+    requested_at DATETIMEOFFSET NOT NULL,
+    requested_by NVARCHAR(200) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    claimed_by NVARCHAR(200) NULL,
+    claimed_at DATETIMEOFFSET NULL,
+    run_id BIGINT NULL,
+    finished_at DATETIMEOFFSET NULL,
+    error_message NVARCHAR(2000) NULL,
+    CONSTRAINT pk_cache_refresh_requests PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_cache_refresh_requests_status_requested ON cache_refresh_requests (status, requested_at);
+
 CREATE TABLE cache_refresh_runs (
     id BIGINT NOT NULL IDENTITY,
     namespace NVARCHAR(100) NOT NULL,

@@ -3,7 +3,7 @@
 -- The service connects to Azure SQL with an access token for its app identity
 -- (managed identity or app registration), never with a SQL password. This
 -- script gives that identity a contained database user and exactly the rights
--- the service uses at run time: SELECT, INSERT, UPDATE and DELETE on the four
+-- the service uses at run time: SELECT, INSERT, UPDATE and DELETE on the five
 -- cache tables, through the role cache_refresher_app. No DDL, no EXECUTE, no
 -- db_owner / db_ddladmin / db_datareader / db_datawriter.
 --
@@ -48,6 +48,7 @@ GO
 GRANT SELECT, INSERT, UPDATE, DELETE ON OBJECT::dbo.cache_entries TO cache_refresher_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON OBJECT::dbo.cache_leases TO cache_refresher_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON OBJECT::dbo.cache_namespaces TO cache_refresher_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON OBJECT::dbo.cache_refresh_requests TO cache_refresher_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON OBJECT::dbo.cache_refresh_runs TO cache_refresher_app;
 GO
 

@@ -44,6 +44,22 @@ CREATE TABLE cache_namespaces (
     CONSTRAINT pk_cache_namespaces PRIMARY KEY (namespace)
 );
 
+CREATE TABLE cache_refresh_requests (
+    id INTEGER NOT NULL,
+    namespace VARCHAR(100) NOT NULL,
+    requested_at DATETIME NOT NULL,
+    requested_by VARCHAR(200) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    claimed_by VARCHAR(200),
+    claimed_at DATETIME,
+    run_id BIGINT,
+    finished_at DATETIME,
+    error_message VARCHAR(2000),
+    CONSTRAINT pk_cache_refresh_requests PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_cache_refresh_requests_status_requested ON cache_refresh_requests (status, requested_at);
+
 CREATE TABLE cache_refresh_runs (
     id INTEGER NOT NULL,
     namespace VARCHAR(100) NOT NULL,

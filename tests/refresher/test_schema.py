@@ -238,7 +238,8 @@ def test_a_postgresql_ddl_file_without_the_identity_is_reported(
     apply_sql_file(postgresql_engine, altered)
 
     assert schema_differences(postgresql_engine) == [
-        "cache_refresh_runs.id: identity is False, expected True"
+        "cache_refresh_requests.id: identity is False, expected True",
+        "cache_refresh_runs.id: identity is False, expected True",
     ]
 
 
