@@ -65,6 +65,22 @@ class _Scan:
             yield position, key, item
         self.count = position + 1
 
+    def payloads(
+        self, items: Iterable[Mapping[str, Any]], on_item: Callable[[int], None] | None
+    ) -> Iterator[tuple[str, bytes]]:
+        """(key, canonical JSON payload) of every valid item, duplicates refused."""
+        seen: set[str] = set()
+        dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
+        for position, key, item in self.keyed(items, on_item):
+            if key in seen:
+                self.duplicate(position, key)
+                continue
+            seen.add(key)
+            try:
+                yield key, dumps(item, option=option)
+            except (orjson.JSONEncodeError, TypeError) as exc:
+                self.not_json(position, key, exc)
+
     def duplicate(self, position: int, key: str) -> None:
         self.problems.append(f"item {position}: duplicate key {key!r} (keys must be unique)")
 
@@ -154,18 +170,8 @@ def diff_by_etag(
     memo: dict[str, Hashable] = {}
     # The hot loop: locals, and rows built by tuple.__new__ (in C; Row(...)
     # costs a Python call per item).
-    dumps, option, sha256, new_tuple, known = (
-        orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.sha256, tuple.__new__, etags.get,
-    )  # fmt: skip
-    for position, key, item in scan.keyed(items, on_item):
-        if key in memo:
-            scan.duplicate(position, key)
-            continue
-        try:
-            payload = dumps(item, option=option)
-        except (orjson.JSONEncodeError, TypeError) as exc:
-            scan.not_json(position, key, exc)
-            continue
+    sha256, new_tuple, known = hashlib.sha256, tuple.__new__, etags.get
+    for key, payload in scan.payloads(items, on_item):
         memo[key] = hash(payload)
         etag = sha256(payload).hexdigest()
         old = known(key)
@@ -196,16 +202,8 @@ def diff_by_fingerprint(
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     memo: dict[str, Hashable] = {}
-    dumps, option, known = orjson.dumps, orjson.OPT_SORT_KEYS, previous.get
-    for position, key, item in scan.keyed(items, on_item):
-        if key in memo:
-            scan.duplicate(position, key)
-            continue
-        try:
-            payload = dumps(item, option=option)
-        except (orjson.JSONEncodeError, TypeError) as exc:
-            scan.not_json(position, key, exc)
-            continue
+    known = previous.get
+    for key, payload in scan.payloads(items, on_item):
         fingerprint = memo[key] = hash(payload)
         old = known(key)
         if old is None:
