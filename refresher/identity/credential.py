@@ -39,6 +39,7 @@ from typing import Any
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
+from refresher.background import DueLoop
 from refresher.errors import (
     AuthenticationFailedError,
     CredentialRejectedError,
@@ -118,9 +119,8 @@ class AppIdentity:
         self._slots: dict[str, _Slot] = {}
         self.requests: Counter[str] = Counter()
         """Token requests sent, per scope (for metrics and tests)."""
-        self._wake = threading.Event()
-        self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = DueLoop(self.renew_due, name="token-renewal", clock=clock,
+                             idle=IDLE_WAKEUP_SECONDS)  # fmt: skip
 
     # -- azure-core TokenCredential / SupportsTokenInfo ---------------------------------
 
@@ -166,18 +166,11 @@ class AppIdentity:
 
     def start(self) -> None:
         """Start renewing tokens in the background."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._renew_forever, name="token-renewal", daemon=True
-            )
-            self._thread.start()
+        self._loop.start()
 
     def close(self) -> None:
         """Stop the background renewal (tokens already handed out stay valid)."""
-        self._closed.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._loop.close()
 
     def __enter__(self) -> AppIdentity:
         self.start()
@@ -219,17 +212,6 @@ class AppIdentity:
         with self._cond:
             times = [slot.renew_at for slot in self._slots.values() if slot.token is not None]
         return min(times, default=None)
-
-    def _renew_forever(self) -> None:
-        while not self._closed.is_set():
-            try:
-                next_due = self.renew_due()
-            except Exception:  # the renewal thread must outlive any bug in one renewal
-                logger.exception("token renewal failed unexpectedly; retrying shortly")
-                next_due = None
-            wait = IDLE_WAKEUP_SECONDS if next_due is None else next_due - self._clock()
-            self._wake.wait(min(max(wait, 0.01), IDLE_WAKEUP_SECONDS))
-            self._wake.clear()
 
     # -- the request path ----------------------------------------------------------------
 
@@ -275,7 +257,7 @@ class AppIdentity:
             slot.renew_at = renewal_time(issued, self._rng)
             slot.failures, slot.last_error = 0, None
             self._land(slot)
-        self._wake.set()
+        self._loop.wake()
         return issued
 
     def _wait_for_flight(self, scope: str, slot: _Slot) -> IssuedToken | None:

@@ -32,6 +32,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.keyvault.secrets import SecretClient, SecretProperties
 
+from refresher.background import DueLoop
 from refresher.errors import (
     CacheRefresherError,
     ConfigurationError,
@@ -131,9 +132,10 @@ class KeyVaultSecretStore:
         self._clock = clock
         self._rng = rng or random.Random()
         self._cond = threading.Condition()
-        self._wake = threading.Event()
-        self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = DueLoop(
+            self.check_due, name="secret-poll", clock=clock, idle=IDLE_WAKEUP_SECONDS,
+            min_wait=MIN_WAIT_SECONDS,
+        )  # fmt: skip
 
     # -- SecretStore ---------------------------------------------------------------------
 
@@ -200,13 +202,13 @@ class KeyVaultSecretStore:
         if entry is None:
             return False
         logger.info("Key Vault event %s for secret %r", parsed.event_type, entry.name)
-        if self._thread is None or self._closed.is_set():
+        if not self._loop.running:
             self._refresh(entry, fresh=True)
             return True
         with self._cond:
             entry.wanted += 1  # an in-flight check may predate the event: run one more
             entry.next_check = float("-inf")
-        self._wake.set()
+        self._loop.wake()
         return True
 
     def check_due(self) -> float | None:
@@ -223,18 +225,11 @@ class KeyVaultSecretStore:
 
     def start(self) -> None:
         """Start the background poll (which loads every secret first)."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._poll_forever, name="secret-poll", daemon=True
-            )
-            self._thread.start()
+        self._loop.start()
 
     def close(self) -> None:
         """Stop the background poll. The ``SecretClient`` belongs to the caller."""
-        self._closed.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._loop.close()
 
     def __enter__(self) -> KeyVaultSecretStore:
         self.start()
@@ -242,17 +237,6 @@ class KeyVaultSecretStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _poll_forever(self) -> None:
-        while not self._closed.is_set():
-            try:
-                next_due = self.check_due()
-            except Exception:  # the poll must outlive any bug in one check
-                logger.exception("secret check failed unexpectedly; retrying shortly")
-                next_due = None
-            wait = IDLE_WAKEUP_SECONDS if next_due is None else next_due - self._clock()
-            self._wake.wait(min(max(wait, MIN_WAIT_SECONDS), IDLE_WAKEUP_SECONDS))
-            self._wake.clear()
 
     # -- single flight -------------------------------------------------------------------
 
