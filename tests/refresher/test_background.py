@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ def test_work_runs_again_when_it_says_it_is_due() -> None:
         loop.close()
 
     assert not loop.running
-    assert all(later - earlier >= 0.04 for earlier, later in zip(runs, runs[1:], strict=False))
+    assert all(later - earlier >= 0.04 for earlier, later in itertools.pairwise(runs))
 
 
 def test_wake_runs_the_work_before_its_idle_time() -> None:
