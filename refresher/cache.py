@@ -29,25 +29,23 @@ store falls back to comparing with the stored etags.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from refresher.bulk import Progress, positional_dialect, write_changes
+from refresher.cursor import decode_cursor, encode_cursor
 from refresher.db import IMMEDIATE, utcnow
 from refresher.errors import (
     CacheRefresherError,
     ConfigurationError,
-    InvalidCursorError,
     ItemNotFoundError,
     LeaseLostError,
     NamespaceNotFoundError,
@@ -57,17 +55,7 @@ from refresher.items import Diff, diff_by_etag, diff_by_fingerprint, diff_by_ver
 from refresher.lease import Lease, LeaseManager
 from refresher.schema import ERROR_MESSAGE_MAX, NAMESPACE_MAX, entries, namespaces, refresh_runs
 
-WRITE_BATCH = 2000
-"""Rows per executemany batch: large enough to amortise round trips, small
-enough to keep each statement's parameter set modest on every driver."""
-
 PAGE_LIMIT_MAX = 1000
-
-_T = TypeVar("_T")
-
-Progress = Callable[[str, int, int | None], None]
-"""``progress(phase, done, total)``: phase is ``"fetch"`` (items consumed,
-total unknown) or ``"write"`` (rows written of the total to write)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,19 +165,6 @@ def _diff(
     return diff_by_etag(items, key_field, known.stored, on_item=on_item)
 
 
-class _Counter:
-    """Reports write progress, if anyone listens."""
-
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
-        self.add(0)
-
-    def add(self, count: int) -> None:
-        self.done += count
-        if self.progress is not None:
-            self.progress("write", self.done, self.total)
-
-
 class CacheStore:
     """Reads and refreshes of the shared cache tables on one engine."""
 
@@ -274,7 +249,7 @@ class CacheStore:
             # Straight from the driver: 100k pairs through SQLAlchemy's Result
             # rows cost more than the query.
             query = sa.select(entries.c.key, column).where(entries.c.namespace == namespace)
-            compiled = query.compile(dialect=_positional(conn.dialect))
+            compiled = query.compile(dialect=positional_dialect(conn.dialect))
             cursor = conn.exec_driver_sql(str(compiled), (namespace,)).cursor
             assert cursor is not None
             # A row written without a version compares unequal to any version ("").
@@ -300,7 +275,7 @@ class CacheStore:
             if (0 if current is None else int(current)) != known.generation:
                 raise LeaseLostError(lease.name, lease.holder)  # someone else wrote meanwhile
             now = utcnow()
-            self._write(conn, namespace, changes, generation, now, progress)
+            write_changes(conn, namespace, changes, generation, now, progress)
             self._save_state(
                 conn, namespace, current is not None, generation, len(changes.memo), now,
                 source_version,
@@ -331,34 +306,6 @@ class CacheStore:
             len(changes.deletes),
             changes.unchanged,
         )
-
-    def _write(
-        self,
-        conn: Connection,
-        namespace: str,
-        changes: Diff,
-        generation: int,
-        now: datetime,
-        progress: Progress | None,
-    ) -> None:
-        report = _Counter(
-            progress, len(changes.inserts) + len(changes.updates) + len(changes.deletes)
-        )
-        delete = entries.delete().where(
-            entries.c.namespace == sa.bindparam("ns"), entries.c.key == sa.bindparam("k")
-        )
-        for keys in _batches(changes.deletes):
-            conn.execute(delete, [{"ns": namespace, "k": key} for key in keys])
-            report.add(len(keys))
-        changed_at = _bind_value(conn, entries.c.changed_at, now)
-        for rows, stmt in ((changes.inserts, entries.insert()), (changes.updates, _update(conn))):
-            for batch in _batches(list(rows.items())):
-                values = [
-                    (namespace, key, row.payload, row.etag, generation, changed_at, row.version)
-                    for key, row in batch
-                ]
-                _executemany(conn, stmt, values)
-                report.add(len(batch))
 
     def _save_state(
         self,
@@ -551,30 +498,6 @@ def check_namespace(namespace: str) -> None:
         )
 
 
-def encode_cursor(namespace: str, key: str) -> str:
-    """An opaque cursor that resumes after ``key`` in ``namespace``."""
-    raw = orjson.dumps({"n": namespace, "k": key})
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def decode_cursor(namespace: str, cursor: str) -> str:
-    """The key a cursor resumes after; :class:`InvalidCursorError` if it is not ours."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = orjson.loads(raw)
-        key, owner = data["k"], data["n"]
-    except (binascii.Error, ValueError, TypeError, KeyError) as exc:
-        raise InvalidCursorError(
-            "the cursor is malformed: pass the 'next' cursor of a previous page unchanged"
-        ) from exc
-    if owner != namespace or not isinstance(key, str):
-        raise InvalidCursorError(
-            f"the cursor belongs to another namespace than {namespace!r}: "
-            "start again without a cursor"
-        )
-    return key
-
-
 def describe_error(exc: BaseException) -> str:
     """A message for the run history: ours as written, foreign ones by class only.
 
@@ -601,78 +524,9 @@ def _store_error(what: str, exc: SQLAlchemyError) -> StoreError:
     )
 
 
-_ROW_COLUMNS = (
-    "namespace", "key", "payload", "etag", "generation", "changed_at", "source_version",
-)  # fmt: skip
-
-
-def _update(conn: Connection) -> sa.Executable:
-    """The statement that rewrites changed rows: the engine's fast path."""
-    dialect = conn.dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert(entries)
-        return stmt.on_conflict_do_update(
-            index_elements=[entries.c.namespace, entries.c.key],
-            set_={name: stmt.excluded[name] for name in _ROW_COLUMNS[2:]},
-        )
-    # T-SQL has no ON CONFLICT; the diff already told new keys from changed
-    # ones, so a keyed UPDATE batch (pyodbc fast_executemany) is enough.
-    return (
-        entries.update()
-        .where(
-            entries.c.namespace == sa.bindparam("namespace"),
-            entries.c.key == sa.bindparam("key"),
-        )
-        .values({name: sa.bindparam(name) for name in _ROW_COLUMNS[2:]})
-    )
-
-
-def _executemany(conn: Connection, stmt: sa.Executable, rows: list[tuple[Any, ...]]) -> None:
-    """Run ``stmt`` once per row through the driver's executemany.
-
-    Rows are tuples in ``_ROW_COLUMNS`` order whose values are already in the
-    driver's form (see :func:`_bind_value`): SQLAlchemy's per-row parameter
-    processing, and a named-parameter dict per row, would otherwise cost more
-    than the database's own work. The statement is compiled for a positional
-    parameter style so the tuples go to the driver as they are.
-    """
-    compiled = stmt.compile(  # type: ignore[attr-defined]
-        dialect=_positional(conn.dialect), column_keys=list(_ROW_COLUMNS)
-    )
-    order = [_ROW_COLUMNS.index(name) for name in compiled.positiontup]
-    if order != list(range(len(_ROW_COLUMNS))):
-        rows = [tuple(row[i] for i in order) for row in rows]
-    conn.exec_driver_sql(str(compiled), rows)
-
-
-_POSITIONAL_TWINS: dict[str, Dialect] = {}
-
-
-def _positional(dialect: Dialect) -> Dialect:
-    """``dialect``, or a twin of it that writes ``%s`` placeholders (psycopg's positional style)."""
-    if dialect.positional:
-        return dialect
-    name = f"{dialect.name}+{dialect.driver}"
-    if name not in _POSITIONAL_TWINS:
-        _POSITIONAL_TWINS[name] = type(dialect)(paramstyle="format")  # type: ignore[call-arg]
-    return _POSITIONAL_TWINS[name]
-
-
-def _bind_value(conn: Connection, column: sa.Column[Any], value: Any) -> Any:
-    """``value`` as the driver receives it for ``column`` (type processors applied)."""
-    processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    return value if processor is None else processor(value)
-
-
 def _dump_versions(versions: Mapping[str, Sequence[str]] | None) -> str | None:
     """The secret versions a run used, by secret name, as JSON (read at the run's end,
     so a source may record the versions it used while it fetched)."""
     if not versions:
         return None
     return orjson.dumps({name: list(used) for name, used in versions.items()}).decode()
-
-
-def _batches(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(values), WRITE_BATCH):
-        yield values[start : start + WRITE_BATCH]
