@@ -1,4 +1,5 @@
-"""Local development stack: Entra ID and Key Vault servers the real Azure SDKs talk to.
+"""Local development stack: Entra ID and Key Vault servers the real Azure SDKs talk to,
+and a Graph-like paged upstream API for sources.
 
 Never used in production. Start everything with :class:`devstack.stack.DevStack`
 (a context manager) or ``python -m devstack``. Modules, by concept:
@@ -9,5 +10,7 @@ Never used in production. Start everything with :class:`devstack.stack.DevStack`
 - ``directory``, ``certificates``, ``signing``, ``claims``, ``client_auth``,
   ``aadsts``, ``entra``, ``entra_app``: the Entra ID side;
 - ``keyvault``, ``keyvault_auth``, ``keyvault_wire``, ``keyvault_app``,
-  ``events``: the Key Vault side and its Event Grid events.
+  ``events``: the Key Vault side and its Event Grid events;
+- ``upstream``, ``upstream_users``, ``upstream_auth``, ``upstream_wire``,
+  ``upstream_faults``, ``upstream_app``: the upstream API (``/v1.0/users``).
 """

@@ -1,4 +1,4 @@
-"""``python -m devstack``: run the local Entra ID and Key Vault servers until Ctrl-C.
+"""``python -m devstack``: run the local Entra ID, Key Vault and upstream servers until Ctrl-C.
 
 Prints where they listen, the tenant, the registered apps with their
 (throwaway, devstack-only) credentials, the CA to trust, and the environment
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from devstack.stack import AppIdentity, DevStack
+from devstack.upstream import UPSTREAM_RESOURCE
+from devstack.upstream_auth import API_KEY_HEADER, API_KEY_PARAMETER, USER_READ_ALL
 
 DEFAULT_DIR = Path(".dev/devstack")
 
@@ -25,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where CA and keys live")
     parser.add_argument("--entra-port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--vault-port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--upstream-port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--token-lifetime", type=int, default=3599, help="seconds")
     parser.add_argument("--event-url", help="POST Key Vault events (Event Grid schema) here")
     parser.add_argument("--event-audience", help="send events with a token for this audience")
@@ -38,6 +41,11 @@ def describe(stack: DevStack) -> str:
         f"Tenant:                    {stack.tenant_id}",
         f"Key Vault:                 {stack.vault_url}",
         f"CA certificate:            {stack.ca_path}",
+        f"Upstream API (Graph-like): {stack.upstream_url}/v1.0/users "
+        "(also /v1.0/users-link, /v1.0/users-cursor)",
+        f"  app token scope:         {UPSTREAM_RESOURCE}/.default (app role {USER_READ_ALL})",
+        f"  API key:                 Key Vault secret '{stack.upstream_api_key_secret}' "
+        f"(header {API_KEY_HEADER} or query {API_KEY_PARAMETER})",
         "",
         "Apps (devstack-only throwaway credentials):",
     ]
@@ -58,6 +66,10 @@ def describe(stack: DevStack) -> str:
 
 def _describe_app(stack: DevStack, app: AppIdentity) -> list[str]:
     roles = ", ".join(sorted(stack.vault_access.roles(app.object_id))) or "no vault role"
+    upstream = stack.entra.directory.app(stack.tenant_id, app.client_id).roles_for(
+        stack.upstream.resource
+    )
+    roles += "".join(f"; upstream {role}" for role in sorted(upstream))
     lines = [f"  {app.name}: client id {app.client_id} ({roles})"]
     if app.client_secret:
         lines.append(f"    client secret: {app.client_secret}")
@@ -76,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         token_lifetime=args.token_lifetime,
         entra_port=args.entra_port,
         vault_port=args.vault_port,
+        upstream_port=args.upstream_port,
     )
     with stack:
         if args.event_url:

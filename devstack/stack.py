@@ -1,4 +1,4 @@
-"""The whole devstack in one object: CA, Entra ID and Key Vault servers, identities.
+"""The whole devstack in one object: CA, Entra ID, Key Vault and upstream servers, identities.
 
 ::
 
@@ -40,6 +40,11 @@ reads::
         authority=stack.authority_host, connection_verify=str(stack.ca_path),
         disable_instance_discovery=True)
 
+The upstream API (``devstack.upstream``: Graph-shaped paged users) is
+``stack.upstream`` at ``stack.upstream_url``; ``service`` holds its
+``User.Read.All`` app role (``grant_upstream_role(app)`` for others), and its
+API key is the vault secret ``stack.upstream_api_key_secret``.
+
 Tests reach the parts directly: ``stack.entra`` (directory, signing keys,
 token policy, minting), ``stack.vault`` (secrets), ``stack.vault_access``
 (role assignments), ``stack.entra.external_issuers`` (their signing keys),
@@ -77,6 +82,8 @@ from devstack.keyvault_auth import CLOCK_SKEW, VaultAccess, VaultRole
 from devstack.server import Server
 from devstack.signing import SigningKeys
 from devstack.traffic import Counters, Faults
+from devstack.upstream import Upstream
+from devstack.upstream_auth import USER_READ_ALL
 
 EVENT_GRID_ROLE = "AzureEventGridSecureWebhookSubscriber"
 
@@ -110,6 +117,7 @@ class DevStack:
         vault_port: int = 0,
         vault_name: str = "devstack",
         vault_clock_skew: int = CLOCK_SKEW,
+        upstream_port: int = 0,
     ) -> None:
         self.directory = directory
         self.ca = LocalCA(directory=directory / "ca")
@@ -140,6 +148,17 @@ class DevStack:
         )
         self.entra_counters, self.entra_faults = Counters(), Faults()
         self.vault_counters, self.vault_faults = Counters(), Faults()
+        self.upstream = Upstream(
+            certificate=self.ca.issue_server_certificate("upstream"),
+            entra=self.entra,
+            vault=self.vault,
+            tenant_id=self.tenant_id,
+            clock=clock,
+            port=upstream_port,
+        )
+        self.upstream_server, self.upstream_counters = self.upstream.server, self.upstream.counters
+        self.upstream_faults = self.upstream.faults
+        self.upstream_api_key_secret = self.upstream.api_key_secret
         self._register_default_apps()
 
     # addresses
@@ -163,6 +182,10 @@ class DevStack:
     def vault_url(self) -> str:
         return self.vault_server.url
 
+    @property
+    def upstream_url(self) -> str:
+        return self.upstream.url
+
     # lifecycle
 
     def start(self) -> DevStack:
@@ -176,15 +199,20 @@ class DevStack:
             counters=self.vault_counters,
             faults=self.vault_faults,
         )
-        self.entra_server.start(entra_app)
+        started: list[Server] = []
         try:
-            self.vault_server.start(vault_app)
+            for server, app in ((self.entra_server, entra_app), (self.vault_server, vault_app)):
+                server.start(app)
+                started.append(server)
+            self.upstream.start()
         except BaseException:
-            self.entra_server.stop()
+            for server in reversed(started):
+                server.stop()
             raise
         return self
 
     def stop(self) -> None:
+        self.upstream.stop()
         self.vault_server.stop()
         self.entra_server.stop()
         self.events.close()
@@ -244,6 +272,10 @@ class DevStack:
         """Make ``identifier`` an API tokens can be requested for (``<identifier>/.default``)."""
         resource = Resource(identifier=identifier, app_id=app_id or new_id())
         return self.entra.directory.register_resource(resource)
+
+    def grant_upstream_role(self, identity: AppIdentity, role: str = USER_READ_ALL) -> None:
+        """Grant ``identity`` an app role on the upstream API (in its next tokens)."""
+        self.upstream.grant_role(identity.client_id, role)
 
     def add_user(self, username: str, display_name: str = "") -> User:
         return self.entra.directory.add_user(self.tenant_id, username, display_name)
@@ -388,6 +420,7 @@ class DevStack:
         )
         self.operator = self.register_app("operator", vault_roles=[officer])
         self.outsider = self.register_app("outsider")
+        self.grant_upstream_role(self.service)
 
 
 def _system_and(ca_path: Path) -> ssl.SSLContext:
