@@ -1,0 +1,288 @@
+"""The ``http_json`` source: every item of a paged JSON API, fetched with httpx.
+
+.. code-block:: toml
+
+    [namespaces.users.source]
+    kind = "http_json"
+    url = "https://graph.microsoft.com/v1.0/users"
+    auth = "app_token"                      # or "api_key", "none"
+    scope = "https://graph.microsoft.com/.default"
+    pagination = "odata"                    # or "link", "cursor", "none"
+    page_size = 999                         # sent as $top (page_size_param)
+
+Options (checked by :func:`from_options`; see :class:`HttpJsonOptions`):
+
+- ``url``: the first page. With credentials it must be ``https``; TLS
+  certificates are always verified (``ca_bundle``: a PEM file of CAs to trust
+  instead of the system's, for devstack).
+- ``auth``: ``app_token`` with ``scope``; ``api_key`` with ``secret`` (a Key
+  Vault secret's name) sent in ``header`` (default ``x-api-key``) or in
+  ``query_param``; or ``none``. See :mod:`refresher.sources.http_auth` for how
+  a refused token or key is retried (rotation loses nothing).
+- ``pagination``: ``odata`` (``@odata.nextLink``), ``link`` (RFC 8288
+  ``Link: <...>; rel="next"``), ``cursor`` (the body's ``cursor_field``, a
+  JSON pointer, sent back in the query parameter ``cursor_param``) or ``none``.
+- ``items``: a JSON pointer to each page's item list (default ``/value`` for
+  ``odata``, else ``""``: the body is the list).
+- ``page_size`` / ``page_size_param`` (default ``$top``), ``headers`` (extra,
+  not secret: secrets belong in Key Vault), ``connect_timeout`` /
+  ``read_timeout`` (seconds), ``max_response_bytes`` (per page, read as a
+  stream and abandoned past the limit), ``max_pages``, ``retries``.
+
+**Credentials never leave the configured origin.** Every next page must be on
+the scheme, host and port of ``url``; a next link elsewhere fails the refresh
+instead of being followed, and redirects are not followed at all. So the
+token or the API key is only ever sent where the namespace says.
+
+Pages are fetched lazily, one at a time; their items are yielded as each page
+arrives and ``context.progress(pages, None)`` is called after each. 429, 5xx,
+timeouts and dropped connections are retried (:mod:`refresher.sources.http_retry`);
+everything else fails the fetch with a :class:`~refresher.errors.SourceError`
+that names the page and the URL without its query string, never a key or token.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from refresher.errors import UpstreamDataError, UpstreamRejectedError, UpstreamUnavailableError
+from refresher.sources.base import FetchContext
+from refresher.sources.http_auth import REJECTED_STATUSES, AuthSession, Credentials
+from refresher.sources.http_options import (
+    HttpJsonOptions,
+    build_auth,
+    build_client,
+    build_paging,
+    parse_options,
+    timeout,
+)
+from refresher.sources.http_pages import (
+    PageError,
+    decode_json,
+    describe_url,
+    items_at,
+    same_origin,
+    with_params,
+)
+from refresher.sources.http_retry import (
+    RETRY_STATUSES,
+    Retrier,
+    RetryPolicy,
+    TransientFailure,
+    parse_retry_after,
+)
+
+__all__ = ["HttpJsonOptions", "HttpJsonSource", "from_options"]
+
+
+class Page:
+    """One answer: the decoded body and its ``Link`` header values."""
+
+    def __init__(self, body: Any, links: list[str]) -> None:
+        self.body = body
+        self.links = links
+
+
+class HttpJsonSource:
+    """Every item of a paged JSON API (see the module docstring for the options)."""
+
+    kind = "http_json"
+
+    def __init__(
+        self,
+        options: HttpJsonOptions,
+        *,
+        namespace: str = "",
+        client: httpx.Client | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options
+        self.namespace = namespace
+        self.auth = build_auth(options)
+        self.paging = build_paging(options)
+        self.client = client if client is not None else build_client(options)
+        policy = retry or RetryPolicy(attempts=options.retries + 1)
+        self._retrier = Retrier(policy, sleep=sleep, clock=clock, rng=rng)
+        self._wall_clock = wall_clock
+
+    def secret_names(self) -> frozenset[str]:
+        return self.auth.secret_names()
+
+    def close(self) -> None:
+        """Close the HTTP client (also an injected one: the source owns it from then on)."""
+        self.client.close()
+
+    def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
+        """Every item of every page, page by page (lazily)."""
+        session = self.auth.session(context)
+        url: str | None = self.paging.first(self.options.url, self.options.page_size)
+        number = 0
+        while url is not None:
+            number += 1
+            if number > self.options.max_pages:
+                raise UpstreamDataError(
+                    f"{self._what(number, url)} would exceed max_pages = "
+                    f"{self.options.max_pages}: raise max_pages, or check that the API's "
+                    "next-page links come to an end"
+                )
+            attempt = functools.partial(self._get, url, session, number)
+            page = self._retrier.call(attempt, what=self._what(number, url))
+            url, items = self._read(page, url, number)
+            yield from items
+            if context.progress is not None:
+                context.progress(number, None)
+
+    def _read(self, page: Page, url: str, number: int) -> tuple[str | None, list[Any]]:
+        """The page's items and the next page's URL (checked to stay on our origin)."""
+        try:
+            items = items_at(page.body, self.options.items_pointer)
+            following = self.paging.next(url=url, headers=page.links, body=page.body)
+        except PageError as exc:
+            raise UpstreamDataError(f"{self._what(number, url)} {exc}") from None
+        if following is not None and not same_origin(following, self.options.url):
+            raise UpstreamDataError(
+                f"{self._what(number, url)} points to its next page at "
+                f"{describe_url(following)}, which is not on {describe_url(self.options.url)}: "
+                "not followed, so that credentials are never sent elsewhere"
+            )
+        return following, items
+
+    def _what(self, number: int, url: str) -> str:
+        return f"page {number} of {describe_url(url)}"
+
+    # -- one request ------------------------------------------------------------------------
+
+    def _get(self, url: str, session: AuthSession, number: int) -> Page:
+        """One page, re-sent with other credentials while the session allows."""
+        retries = 0
+        while True:
+            sent = session.credentials()
+            with _transport_errors(self._what(number, url)), self._send(url, sent) as response:
+                if response.status_code in REJECTED_STATUSES and session.rejected(
+                    response.status_code, sent, retries=retries
+                ):
+                    retries += 1
+                    continue
+                self._check_status(response, session, number, url)
+                return Page(self._body(response, number, url), response.headers.get_list("link"))
+
+    @contextmanager
+    def _send(self, url: str, sent: Credentials) -> Iterator[httpx.Response]:
+        request = self.client.build_request(
+            "GET",
+            with_params(url, sent.params),
+            headers={"Accept": "application/json", **self.options.headers, **sent.headers},
+            timeout=timeout(self.options),
+        )
+        response = self.client.send(request, stream=True, follow_redirects=False)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def _check_status(
+        self, response: httpx.Response, session: AuthSession, number: int, url: str
+    ) -> None:
+        status = response.status_code
+        said = f"answered {status} {response.reason_phrase}".rstrip()
+        if 200 <= status < 300:
+            return
+        if status in RETRY_STATUSES:
+            retry_after = parse_retry_after(
+                response.headers.get("retry-after"), now=self._wall_clock()
+            )
+            raise TransientFailure(f"answered {status}", retry_after=retry_after)
+        what = self._what(number, url)
+        if status in REJECTED_STATUSES:
+            raise UpstreamRejectedError(f"{what} {said}: {session.refusal(status)}", status=status)
+        if 300 <= status < 400:
+            raise UpstreamRejectedError(
+                f"{what} {said} (a redirect, which is not followed): set the url option to "
+                "the address the API redirects to",
+                status=status,
+            )
+        raise UpstreamRejectedError(
+            f"{what} {said}: check the url and the source's options", status=status
+        )
+
+    def _body(self, response: httpx.Response, number: int, url: str) -> Any:
+        limit = self.options.max_response_bytes
+        too_large = UpstreamDataError(
+            f"{self._what(number, url)} is larger than max_response_bytes = {limit} bytes: "
+            "lower page_size, or raise max_response_bytes"
+        )
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        try:
+            return decode_json(b"".join(chunks))
+        except PageError as exc:
+            kind = response.headers.get("content-type", "none")
+            raise UpstreamDataError(
+                f"{self._what(number, url)} {exc}; its content type was {kind}"
+            ) from None
+
+
+@contextmanager
+def _transport_errors(what: str) -> Iterator[None]:
+    """httpx's transport errors, translated once: transient ones for the retrier, a TLS
+    verification failure as a clear permanent error."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TransientFailure(f"timed out ({_timeout_phase(exc)})") from exc
+    except httpx.ConnectError as exc:
+        if _tls_verification_failed(exc):
+            raise UpstreamUnavailableError(
+                f"{what}: the server's TLS certificate could not be verified: fix the "
+                "certificate, or give ca_bundle for a private CA (verification is never off)"
+            ) from exc
+        raise TransientFailure("could not be reached (connection failed)") from exc
+    except httpx.RemoteProtocolError as exc:
+        raise TransientFailure("closed the connection before the answer was complete") from exc
+    except httpx.DecodingError as exc:
+        raise UpstreamDataError(f"{what} sent a body that could not be decompressed") from exc
+    except httpx.TransportError as exc:
+        raise TransientFailure(f"failed in transit ({type(exc).__name__})") from exc
+
+
+def _timeout_phase(exc: httpx.TimeoutException) -> str:
+    phases = {
+        httpx.ConnectTimeout: "connecting",
+        httpx.ReadTimeout: "waiting for the answer",
+        httpx.WriteTimeout: "sending the request",
+        httpx.PoolTimeout: "waiting for a free connection",
+    }
+    return next((text for cls, text in phases.items() if isinstance(exc, cls)), "in transit")
+
+
+def _tls_verification_failed(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def from_options(namespace: str, options: Mapping[str, Any]) -> HttpJsonSource:
+    """The ``http_json`` source kind; :class:`ConfigurationError` naming each wrong option."""
+    return HttpJsonSource(parse_options(namespace, options), namespace=namespace)

@@ -1,0 +1,274 @@
+"""The ``sql_query`` source: the rows of a query on a source database whose URL is in Key Vault.
+
+.. code-block:: toml
+
+    [namespaces.products.source]
+    kind = "sql_query"
+    url_secret = "catalogue-db-url"     # a Key Vault secret holding a SQLAlchemy URL
+    query = "SELECT sku AS id, name, price, updated_at FROM products WHERE active = :active"
+    params = { active = true }          # optional bound parameters
+    fetch_size = 1000                   # optional: rows per round trip
+
+Each row becomes one item, column names as keys (alias columns to name them;
+two columns of the same name are refused). Values are made JSON-safe:
+
+- date, time and datetime → ISO 8601 strings (an aware datetime keeps its offset);
+- ``Decimal`` → float (cast to text in the query where a double's 15-16
+  significant digits are not enough);
+- bytes → base64 strings; UUID → string; timedelta → seconds (float);
+- lists and mappings (array and JSON columns) → converted element by element;
+- anything else → ``str(value)``.
+
+The URL is read through the secret store on every fetch; when its version
+changes (an operator rotated it, possibly to another database), the next
+fetch builds a new engine and disposes of the old one's connections. The
+source database is only read: no pragmas, no schema changes.
+
+Errors name the namespace and the secret, never the URL or its password (any
+piece of them a driver quotes is blanked): a database that cannot be reached
+or drops the connection → :class:`~refresher.errors.UpstreamUnavailableError`;
+a failing query → :class:`~refresher.errors.UpstreamDataError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote_plus
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from refresher.errors import ConfigurationError, UpstreamDataError, UpstreamUnavailableError
+from refresher.secrets.base import SecretValue
+from refresher.sources.base import FetchContext
+
+FETCH_SIZE = 1000
+"""Rows fetched per round trip (and per progress report)."""
+
+HIDDEN = "***"
+
+
+class SqlQueryOptions(BaseModel):
+    """The options of a ``sql_query`` source, as written in the namespaces file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url_secret: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    fetch_size: int = Field(default=FETCH_SIZE, ge=1)
+
+
+def source_engine(url: str) -> Engine:
+    """The default engine factory: SQLAlchemy's, with a pre-ping (a restarted server
+    costs no refresh). Raises ``ArgumentError``/``NoSuchModuleError`` for a bad URL."""
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class SqlQuerySource:
+    """The rows of one query, as items (see the module docstring)."""
+
+    kind = "sql_query"
+
+    def __init__(
+        self,
+        options: SqlQueryOptions,
+        *,
+        namespace: str = "",
+        engine_factory: Callable[[str], Engine] = source_engine,
+    ) -> None:
+        self.options = options
+        self.namespace = namespace
+        self._engine_factory = engine_factory
+        self._engine: tuple[str, Engine] | None = None
+        self._lock = threading.Lock()
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset({self.options.url_secret})
+
+    @property
+    def engine_version(self) -> str | None:
+        """The version of the URL secret the current engine was built from."""
+        return None if self._engine is None else self._engine[0]
+
+    def close(self) -> None:
+        """Dispose of the engine's connections."""
+        with self._lock:
+            if self._engine is not None:
+                self._engine[1].dispose()
+                self._engine = None
+
+    def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
+        """Every row of the query, converted (lazily, ``fetch_size`` rows per round trip)."""
+        secret = context.secret(self.options.url_secret)
+        engine = self._engine_for(secret)
+        scrub = _scrubber(secret.value)
+        with _connect(engine, self._where(secret), scrub) as conn:
+            yield from self._rows(conn, secret, scrub, context)
+
+    def _engine_for(self, secret: SecretValue) -> Engine:
+        """The engine for this version of the URL (a new one after a rotation)."""
+        with self._lock:
+            if self._engine is not None and self._engine[0] == secret.version:
+                return self._engine[1]
+            try:
+                engine = self._engine_factory(secret.value)
+            except (ArgumentError, NoSuchModuleError, ValueError):
+                raise ConfigurationError(
+                    f"namespace {self.namespace!r}: secret {self.options.url_secret!r} (version "
+                    f"{secret.version}) does not hold a usable SQLAlchemy URL: set it to one "
+                    "such as postgresql+psycopg://user:password@host/db, with its driver installed"
+                ) from None
+            if self._engine is not None:
+                self._engine[1].dispose()
+            self._engine = (secret.version, engine)
+            return engine
+
+    def _rows(
+        self,
+        conn: Connection,
+        secret: SecretValue,
+        scrub: Callable[[str], str],
+        context: FetchContext,
+    ) -> Iterator[dict[str, Any]]:
+        size = self.options.fetch_size
+        try:
+            result = conn.execution_options(stream_results=True, yield_per=size).execute(
+                sa.text(self.options.query), self.options.params
+            )
+            columns = _column_names(list(result.keys()), self._where(secret))
+            done = 0
+            for rows in result.partitions():
+                for row in rows:
+                    yield dict(zip(columns, map(json_safe, row), strict=True))
+                done += len(rows)
+                if context.progress is not None:
+                    context.progress(done, None)
+        except SQLAlchemyError as exc:
+            raise self._query_error(exc, secret, scrub) from None
+
+    def _query_error(
+        self, exc: SQLAlchemyError, secret: SecretValue, scrub: Callable[[str], str]
+    ) -> UpstreamDataError | UpstreamUnavailableError:
+        said = _driver_says(exc, scrub)
+        if getattr(exc, "connection_invalidated", False):
+            return UpstreamUnavailableError(
+                f"{self._where(secret)} dropped the connection during the query ({said}); "
+                "the next refresh tries again"
+            )
+        return UpstreamDataError(
+            f"the query on {self._where(secret)} failed ({said}): fix the query or its params "
+            "in the namespaces file"
+        )
+
+    def _where(self, secret: SecretValue) -> str:
+        return (
+            f"the source database of namespace {self.namespace!r} (its URL in secret "
+            f"{self.options.url_secret!r}, version {secret.version})"
+        )
+
+
+@contextmanager
+def _connect(engine: Engine, where: str, scrub: Callable[[str], str]) -> Iterator[Connection]:
+    """A connection; a failure to connect translated into our error.
+
+    Driver errors are not chained (``from None``): their text may quote the
+    server's answer about the login, and a traceback would carry it to the log.
+    """
+    try:
+        conn = engine.connect()
+    except SQLAlchemyError as exc:
+        raise UpstreamUnavailableError(
+            f"{where} could not be reached ({_driver_says(exc, scrub)}): check that the "
+            "database is up and reachable and that the URL in the secret is right"
+        ) from None
+    with conn:
+        yield conn
+
+
+def _column_names(columns: Sequence[str], where: str) -> list[str]:
+    twice = sorted(column for column, count in Counter(columns).items() if count > 1)
+    if twice:
+        raise UpstreamDataError(
+            f"the query on {where} returns more than one column named {', '.join(twice)}: "
+            "give them distinct names with AS"
+        )
+    return list(columns)
+
+
+def _scrubber(url: str) -> Callable[[str], str]:
+    """Blanks the URL and its password (and their URL-encoded forms) out of a text."""
+    pieces = {url}
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None
+    if parsed is not None and parsed.password:
+        password = str(parsed.password)
+        pieces |= {password, quote_plus(password), parsed.render_as_string(hide_password=False)}
+    ordered = sorted((piece for piece in pieces if piece), key=len, reverse=True)
+
+    def scrub(text: str) -> str:
+        for piece in ordered:
+            text = text.replace(piece, HIDDEN)
+        return text
+
+    return scrub
+
+
+def _driver_says(exc: SQLAlchemyError, scrub: Callable[[str], str]) -> str:
+    """The driver's first line (scrubbed), after its class name."""
+    orig = getattr(exc, "orig", None)
+    cause = orig if orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    first = scrub(lines[0])[:300] if lines else ""
+    return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as a JSON-ready value (see the module docstring for the conversions)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return str(value)
+
+
+def from_options(namespace: str, options: Mapping[str, Any]) -> SqlQuerySource:
+    """The ``sql_query`` source kind; :class:`ConfigurationError` naming each wrong option."""
+    try:
+        parsed = SqlQueryOptions.model_validate(dict(options))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: "
+            + (
+                "is not an option of sql_query (it takes url_secret, query, params, fetch_size)"
+                if error["type"] == "extra_forbidden"
+                else error["msg"]
+            )
+            for error in exc.errors()
+        )
+        raise ConfigurationError(f"namespace {namespace!r}: sql_query source: {problems}") from None
+    return SqlQuerySource(parsed, namespace=namespace)
