@@ -27,7 +27,8 @@ from refresher.cache import CacheStore
 from refresher.cli import EXIT_USAGE, app, console, fail, reported_errors, settings_or_exit
 from refresher.db import cache_engine, init_schema
 from refresher.lease import LeaseManager
-from refresher.scheduler import RefreshLoop
+from refresher.namespaces import DEFAULT_STALENESS_INTERVALS, Namespace, Readers, Schedule
+from refresher.scheduler import Scheduler
 from refresher.settings import Settings
 from refresher.sources.demo import DemoSource
 
@@ -76,16 +77,22 @@ def _run_dev(settings: Settings, listener: socket.socket) -> None:
     with reported_errors(), cache_engine(settings) as engine:
         init_schema(engine)
         store = CacheStore(engine, leases=LeaseManager(engine, ttl=settings.lease_ttl_seconds))
-        loop = RefreshLoop(
-            store, DEMO_NAMESPACE, DemoSource(), interval=settings.refresh_interval_seconds
-        )
-        loop.run_once()
-        loop.start(immediately=False)
+        scheduler = Scheduler(store, [_demo_namespace(settings.refresh_interval_seconds)])
+        scheduler.refresh(DEMO_NAMESPACE)
+        scheduler.start()
         try:
             _announce(settings)
             _serve(settings, store, listener)
         finally:
-            loop.stop()
+            scheduler.stop(settings.stop_grace_seconds)
+
+
+def _demo_namespace(interval: float) -> Namespace:
+    """The bundled demo catalogue as namespace ``demo``, refreshed every ``interval`` s."""
+    return Namespace(
+        DEMO_NAMESPACE, DemoSource(), DemoSource.key_field, None, None,
+        Schedule(interval, None, 0.0), interval * DEFAULT_STALENESS_INTERVALS, Readers(),
+    )  # fmt: skip
 
 
 def _serve(settings: Settings, store: CacheStore, listener: socket.socket) -> None:

@@ -15,28 +15,37 @@ so machines with skewed clocks still agree on who holds a lease.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import TracebackType
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from refresher.db import IMMEDIATE, db_now
 from refresher.errors import LeaseHeldError, LeaseLostError
 from refresher.schema import leases
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_TTL_SECONDS = 60.0
+RENEWALS_PER_TTL = 3
+"""A kept lease is renewed this many times per TTL, so one or two failed renewals
+(a database blip) do not lose it."""
 _NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def default_holder() -> str:
-    """An identity for this process: host, pid and a random suffix (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+def default_holder(replica: str | None = None) -> str:
+    """An identity for this process: replica name (default: the host), pid and a random
+    suffix (pids are reused)."""
+    return f"{replica or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,3 +157,55 @@ class LeaseManager:
                         conn.execute(leases.insert().values(values))
                 except IntegrityError:
                     pass  # another process created it first: just as good
+
+
+class LeaseKeeper:
+    """Keeps a held lease renewed in a background thread while work runs under it.
+
+    ``with LeaseKeeper(manager, lease) as kept: ...`` renews every TTL /
+    ``RENEWALS_PER_TTL``. A renewal that finds the lease lost stops renewing
+    and sets :attr:`lost` (the work's fenced commit would fail anyway; checking
+    :attr:`lost` lets it stop early). A renewal the database fails is retried
+    at the next tick. The lease itself is released by its owner, not here.
+    """
+
+    def __init__(self, manager: LeaseManager, lease: Lease) -> None:
+        self._manager = manager
+        self._lease = lease
+        self._every = manager.ttl.total_seconds() / RENEWALS_PER_TTL
+        self._done = threading.Event()
+        self.lost = threading.Event()
+        """Set once a renewal found the lease expired or taken over."""
+        self._thread = threading.Thread(
+            target=self._renew_until_done, name=f"lease-{lease.name}", daemon=True
+        )
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _renew_until_done(self) -> None:
+        while not self._done.wait(self._every):
+            try:
+                self._lease = self._manager.renew(self._lease)
+            except LeaseLostError:
+                logger.warning(
+                    "lease %r was lost while its work ran; that work will be rolled back",
+                    self._lease.name,
+                )
+                self.lost.set()
+                return
+            except SQLAlchemyError as exc:
+                logger.warning(
+                    "renewing lease %r failed (%s); retrying in %.1f s",
+                    self._lease.name, type(exc).__name__, self._every,
+                )  # fmt: skip

@@ -1,147 +1,349 @@
-"""The refresh loop: keeps one namespace filled from its source, on an interval.
+"""The scheduler: keeps many namespaces refreshed, cooperating with other replicas.
 
-A :class:`RefreshLoop` runs in a background thread: it refreshes the namespace
-at once (or after the first interval), then every ``interval`` seconds, until
-:meth:`RefreshLoop.stop`. Each refresh is one :meth:`CacheStore.apply
-<refresher.cache.CacheStore.apply>` of everything the source fetches, so the
-store's guarantees hold: one refresher per namespace (a lease), readers see
-the previous refresh or the next, a failed refresh leaves the data intact.
+One loop thread per process decides *what* to refresh; a bounded pool of
+worker threads does the refreshing, so one slow namespace never delays the
+others (each namespace runs at most once at a time here, and the pool is
+only handed work when a worker is free).
 
-A refresh that fails is logged and the loop carries on; another process
-holding the lease (:class:`~refresher.errors.LeaseHeldError`) is normal when
-several replicas run. Logs carry counts, class names and our scrubbed
-messages, never payloads or secrets.
+Replicas cooperate through the database alone:
 
-This is the minimal single-namespace loop; scheduling many namespaces across
-replicas comes later.
+- **Due times come from the run history** (:mod:`refresher.cadence`): a
+  namespace is due when its last attempt, by any replica, is an interval ago
+  (or a backoff after failures). The loop remembers when to look again and
+  re-reads the history then.
+- **The lease decides who refreshes.** A replica that finds a namespace due
+  takes its lease (:class:`~refresher.errors.LeaseHeldError`: someone else is
+  on it, look again soon), re-reads the history *under the lease* (another
+  replica may have just finished) and only then fetches and applies, with the
+  lease kept renewed and the commit fenced on it. A dead holder's lease
+  expires and another replica takes over.
+- **On-demand requests** (:mod:`refresher.refresh_requests`) are polled every
+  ``request_poll`` seconds and claimed atomically; a request runs whether or
+  not the namespace is due.
+
+:meth:`Scheduler.stop` stops taking work, lets refreshes in progress finish
+within a grace period, then interrupts the rest (their transaction rolls back,
+their run is recorded abandoned) and releases their leases.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
-from refresher.cache import CacheStore, RefreshResult, describe_error
-from refresher.errors import LeaseHeldError
-from refresher.sources.base import FetchContext, Source
+from sqlalchemy.exc import SQLAlchemyError
+
+from refresher import refresh_requests as requests
+from refresher.cache import CacheStore, describe_error, lease_name
+from refresher.cadence import (
+    HELD_RECHECK_SECONDS,
+    HISTORY_DEPTH,
+    Backoff,
+    History,
+    Plan,
+    due_at,
+    history_of,
+    is_due,
+)
+from refresher.db import utcnow
+from refresher.errors import CacheRefresherError, LeaseHeldError
+from refresher.lease import Lease
+from refresher.namespaces import Namespace
+from refresher.refresh import (
+    RefreshInterrupted,
+    RefreshOutcome,
+    SourceServices,
+    log_outcome,
+    refresh_now,
+    refresh_under_lease,
+    release_quietly,
+)
+from refresher.refresh_requests import RefreshRequest
 
 logger = logging.getLogger(__name__)
 
-STOP_TIMEOUT_SECONDS = 30.0
-"""How long :meth:`RefreshLoop.stop` waits for a refresh in progress to end."""
+DEFAULT_WORKERS = 4
+REQUEST_POLL_SECONDS = 2.0
+STOP_GRACE_SECONDS = 20.0
+"""How long :meth:`Scheduler.stop` lets refreshes in progress finish."""
+ABANDON_WAIT_SECONDS = 5.0
+"""...and how long it then waits for interrupted ones to roll back."""
+ERROR_RECHECK_SECONDS = 5.0
+"""After the database failed while planning a namespace, look again this soon."""
+
+Listener = Callable[[RefreshOutcome], None]
 
 
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
-    """What one pass of the loop did: a result, or the error that stopped it."""
-
-    namespace: str
-    result: RefreshResult | None
-    error: Exception | None
-    seconds: float
-
-
-class RefreshLoop:
-    """Refresh ``namespace`` from ``source`` every ``interval`` seconds, in a thread."""
+class Scheduler:
+    """Refresh ``namespaces`` on their schedules and on request, in a thread and a pool."""
 
     def __init__(
         self,
         store: CacheStore,
-        namespace: str,
-        source: Source,
+        namespaces: Sequence[Namespace],
         *,
-        interval: float,
-        key_field: str = "id",
-        on_run: Callable[[RunOutcome], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        services: SourceServices | None = None,
+        workers: int = DEFAULT_WORKERS,
+        request_poll: float = REQUEST_POLL_SECONDS,
+        backoff: Backoff | None = None,
+        on_outcome: Listener | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        if interval <= 0:
-            raise ValueError("the refresh interval must be a positive number of seconds")
+        if workers < 1:
+            raise ValueError("the scheduler needs at least one worker")
         self.store = store
-        self.namespace = namespace
-        self.source = source
-        self.interval = interval
-        self.key_field = key_field
-        self._on_run = on_run
+        self.namespaces = {namespace.name: namespace for namespace in namespaces}
+        self.services = services or SourceServices()
+        self.workers = workers
+        self.request_poll = timedelta(seconds=request_poll)
+        self.backoff = backoff or Backoff()
+        self._on_outcome = on_outcome
         self._clock = clock
-        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()  # guarded by _lock
+        self._looks: dict[str, datetime] = {}  # worker -> loop: look again at (under _lock)
+        self._plan = Plan(self.namespaces, clock())
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._interrupt = threading.Event()
+        self._futures: set[concurrent.futures.Future[None]] = set()
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="refresh")
         self._thread: threading.Thread | None = None
 
-    def run_once(self) -> RunOutcome:
-        """Refresh the namespace now; log the outcome and return it (never raises an Exception)."""
-        started = self._clock()
-        result: RefreshResult | None = None
-        error: Exception | None = None
-        try:
-            context = FetchContext()
-            result = self.store.apply(
-                self.namespace,
-                self.source.fetch(context),
-                key_field=self.key_field,
-                secret_versions=context.secret_versions,
-            )
-        except Exception as exc:  # the loop must survive any failure of one refresh
-            error = exc
-        outcome = RunOutcome(self.namespace, result, error, self._clock() - started)
-        _log(outcome, self.source.kind)
-        if self._on_run is not None:
-            self._on_run(outcome)
-        return outcome
+    @property
+    def holder(self) -> str:
+        """This process's name in leases, claims and the run history."""
+        return self.store.leases.holder
 
-    def start(self, *, immediately: bool = True) -> None:
-        """Start the background thread; the first refresh runs at once unless ``immediately``
-        is false, in which case it runs after one interval."""
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread (namespaces never refreshed are due at once)."""
         if self._thread is not None:
-            raise RuntimeError("this refresh loop was already started")
-        self._thread = threading.Thread(
-            target=self._run, args=(immediately,), name=f"refresh-{self.namespace}", daemon=True
-        )
+            raise RuntimeError("this scheduler was already started")
+        self._thread = threading.Thread(target=self._loop, name="refresh-scheduler", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-        """Ask the loop to end and wait for it (a refresh in progress finishes first)."""
-        self._stop.set()
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop taking work; let refreshes in progress finish within ``grace`` seconds, then
+        interrupt them (rolled back, recorded abandoned). Leases are released either way."""
+        self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
+            self._thread.join()
+        with self._lock:
+            running = set(self._futures)
+        _, late = concurrent.futures.wait(running, timeout=grace)
+        if late:
+            logger.warning(
+                "interrupting %d refresh(es) still running after %.0f s; they roll back",
+                len(late), grace,
+            )  # fmt: skip
+            self._interrupt.set()
+            _, stuck = concurrent.futures.wait(late, timeout=ABANDON_WAIT_SECONDS)
+            if stuck:
                 logger.warning(
-                    "the refresh of namespace %r did not finish within %.0f s; "
-                    "leaving it to end on its own",
-                    self.namespace,
-                    timeout,
+                    "%d refresh(es) did not stop (a source is blocked); their leases expire "
+                    "by themselves and their transactions end with the process",
+                    len(stuck),
                 )
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def running(self) -> bool:
-        """Whether the background thread is alive."""
+        """Whether the loop thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self, immediately: bool) -> None:
-        if not immediately and self._stop.wait(self.interval):
-            return
-        while not self._stop.is_set():
-            self.run_once()
-            if self._stop.wait(self.interval):
+    def refresh(self, name: str) -> RefreshOutcome:
+        """Refresh namespace ``name`` now, in the calling thread (e.g. before serving)."""
+        namespace = self.namespaces[name]
+        outcome = refresh_now(self.store, namespace, services=self.services)
+        self._report(outcome)
+        return outcome
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_poll = self._clock()
+        while not self._stopping.is_set():
+            now = self._clock()
+            self._take_looks(now)
+            if now >= next_poll:
+                self._serve_requests(now)
+                next_poll = now + self.request_poll
+            self._start_due(now)
+            self._wake.wait(self._sleep_seconds(now, next_poll))
+            self._wake.clear()
+
+    def _sleep_seconds(self, now: datetime, next_poll: datetime) -> float:
+        with self._lock:
+            busy, free = set(self._busy), self.workers - len(self._busy)
+        if free <= 0:  # a finishing worker wakes the loop
+            return self._plan.wait_seconds(now, self.namespaces, next_poll)
+        return self._plan.wait_seconds(now, busy, next_poll)
+
+    def _take_looks(self, now: datetime) -> None:
+        """Move what workers asked for (look again at ...) into the plan."""
+        with self._lock:
+            looks, self._looks = self._looks, {}
+        for name, when in looks.items():
+            self._plan.look_at(name, when, now)
+
+    def _start_due(self, now: datetime) -> None:
+        for name in self._plan.ready(now, self._busy_names()):
+            if self._free_workers() <= 0 or self._stopping.is_set():
                 return
+            try:
+                due = self._due(self.namespaces[name])
+            except CacheRefresherError as exc:
+                logger.warning("cannot plan namespace %r: %s", name, exc)
+                self._plan.look_at(name, now + timedelta(seconds=ERROR_RECHECK_SECONDS), now)
+                continue
+            if is_due(now, due):
+                self._submit(name, None)
+            else:
+                assert due is not None
+                self._plan.look_at(name, due, now)
 
+    def _serve_requests(self, now: datetime) -> None:
+        try:
+            requeued = requests.requeue_dead_claims(self.store.engine, now)
+            if requeued:
+                logger.info("put %d refresh request(s) of a dead replica back", requeued)
+            idle = set(self.namespaces) - self._busy_names()
+            claimed = requests.claim_pending(
+                self.store.engine, self.holder, idle, limit=self._free_workers()
+            )
+        except CacheRefresherError as exc:
+            logger.warning("cannot poll refresh requests: %s", exc)
+            return
+        for request in claimed:
+            logger.info(
+                "serving refresh request %d for namespace %r (by %s)",
+                request.id, request.namespace, request.requested_by,
+            )  # fmt: skip
+            self._submit(request.namespace, request)
 
-def _log(outcome: RunOutcome, kind: str) -> None:
-    result, error = outcome.result, outcome.error
-    if result is not None:
-        logger.info(
-            "refreshed namespace %r from %s source in %.2f s: generation %d, "
-            "%d inserted, %d updated, %d deleted, %d unchanged",
-            outcome.namespace, kind, outcome.seconds, result.generation,
-            result.inserted, result.updated, result.deleted, result.unchanged,
+    def _submit(self, name: str, request: RefreshRequest | None) -> None:
+        with self._lock:
+            self._busy.add(name)
+            future = self._pool.submit(self._job, name, request)
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    # -- one job, in a worker --------------------------------------------------------------
+
+    def _job(self, name: str, request: RefreshRequest | None) -> None:
+        look_again = self._clock() + timedelta(seconds=ERROR_RECHECK_SECONDS)
+        try:
+            look_again = self._attempt(self.namespaces[name], request)
+        except Exception:  # a worker must survive anything; the loop plans again
+            logger.exception("the refresh job of namespace %r failed unexpectedly", name)
+        finally:
+            with self._lock:
+                self._busy.discard(name)
+                self._looks[name] = look_again
+            self._wake.set()
+
+    def _attempt(self, namespace: Namespace, request: RefreshRequest | None) -> datetime:
+        """Take the lease, check, refresh, release; when the loop should look again."""
+        started_at = self._clock()
+        try:
+            lease = self.store.leases.acquire(lease_name(namespace.name))
+        except LeaseHeldError as exc:
+            logger.debug("namespace %r is being refreshed elsewhere: %s", namespace.name, exc)
+            self._give_back(request)
+            return started_at + timedelta(seconds=min(exc.seconds_left, HELD_RECHECK_SECONDS))
+        except (CacheRefresherError, SQLAlchemyError) as exc:
+            logger.warning("cannot take the lease of namespace %r: %s", namespace.name, exc)
+            self._give_back(request)
+            return started_at + timedelta(seconds=ERROR_RECHECK_SECONDS)
+        try:
+            if self._stopping.is_set():
+                self._give_back(request)
+                return started_at
+            if request is None:
+                due = self._due(namespace)  # under the lease: someone may have just finished
+                if not is_due(self._clock(), due):
+                    assert due is not None
+                    return due
+            self._run(namespace, lease, request, started_at)
+            return self._clock()  # the loop re-reads the history, which now has this run
+        finally:
+            release_quietly(self.store, lease)
+
+    def _run(
+        self,
+        namespace: Namespace,
+        lease: Lease,
+        request: RefreshRequest | None,
+        started_at: datetime,
+    ) -> None:
+        began = time.monotonic()
+        result, error = None, None
+        try:
+            result = refresh_under_lease(
+                self.store, namespace, lease, services=self.services, stop=self._interrupt
+            )
+        except (Exception, RefreshInterrupted) as exc:  # the outcome reports it
+            error = exc
+        outcome = RefreshOutcome(
+            namespace.name, namespace.source.kind, result, error, time.monotonic() - began,
+            None if request is None else request.id,
         )  # fmt: skip
-    elif isinstance(error, LeaseHeldError):
-        logger.info("skipped refresh of namespace %r: %s", outcome.namespace, error)
-    elif error is not None:
-        logger.warning(
-            "refresh of namespace %r failed (%s): %s; the cached data is unchanged, "
-            "the next refresh is in one interval",
-            outcome.namespace, type(error).__name__, describe_error(error),
-        )  # fmt: skip
+        if request is not None:
+            self._finish(request, outcome, started_at)
+        self._report(outcome)
+
+    def _finish(self, request: RefreshRequest, outcome: RefreshOutcome, started: datetime) -> None:
+        error = None if outcome.error is None else describe_error(outcome.error)
+        run_id = None if outcome.result is None else outcome.result.run_id
+        try:
+            requests.finish(
+                self.store.engine, request, run_id=run_id, error=error, started_at=started
+            )
+        except CacheRefresherError as exc:
+            logger.warning("cannot record the end of refresh request %d: %s", request.id, exc)
+
+    def _give_back(self, request: RefreshRequest | None) -> None:
+        if request is None:
+            return
+        try:
+            requests.unclaim(self.store.engine, request)
+        except CacheRefresherError as exc:
+            logger.warning("cannot put refresh request %d back: %s", request.id, exc)
+
+    def _report(self, outcome: RefreshOutcome) -> None:
+        log_outcome(outcome)
+        if self._on_outcome is not None:
+            try:
+                self._on_outcome(outcome)
+            except Exception:  # a listener's bug must not stop refreshes
+                logger.exception("a refresh listener failed")
+
+    # -- reading the database --------------------------------------------------------------
+
+    def _due(self, namespace: Namespace) -> datetime | None:
+        return due_at(
+            namespace.name, namespace.schedule, self._history(namespace.name), self.backoff
+        )
+
+    def _history(self, name: str) -> History:
+        runs = self.store.runs(name, limit=HISTORY_DEPTH)
+        return history_of((run.started_at, run.status) for run in runs)
+
+    def _busy_names(self) -> set[str]:
+        with self._lock:
+            return set(self._busy)
+
+    def _free_workers(self) -> int:
+        with self._lock:
+            return self.workers - len(self._busy)

@@ -136,6 +136,44 @@ class Settings(BaseSettings):
     secret_poll_seconds: float = Field(
         default=300.0, gt=0, description="How often each secret is checked for a new version."
     )
+    vault_verify_challenge_resource: bool = Field(
+        default=True,
+        description="DEVSTACK ONLY: false lets the Key Vault client accept a bearer challenge "
+        "from a vault outside *.vault.azure.net (devstack on 127.0.0.1). Never set it in "
+        "production.",
+    )
+
+    # -- the refresh loop (cache-refresher run) --------------------------------------
+    namespaces_file: Path | None = Field(
+        default=None, description="TOML file defining the namespaces to keep refreshed."
+    )
+    refresh_workers: int = Field(
+        default=4, ge=1, le=64, description="Refreshes one process runs at the same time."
+    )
+    replica_id: str | None = Field(
+        default=None,
+        max_length=100,
+        description="This replica's name in leases and run history (default: the host name).",
+    )
+    request_poll_seconds: float = Field(
+        default=2.0, gt=0, le=300, description="How often on-demand refresh requests are polled."
+    )
+    stop_grace_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long refreshes in progress may take to finish before "
+        "they are abandoned (rolled back).",
+    )
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus endpoint of `cache-refresher run` (0: none).",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the Prometheus endpoint of `run` listens on."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -11,11 +11,17 @@ many new ones. Everything follows from ``seed`` and the round number (each
 round draws from its own ``random.Random(f"{seed}:{round}")``), so two sources
 with the same seed produce the same rounds, and :attr:`DemoSource.last_round`
 says what the last fetch changed.
+
+``fetch_seconds`` plays a slow upstream: the fetch then takes about that long,
+one simulated page of ``PAGE_SIZE`` items at a time, reporting each page to the
+fetch context's progress callback (as every fetch does).
 """
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +33,8 @@ CATEGORIES = ("books", "garden", "kitchen", "music", "outdoor", "office", "tools
 ADJECTIVES = ("ample", "bright", "calm", "deft", "eager", "fine", "grand", "handy", "keen", "lucid")
 NOUNS = ("anchor", "basket", "candle", "drawer", "easel", "funnel", "grater", "hammock", "ladle")
 COLOURS = ("amber", "azure", "coral", "ivory", "jade", "olive", "slate", "umber")
+PAGE_SIZE = 100
+"""Items per simulated page (what the progress callback counts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +101,10 @@ class DemoSource:
         size: int = 3000,
         change_fraction: float = 0.01,
         churn_fraction: float = 0.002,
+        fetch_seconds: float = 0.0,
     ) -> None:
+        if fetch_seconds < 0:
+            raise ValueError("fetch_seconds must not be negative")
         if size < 1:
             raise ValueError("the demo catalogue needs at least one product")
         if not (0 <= change_fraction <= 1 and 0 <= churn_fraction <= 1):
@@ -102,6 +113,7 @@ class DemoSource:
         self.size = size
         self.change_fraction = change_fraction
         self.churn_fraction = churn_fraction
+        self.fetch_seconds = fetch_seconds
         self._products: dict[str, Product] = {}
         self._next_number = 1
         self.last_round: RoundChanges | None = None
@@ -120,7 +132,19 @@ class DemoSource:
             self.last_round = RoundChanges(0, frozenset(), frozenset(), frozenset(added))
         else:
             self.last_round = self._advance(rng, number)
-        return [self._products[key].item() for key in sorted(self._products)]
+        items = [self._products[key].item() for key in sorted(self._products)]
+        self._page_through(len(items), context)
+        return items
+
+    def _page_through(self, count: int, context: FetchContext | None) -> None:
+        """Report each simulated page, taking ``fetch_seconds`` over all of them."""
+        pages = max(1, math.ceil(count / PAGE_SIZE))
+        progress = context.progress if context is not None else None
+        for page in range(1, pages + 1):
+            if self.fetch_seconds:
+                time.sleep(self.fetch_seconds / pages)
+            if progress is not None:
+                progress(page, pages)
 
     def _advance(self, rng: random.Random, number: int) -> RoundChanges:
         keys = sorted(self._products)
@@ -171,11 +195,18 @@ def _restock(rng: random.Random, product: Product, number: int) -> Product:
     return replace(product, price_cents=price, stock=rng.randrange(0, 500), updated_round=number)
 
 
-_OPTIONS = {"seed": int, "size": int, "change_fraction": float, "churn_fraction": float}
+_OPTIONS = {
+    "seed": int,
+    "size": int,
+    "change_fraction": float,
+    "churn_fraction": float,
+    "fetch_seconds": float,
+}
 
 
 def from_options(namespace: str, options: Mapping[str, Any]) -> DemoSource:
-    """The ``demo`` source kind: ``seed``, ``size``, ``change_fraction``, ``churn_fraction``."""
+    """The ``demo`` source kind: ``seed``, ``size``, ``change_fraction``, ``churn_fraction``,
+    ``fetch_seconds``."""
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise ConfigurationError(

@@ -1,164 +1,368 @@
-"""The refresh loop, against a real store on SQLite and PostgreSQL."""
+"""The scheduler against a real store on SQLite and PostgreSQL: schedules, workers, backoff,
+requests, leases held elsewhere, stopping. Intervals are fractions of a second."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy.engine import Engine
 
-from refresher.cache import CacheStore, lease_name
-from refresher.errors import LeaseHeldError
+from refresher.cache import CacheStore, RunRecord, lease_name
+from refresher.cadence import Backoff
+from refresher.errors import LeaseHeldError, UpstreamUnavailableError
 from refresher.lease import LeaseManager
-from refresher.scheduler import RefreshLoop, RunOutcome
-from refresher.sources.base import FetchContext
+from refresher.namespaces import Namespace, Readers, Schedule
+from refresher.refresh import RefreshOutcome
+from refresher.refresh_requests import request_refresh, request_status
+from refresher.scheduler import Scheduler
+from refresher.sources.base import FetchContext, Source
 from refresher.sources.demo import DemoSource
 
-WAIT = 20.0
-"""Upper bound on waiting for the loop; tests finish as soon as it has done its work."""
+WAIT = 15.0
+"""Upper bound on waiting for the scheduler; tests end as soon as it has done the work."""
 
 
-class Recorder:
-    """Collects outcomes and signals once ``expected`` have arrived."""
+def namespace(
+    name: str,
+    source: Source,
+    *,
+    every: float = 3600.0,
+    fields: tuple[str, ...] | None = None,
+    version_field: str | None = None,
+) -> Namespace:
+    return Namespace(
+        name, source, "id", version_field, fields, Schedule(every, None, 0.0), every * 3, Readers()
+    )
 
-    def __init__(self, expected: int) -> None:
-        self.outcomes: list[RunOutcome] = []
-        self.expected = expected
-        self.done = threading.Event()
 
-    def __call__(self, outcome: RunOutcome) -> None:
-        self.outcomes.append(outcome)
-        if len(self.outcomes) >= self.expected:
-            self.done.set()
-
-
-class FailingOnceSource:
-    """A source whose first fetch fails half-way through its items."""
-
-    kind = "failing-once"
-    key_field = "id"
+class Outcomes:
+    """Collects outcomes by namespace; waits until a condition on them holds."""
 
     def __init__(self) -> None:
-        self.calls = 0
+        self.by_namespace: dict[str, list[RefreshOutcome]] = defaultdict(list)
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self._changed = threading.Condition()
+
+    def __call__(self, outcome: RefreshOutcome) -> None:
+        with self._changed:
+            self.by_namespace[outcome.namespace].append(outcome)
+            self.times[outcome.namespace].append(time.monotonic())
+            self._changed.notify_all()
+
+    def wait_for(self, namespace: str, count: int, timeout: float = WAIT) -> list[RefreshOutcome]:
+        with self._changed:
+            assert self._changed.wait_for(
+                lambda: len(self.by_namespace[namespace]) >= count, timeout
+            ), f"{namespace}: {len(self.by_namespace[namespace])} of {count} outcomes"
+            return list(self.by_namespace[namespace])
+
+
+class Gate:
+    """A source that blocks in its fetch until opened, then yields one item."""
+
+    kind = "gate"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.open = threading.Event()
 
     def secret_names(self) -> frozenset[str]:
         return frozenset()
 
     def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
-        self.calls += 1
-        yield {"id": "a", "value": self.calls}
-        if self.calls == 1:
-            raise ConnectionError("upstream went away")
-        yield {"id": "b", "value": self.calls}
+        self.entered.set()
+        assert self.open.wait(WAIT)
+        yield {"id": "only", "value": 1}
+
+
+class Trickle:
+    """A source that yields an item every 10 ms for a long time (interruptible between items)."""
+
+    kind = "trickle"
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset()
+
+    def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
+        self.started.set()
+        for n in range(3000):
+            time.sleep(0.01)
+            yield {"id": f"k{n}"}
+
+
+class Failing:
+    """A source that fails, the way ours do or with a foreign error."""
+
+    kind = "failing"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset()
+
+    def fetch(self, context: FetchContext) -> list[dict[str, Any]]:
+        raise self.error
 
 
 @pytest.fixture
-def loops() -> Iterator[list[RefreshLoop]]:
-    """Loops a test started; stopped afterwards even if the test failed."""
-    started: list[RefreshLoop] = []
+def schedulers() -> Iterator[list[Scheduler]]:
+    started: list[Scheduler] = []
     yield started
-    for loop in started:
-        loop.stop(timeout=5)
+    for scheduler in started:
+        scheduler.stop(grace=1)
 
 
-def test_loop_refreshes_on_each_interval_and_stops(
-    store: CacheStore, loops: list[RefreshLoop]
+@pytest.fixture
+def run(store: CacheStore, schedulers: list[Scheduler]) -> Callable[..., Scheduler]:
+    """Start a scheduler over ``namespaces`` on the test's store (stopped after the test)."""
+
+    def start(*namespaces: Namespace, store: CacheStore = store, **kwargs: Any) -> Scheduler:
+        kwargs.setdefault("request_poll", 0.05)
+        scheduler = Scheduler(store, namespaces, **kwargs)
+        schedulers.append(scheduler)
+        scheduler.start()
+        return scheduler
+
+    return start
+
+
+def succeeded(store: CacheStore, name: str) -> list[RunRecord]:
+    return [r for r in reversed(store.runs(name, limit=100)) if r.status == "succeeded"]
+
+
+def test_namespaces_are_refreshed_once_per_interval(
+    store: CacheStore, run: Callable[..., Scheduler]
 ) -> None:
-    source = DemoSource(size=200)
-    recorder = Recorder(expected=3)
-    loop = RefreshLoop(store, "demo", source, interval=0.01, on_run=recorder)
-    loops.append(loop)
-    loop.start()
-    assert recorder.done.wait(WAIT)
-    loop.stop()
-    assert not loop.running
-    first, second = recorder.outcomes[0].result, recorder.outcomes[1].result
-    assert first is not None
-    assert second is not None
-    assert (first.inserted, first.generation) == (200, 1)
-    twin = DemoSource(size=200)  # same seed: predicts what the loop's source did
-    twin.fetch()
-    twin.fetch()
-    assert twin.last_round is not None
-    changes = (
-        len(twin.last_round.added),
-        len(twin.last_round.updated),
-        len(twin.last_round.removed),
+    outcomes = Outcomes()
+    run(
+        namespace("fast", DemoSource(size=50), every=0.4),
+        namespace("slower", DemoSource(size=50), every=0.8),
+        on_outcome=outcomes,
     )
-    assert (second.inserted, second.updated, second.deleted) == changes
-    runs_after_stop = len(store.runs("demo", limit=100))
-    assert store.namespace("demo").row_count == 200
-    assert runs_after_stop == len(recorder.outcomes)
+    outcomes.wait_for("fast", 4)
+    outcomes.wait_for("slower", 2)
+    for name, interval in (("fast", 0.4), ("slower", 0.8)):
+        runs = succeeded(store, name)
+        gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(runs, runs[1:])]
+        assert gaps, name
+        assert all(interval - 0.05 <= gap <= interval + 0.5 for gap in gaps), (name, gaps)
+    first = outcomes.by_namespace["fast"][0].result
+    assert first is not None
+    assert (first.inserted, first.generation) == (50, 1)
 
 
-def test_stop_ends_a_waiting_loop_at_once(store: CacheStore, loops: list[RefreshLoop]) -> None:
-    recorder = Recorder(expected=1)
-    loop = RefreshLoop(store, "demo", DemoSource(size=10), interval=3600, on_run=recorder)
-    loops.append(loop)
-    loop.start(immediately=False)
-    started = time.monotonic()
-    loop.stop()
-    assert time.monotonic() - started < 2
-    assert not loop.running
-    assert recorder.outcomes == []
-
-
-def test_a_failed_refresh_is_logged_and_the_loop_goes_on(
-    store: CacheStore, loops: list[RefreshLoop], caplog: pytest.LogCaptureFixture
+def test_a_slow_namespace_does_not_delay_a_fast_one(
+    store: CacheStore, run: Callable[..., Scheduler]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="refresher.scheduler")
-    recorder = Recorder(expected=2)
-    loop = RefreshLoop(store, "flaky", FailingOnceSource(), interval=0.01, on_run=recorder)
-    loops.append(loop)
-    loop.start()
-    assert recorder.done.wait(WAIT)
-    loop.stop()
-    failed, succeeded = recorder.outcomes[:2]
-    assert isinstance(failed.error, ConnectionError)
-    assert failed.result is None
-    assert succeeded.result is not None
-    assert succeeded.result.inserted == 2
-    assert "refresh of namespace 'flaky' failed (ConnectionError)" in caplog.text
-    assert "upstream went away" not in caplog.text  # foreign messages stay out of the log
-    assert [run.status for run in store.runs("flaky")][-2:] == ["succeeded", "failed"]
+    gate, outcomes = Gate(), Outcomes()
+    run(
+        namespace("slow", gate, every=0.2),
+        namespace("fast", DemoSource(size=20), every=0.2),
+        on_outcome=outcomes,
+        workers=2,
+    )
+    assert gate.entered.wait(WAIT)
+    outcomes.wait_for("fast", 4)
+    assert outcomes.by_namespace["slow"] == []  # still blocked while fast went round 4 times
+    gate.open.set()
+    (slow,) = outcomes.wait_for("slow", 1)[:1]
+    assert slow.result is not None
 
 
-def test_a_lease_held_elsewhere_skips_the_refresh_quietly(
-    engine: Engine, store: CacheStore, caplog: pytest.LogCaptureFixture
+def test_failures_back_off_exponentially_and_are_recorded(
+    store: CacheStore, run: Callable[..., Scheduler]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="refresher.scheduler")
+    outcomes = Outcomes()
+    error = UpstreamUnavailableError("the upstream API answered 503 three times: try later")
+    run(
+        namespace("flaky", Failing(error), every=0.05),
+        backoff=Backoff(first=0.2, maximum=0.4, jitter=0.0),
+        on_outcome=outcomes,
+    )
+    outcomes.wait_for("flaky", 4)
+    runs = list(reversed(store.runs("flaky")))[:4]
+    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(runs, runs[1:])]
+    for gap, expected in zip(gaps, (0.2, 0.4, 0.4), strict=True):
+        assert expected - 0.02 <= gap <= expected + 0.4, gaps
+    assert {(r.status, r.error_class) for r in runs} == {("failed", "UpstreamUnavailableError")}
+    assert runs[0].error_message == str(error)
+
+
+def test_an_unexpected_error_is_logged_with_its_traceback(
+    store: CacheStore, run: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="refresher")
+    outcomes = Outcomes()
+    run(namespace("buggy", Failing(KeyError("price"))), on_outcome=outcomes)
+    (outcome,) = outcomes.wait_for("buggy", 1)[:1]
+    assert isinstance(outcome.error, KeyError)
+    (record,) = [r for r in caplog.records if "refresh of namespace 'buggy' failed" in r.message]
+    assert record.levelno == logging.ERROR
+    assert "(KeyError)" in record.message
+    assert record.exc_info is not None  # the traceback goes to the service log
+    (failed,) = store.runs("buggy")
+    assert failed.error_message == "unexpected KeyError; see the service log"
+
+
+def test_an_error_of_ours_is_logged_in_one_line_without_traceback(
+    store: CacheStore, run: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="refresher")
+    outcomes = Outcomes()
+    error = UpstreamUnavailableError("the upstream API timed out after 30 s")
+    run(namespace("down", Failing(error)), on_outcome=outcomes)
+    outcomes.wait_for("down", 1)
+    (record,) = [r for r in caplog.records if "refresh of namespace 'down' failed" in r.message]
+    assert record.levelno == logging.WARNING
+    assert record.exc_info is None
+    assert "UpstreamUnavailableError" in record.message
+    assert "timed out after 30 s" in record.message
+
+
+def test_an_on_demand_request_is_served_and_records_its_run(
+    store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    outcomes = Outcomes()
+    scheduler = run(namespace("users", DemoSource(size=30)), on_outcome=outcomes)
+    outcomes.wait_for("users", 1)  # the first refresh: it never ran
+    request_id = request_refresh(store.engine, "users", "operator")
+    served = outcomes.wait_for("users", 2)[1]
+    assert served.request_id == request_id
+    assert served.result is not None
+    request = _wait_finished(store.engine, request_id)
+    assert (request.status, request.run_id, request.claimed_by) == (
+        "done", served.result.run_id, scheduler.holder,
+    )  # fmt: skip
+
+
+def _wait_finished(engine: Engine, request_id: int) -> Any:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        request = request_status(engine, request_id)
+        if request is not None and request.finished:
+            return request
+        time.sleep(0.02)
+    raise AssertionError(f"request {request_id} did not finish")
+
+
+def test_each_request_is_served_by_exactly_one_of_two_replicas(
+    engine: Engine, run: Callable[..., Scheduler]
+) -> None:
+    names = ["a", "b", "c"]
+    replicas = [
+        CacheStore(engine, leases=LeaseManager(engine, holder=f"replica-{n}", ttl=30))
+        for n in range(2)
+    ]
+    outcomes = Outcomes()
+    for store in replicas:
+        run(*(namespace(n, DemoSource(size=10)) for n in names), store=store, on_outcome=outcomes)
+    for name in names:
+        outcomes.wait_for(name, 1)
+    requests = {name: request_refresh(engine, name, "operator") for name in names}
+    for name, request_id in requests.items():
+        request = _wait_finished(engine, request_id)
+        runs = succeeded(replicas[0], name)
+        assert len(runs) == 2, name  # the first refresh and the request: once each
+        assert (request.run_id, request.claimed_by) == (runs[1].id, runs[1].runner)
+
+
+def test_a_namespace_leased_elsewhere_waits_and_is_refreshed_once_released(
+    engine: Engine, store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
     other = LeaseManager(engine, holder="other-replica", ttl=30)
-    other.acquire(lease_name("demo"))
-    loop = RefreshLoop(store, "demo", DemoSource(size=10), interval=1)
-    outcome = loop.run_once()
-    assert isinstance(outcome.error, LeaseHeldError)
-    assert "skipped refresh of namespace 'demo'" in caplog.text
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    held = other.acquire(lease_name("users"))
+    outcomes = Outcomes()
+    run(namespace("users", DemoSource(size=10)), on_outcome=outcomes)
+    time.sleep(0.5)
+    assert outcomes.by_namespace["users"] == []
+    assert store.runs("users") == []
+    other.release(held)
+    (outcome,) = outcomes.wait_for("users", 1, timeout=3.0)[:1]
+    assert outcome.result is not None
 
 
-def test_each_run_logs_its_counts(store: CacheStore, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="refresher.scheduler")
-    source = DemoSource(size=20)
-    loop = RefreshLoop(store, "demo", source, interval=1)
-    loop.run_once()
-    loop.run_once()
+def test_stop_lets_a_refresh_in_progress_finish_within_the_grace_period(
+    engine: Engine, store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    gate = Gate()
+    scheduler = run(namespace("users", gate))
+    assert gate.entered.wait(WAIT)
+    stopper = threading.Thread(target=scheduler.stop, kwargs={"grace": WAIT})
+    stopper.start()
+    time.sleep(0.1)
+    gate.open.set()
+    stopper.join(WAIT)
+    assert not scheduler.running
+    (finished,) = store.runs("users")
+    assert finished.status == "succeeded"
+    LeaseManager(engine, holder="next").acquire(lease_name("users"))  # released
+
+
+def test_stop_abandons_a_refresh_past_the_grace_period_and_releases_its_lease(
+    engine: Engine, store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    store.apply("users", [{"id": "kept"}])
+    trickle = Trickle()
+    scheduler = run(namespace("users", trickle, every=0.1))
+    assert trickle.started.wait(WAIT)
+    started = time.monotonic()
+    scheduler.stop(grace=0.2)
+    assert time.monotonic() - started < 3.0
+    latest = store.runs("users")[0]
+    assert latest.status == "abandoned"
+    assert store.page("users").items[0].key == "kept"  # rolled back whole
+    LeaseManager(engine, holder="next").acquire(lease_name("users"))  # released
+
+
+def test_a_refresh_projects_items_onto_the_namespace_fields(
+    store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    outcomes = Outcomes()
+    fields = ("id", "name", "stock")
+    run(namespace("slim", DemoSource(size=5), fields=fields), on_outcome=outcomes)
+    outcomes.wait_for("slim", 1)
+    item = store.page("slim", limit=1).items[0]
+    assert set(orjson.loads(item.payload)) == set(fields)
+
+
+def test_refresh_runs_one_namespace_now_in_the_calling_thread(
+    store: CacheStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="refresher")
+    scheduler = Scheduler(store, [namespace("demo", DemoSource(size=20))])
+    scheduler.refresh("demo")
+    outcome = scheduler.refresh("demo")
+    assert outcome.status == "succeeded"
     assert "generation 1, 20 inserted, 0 updated, 0 deleted, 0 unchanged" in caplog.text
     assert "generation 2, 1 inserted, 1 updated, 1 deleted, 18 unchanged" in caplog.text
     assert "sku-" not in caplog.text  # counts, not payloads
 
 
-def test_a_loop_starts_only_once(store: CacheStore, loops: list[RefreshLoop]) -> None:
-    loop = RefreshLoop(store, "demo", DemoSource(size=1), interval=3600)
-    loops.append(loop)
-    loop.start(immediately=False)
+def test_refresh_reports_a_lease_held_elsewhere_as_its_outcome(
+    engine: Engine, store: CacheStore
+) -> None:
+    LeaseManager(engine, holder="other-replica", ttl=30).acquire(lease_name("demo"))
+    outcome = Scheduler(store, [namespace("demo", DemoSource(size=5))]).refresh("demo")
+    assert isinstance(outcome.error, LeaseHeldError)
+    assert store.runs("demo") == []
+
+
+def test_a_scheduler_starts_only_once_and_needs_a_worker(
+    store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    scheduler = run(namespace("demo", DemoSource(size=1)))
     with pytest.raises(RuntimeError, match="already started"):
-        loop.start()
-
-
-def test_interval_must_be_positive(store: CacheStore) -> None:
-    with pytest.raises(ValueError, match="positive"):
-        RefreshLoop(store, "demo", DemoSource(size=1), interval=0)
+        scheduler.start()
+    with pytest.raises(ValueError, match="at least one worker"):
+        Scheduler(store, [], workers=0)

@@ -1,0 +1,140 @@
+"""When each namespace is due: its schedule after the last attempt, or a backoff after failures.
+
+Due times follow from the **run history in the database**, which every replica
+reads the same way, so three replicas refresh a namespace about once per
+interval between them, not three times:
+
+- never attempted: due now;
+- the last attempt succeeded (or was abandoned): due at ``schedule.next_after(start)``;
+- ``n`` attempts in a row failed: due ``Backoff.delay(n)`` after the last one
+  started (exponential, bounded, jittered), whatever the interval.
+
+The jitter comes from a generator seeded with the namespace and the last
+attempt's start, so every replica draws the same due time for the same history.
+
+:class:`Plan` is the scheduler's memory of when to look at each namespace
+again: a lower bound on its due time (another replica's refresh only moves it
+later), re-read from the database when it comes, and at least every
+``RECHECK_MAX_SECONDS``. Everything here is pure: times go in, times come out.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from refresher.namespaces import Schedule
+
+RETRY_FIRST_SECONDS = 5.0
+"""The wait after a namespace's first failure in a row..."""
+
+RETRY_MAX_SECONDS = 900.0
+"""...doubling with each further failure, up to this bound."""
+
+RETRY_JITTER = 0.2
+"""Backoff delays are shortened by up to this fraction, so failing namespaces spread out."""
+
+HISTORY_DEPTH = 12
+"""Runs read back to count failures in a row (enough for the backoff to reach its bound)."""
+
+RECHECK_MAX_SECONDS = 30.0
+"""A namespace's due time is re-read from the database at least this often."""
+
+HELD_RECHECK_SECONDS = 1.0
+"""Look again this soon (at the latest) at a namespace whose lease another holder has."""
+
+IDLE_WAKEUP_SECONDS = 5.0
+"""The scheduler's loop looks at its plan at least this often."""
+
+FAILED = "failed"
+SUCCEEDED = "succeeded"
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the run history says about a namespace's timing."""
+
+    last_started: datetime | None
+    """When the latest attempt (whatever its outcome, even one still running) started."""
+    failures: int
+    """Failed attempts in a row since the last success."""
+
+
+NEVER_RUN = History(None, 0)
+
+
+def history_of(runs: Iterable[tuple[datetime, str]]) -> History:
+    """The :class:`History` of runs given as ``(started_at, status)``, newest first.
+
+    Running and abandoned runs count as attempts but neither as failures nor
+    as successes: a replica killed mid-refresh says nothing about the source.
+    """
+    last: datetime | None = None
+    failures = 0
+    for started, status in runs:
+        last = last or started
+        if status == SUCCEEDED:
+            break
+        failures += status == FAILED
+    return History(last, failures)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long to wait after ``n`` failures in a row: ``first * 2**(n-1)``, at most
+    ``maximum``, shortened by up to ``jitter`` of itself."""
+
+    first: float = RETRY_FIRST_SECONDS
+    maximum: float = RETRY_MAX_SECONDS
+    jitter: float = RETRY_JITTER
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        ceiling = min(self.maximum, self.first * 2.0 ** max(failures - 1, 0))
+        return ceiling * (1.0 - rng.uniform(0.0, self.jitter))
+
+
+def due_at(name: str, schedule: Schedule, history: History, backoff: Backoff) -> datetime | None:
+    """When namespace ``name`` is next due (``None``: now, it never ran)."""
+    last = history.last_started
+    if last is None:
+        return None
+    rng = random.Random(f"{name}:{last.isoformat()}")
+    if history.failures:
+        return last + timedelta(seconds=backoff.delay(history.failures, rng))
+    return schedule.next_after(last, rng)
+
+
+def is_due(now: datetime, due: datetime | None) -> bool:
+    return due is None or due <= now
+
+
+class Plan:
+    """When the scheduler next looks at each namespace (not thread-safe: one loop owns it)."""
+
+    def __init__(self, names: Iterable[str], now: datetime) -> None:
+        self._at = dict.fromkeys(names, now)
+
+    def look_at(self, name: str, when: datetime, now: datetime) -> None:
+        """Look at ``name`` again at ``when``, but no later than the recheck bound."""
+        self._at[name] = min(when, now + timedelta(seconds=RECHECK_MAX_SECONDS))
+
+    def look_now(self, name: str, now: datetime) -> None:
+        self._at[name] = now
+
+    def ready(self, now: datetime, busy: Collection[str]) -> list[str]:
+        """Namespaces whose time to look has come and that are not being refreshed here,
+        the longest waiting first."""
+        waiting = [(at, name) for name, at in self._at.items() if at <= now and name not in busy]
+        return [name for _, name in sorted(waiting)]
+
+    def wait_seconds(self, now: datetime, busy: Collection[str], *also: datetime) -> float:
+        """How long the loop may sleep: until the next look, or one of ``also``."""
+        times: Sequence[datetime] = [
+            *(at for name, at in self._at.items() if name not in busy),
+            *also,
+        ]
+        soonest = min(times, default=now + timedelta(seconds=IDLE_WAKEUP_SECONDS))
+        seconds = (soonest - now).total_seconds()
+        return min(max(seconds, 0.0), IDLE_WAKEUP_SECONDS)

@@ -1,0 +1,138 @@
+"""Due times and backoff: pure functions of the run history and the time (no clock, no sleep)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from refresher.cadence import (
+    IDLE_WAKEUP_SECONDS,
+    NEVER_RUN,
+    RECHECK_MAX_SECONDS,
+    Backoff,
+    History,
+    Plan,
+    due_at,
+    history_of,
+    is_due,
+)
+from refresher.namespaces import Schedule
+
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+EVERY_MINUTE = Schedule(60.0, None, 0.0)
+NO_JITTER = Backoff(first=5.0, maximum=60.0, jitter=0.0)
+
+
+def seconds(n: float) -> timedelta:
+    return timedelta(seconds=n)
+
+
+def test_a_namespace_never_refreshed_is_due_now() -> None:
+    assert due_at("users", EVERY_MINUTE, NEVER_RUN, NO_JITTER) is None
+    assert is_due(T0, None)
+
+
+def test_after_a_success_it_is_due_one_interval_after_the_last_start() -> None:
+    due = due_at("users", EVERY_MINUTE, History(T0, 0), NO_JITTER)
+    assert due == T0 + seconds(60)
+    assert not is_due(T0 + seconds(59.9), due)
+    assert is_due(T0 + seconds(60), due)
+
+
+def test_every_replica_draws_the_same_jitter_for_the_same_history() -> None:
+    schedule = Schedule(60.0, None, 0.2)
+    first = due_at("users", schedule, History(T0, 0), NO_JITTER)
+    again = due_at("users", schedule, History(T0, 0), NO_JITTER)
+    assert first == again
+
+
+def test_jitter_spreads_due_times_within_its_fraction_of_the_interval() -> None:
+    schedule = Schedule(60.0, None, 0.2)
+    dues = [
+        due_at("users", schedule, History(T0 + seconds(n), 0), NO_JITTER) for n in range(200)
+    ]
+    gaps = [(due - (T0 + seconds(n))).total_seconds() for n, due in enumerate(dues) if due]
+    assert min(gaps) >= 48.0
+    assert max(gaps) <= 72.0
+    assert max(gaps) - min(gaps) > 12.0  # actually spread, not constant
+
+
+def test_a_cron_namespace_is_due_at_its_next_cron_time() -> None:
+    schedule = Schedule(None, "*/15 * * * *", 0.1)
+    due = due_at("users", schedule, History(T0 + seconds(61), 0), NO_JITTER)
+    assert due == T0 + timedelta(minutes=15)
+
+
+def test_failures_in_a_row_back_off_exponentially_up_to_the_bound() -> None:
+    waits = [
+        (due_at("users", EVERY_MINUTE, History(T0, n), NO_JITTER) - T0).total_seconds()  # type: ignore[operator]
+        for n in range(1, 7)
+    ]
+    assert waits == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+
+
+def test_backoff_jitter_only_shortens_the_wait() -> None:
+    backoff = Backoff(first=10.0, maximum=100.0, jitter=0.2)
+    rng = random.Random(1)
+    delays = [backoff.delay(3, rng) for _ in range(100)]
+    assert all(32.0 <= delay <= 40.0 for delay in delays)
+
+
+def test_history_counts_the_failures_since_the_last_success_only() -> None:
+    runs = [
+        (T0 + seconds(30), "failed"),
+        (T0 + seconds(20), "failed"),
+        (T0 + seconds(10), "succeeded"),
+        (T0, "failed"),
+    ]
+    assert history_of(runs) == History(T0 + seconds(30), 2)
+
+
+def test_running_and_abandoned_runs_are_attempts_but_not_failures() -> None:
+    runs = [(T0 + seconds(30), "running"), (T0 + seconds(20), "abandoned"), (T0, "failed")]
+    assert history_of(runs) == History(T0 + seconds(30), 1)
+
+
+def test_no_runs_is_never_run() -> None:
+    assert history_of([]) == NEVER_RUN
+
+
+def test_the_plan_offers_every_namespace_at_first_and_skips_busy_ones() -> None:
+    plan = Plan(["a", "b", "c"], T0)
+    assert plan.ready(T0, busy={"b"}) == ["a", "c"]
+
+
+def test_the_plan_looks_again_when_asked_but_never_later_than_the_recheck_bound() -> None:
+    plan = Plan(["soon", "late"], T0)
+    plan.look_at("soon", T0 + seconds(2), T0)
+    plan.look_at("late", T0 + timedelta(hours=5), T0)
+    assert plan.ready(T0 + seconds(1), busy=()) == []
+    assert plan.ready(T0 + seconds(2), busy=()) == ["soon"]
+    assert plan.ready(T0 + seconds(RECHECK_MAX_SECONDS), busy=()) == ["soon", "late"]
+
+
+def test_the_longest_waiting_namespace_comes_first() -> None:
+    plan = Plan(["a", "b"], T0)
+    plan.look_at("a", T0 + seconds(3), T0)
+    plan.look_at("b", T0 + seconds(1), T0)
+    assert plan.ready(T0 + seconds(5), busy=()) == ["b", "a"]
+
+
+@pytest.mark.parametrize(
+    ("look", "poll", "expected"),
+    [(2.0, 10.0, 2.0), (8.0, 3.0, 3.0), (100.0, 100.0, IDLE_WAKEUP_SECONDS), (-1.0, 5.0, 0.0)],
+)
+def test_the_loop_sleeps_until_the_next_look_or_poll_within_bounds(
+    look: float, poll: float, expected: float
+) -> None:
+    plan = Plan(["a"], T0)
+    plan.look_at("a", T0 + seconds(look), T0)
+    assert plan.wait_seconds(T0, (), T0 + seconds(poll)) == expected
+
+
+def test_a_busy_namespace_does_not_wake_the_loop() -> None:
+    plan = Plan(["a", "b"], T0)
+    plan.look_at("b", T0 + seconds(4), T0)
+    assert plan.wait_seconds(T0, {"a"}) == 4.0
