@@ -44,8 +44,10 @@ that names the page and the URL without its query string, never a key or token.
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -82,6 +84,45 @@ from refresher.sources.http_retry import (
 
 __all__ = ["HttpJsonOptions", "HttpJsonSource", "from_options"]
 
+REDACTED = "[redacted]"
+
+
+class QueryRedaction(logging.Filter):
+    """Blanks the values of key-carrying query parameters in the URLs httpx logs.
+
+    httpx logs every request's URL at INFO (logger ``httpx``); with the API
+    key in ``query_param`` that line would carry the key. A source that sends
+    its key so registers the parameter's name here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def register(self, name: str) -> None:
+        """Redact ``name`` from now on (installing the filter on first use)."""
+        with self._lock:
+            if not self._names:
+                logging.getLogger("httpx").addFilter(self)
+            self._names = self._names | {name}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        names = self._names
+        if names and isinstance(record.args, tuple):
+            record.args = tuple(_redact(arg, names) for arg in record.args)
+        return True
+
+
+def _redact(value: object, names: frozenset[str]) -> object:
+    if not isinstance(value, httpx.URL):
+        return value
+    carried = names.intersection(value.params)
+    return value.copy_merge_params(dict.fromkeys(carried, REDACTED)) if carried else value
+
+
+QUERY_REDACTION = QueryRedaction()
+
 
 class Page:
     """One answer: the decoded body and its ``Link`` header values."""
@@ -113,6 +154,8 @@ class HttpJsonSource:
         self.auth = build_auth(options)
         self.paging = build_paging(options)
         self.client = client if client is not None else build_client(options)
+        if options.query_param is not None:
+            QUERY_REDACTION.register(options.query_param)
         policy = retry or RetryPolicy(attempts=options.retries + 1)
         self._retrier = Retrier(policy, sleep=sleep, clock=clock, rng=rng)
         self._wall_clock = wall_clock
@@ -235,10 +278,17 @@ class HttpJsonSource:
         try:
             return decode_json(b"".join(chunks))
         except PageError as exc:
-            kind = response.headers.get("content-type", "none")
             raise UpstreamDataError(
-                f"{self._what(number, url)} {exc}; its content type was {kind}"
+                f"{self._what(number, url)} {exc}{_not_json(response)}"
             ) from None
+
+
+def _not_json(response: httpx.Response) -> str:
+    """A hint when the answer did not even claim to be JSON (an HTML error page, say)."""
+    media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return ""
+    return f" (its content type is {media or 'missing'}, not application/json)"
 
 
 @contextmanager
