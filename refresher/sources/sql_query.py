@@ -143,17 +143,19 @@ class SqlQuerySource:
     ) -> Iterator[dict[str, Any]]:
         size = self.options.fetch_size
         try:
-            result = conn.execution_options(stream_results=True, yield_per=size).execute(
+            result = conn.execution_options(stream_results=True).execute(
                 sa.text(self.options.query), self.options.params
             )
-            columns = _column_names(list(result.keys()), self._where(secret))
-            done = 0
-            for rows in result.partitions():
-                for row in rows:
-                    yield dict(zip(columns, map(json_safe, row), strict=True))
-                done += len(rows)
-                if context.progress is not None:
-                    context.progress(done, None)
+            with result:  # a server-side cursor: closed also when the consumer stops early
+                columns = _column_names(list(result.keys()), self._where(secret))
+                done = 0
+                for rows in result.partitions(size):
+                    yield from (
+                        dict(zip(columns, map(json_safe, row), strict=True)) for row in rows
+                    )
+                    done += len(rows)
+                    if context.progress is not None:
+                        context.progress(done, None)
         except SQLAlchemyError as exc:
             raise self._query_error(exc, secret, scrub) from None
 
