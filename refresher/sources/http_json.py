@@ -35,10 +35,29 @@ instead of being followed, and redirects are not followed at all. So the
 token or the API key is only ever sent where the namespace says.
 
 Pages are fetched lazily, one at a time; their items are yielded as each page
-arrives and ``context.progress(pages, None)`` is called after each. 429, 5xx,
-timeouts and dropped connections are retried (:mod:`refresher.sources.http_retry`);
-everything else fails the fetch with a :class:`~refresher.errors.SourceError`
-that names the page and the URL without its query string, never a key or token.
+arrives and ``context.progress(pages, None)`` is called after each.
+
+What goes wrong, and what the run history then says (always naming the page
+and the URL without its query string, never a key or token):
+
+- 408, 429, 5xx, timeouts, refused connections and a connection closed before
+  the body was complete are retried (:mod:`refresher.sources.http_retry`,
+  honouring ``Retry-After``); when retries run out:
+  :class:`~refresher.errors.UpstreamUnavailableError` ("page 3 of
+  https://host/v1.0/users answered 503 five times; giving up after 31 s").
+- 401/403 after the credential retry, redirects and other 4xx:
+  :class:`~refresher.errors.UpstreamRejectedError`, with what to fix.
+- A body that is not JSON, JSON that stops short (a complete HTTP answer with a
+  truncated document), a page over ``max_response_bytes``, no item list at
+  ``items``, a next page on another origin, more than ``max_pages``:
+  :class:`~refresher.errors.UpstreamDataError`, not retried.
+- An item without the namespace's key field is left to the cache store, which
+  refuses the whole refresh with :class:`~refresher.errors.InvalidItemsError`
+  naming the item's position and the field (the source does not know the key
+  field; the store checks every item of every source the same way).
+
+httpx logs each request's URL at INFO; a key sent in ``query_param`` is
+blanked out of that line (:class:`QueryRedaction`).
 """
 
 from __future__ import annotations
@@ -51,6 +70,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -75,10 +95,10 @@ from refresher.sources.http_pages import (
     with_params,
 )
 from refresher.sources.http_retry import (
-    RETRY_STATUSES,
     Retrier,
     RetryPolicy,
     TransientFailure,
+    is_transient,
     parse_retry_after,
 )
 
@@ -124,12 +144,12 @@ def _redact(value: object, names: frozenset[str]) -> object:
 QUERY_REDACTION = QueryRedaction()
 
 
+@dataclass(frozen=True, slots=True)
 class Page:
     """One answer: the decoded body and its ``Link`` header values."""
 
-    def __init__(self, body: Any, links: list[str]) -> None:
-        self.body = body
-        self.links = links
+    body: Any
+    links: list[str]
 
 
 class HttpJsonSource:
@@ -242,7 +262,7 @@ class HttpJsonSource:
         said = f"answered {status} {response.reason_phrase}".rstrip()
         if 200 <= status < 300:
             return
-        if status in RETRY_STATUSES:
+        if is_transient(status):
             retry_after = parse_retry_after(
                 response.headers.get("retry-after"), now=self._wall_clock()
             )

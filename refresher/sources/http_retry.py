@@ -41,8 +41,8 @@ scheduler tries again later, instead of holding the namespace's lease meanwhile.
 MAX_ELAPSED_SECONDS = 300.0
 """No retry starts after this long on one request."""
 
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-"""HTTP statuses worth retrying (timeouts, throttling, server and gateway failures)."""
+RETRY_STATUSES = frozenset({408, 429})
+"""HTTP statuses below 500 worth retrying (request timeout, throttling); every 5xx is too."""
 
 _COUNTS = {2: "twice", 3: "three times", 4: "four times", 5: "five times", 6: "six times"}
 
@@ -77,6 +77,11 @@ class RetryPolicy:
     def too_long(self, retry_after: float | None) -> bool:
         """Whether the server asked for a longer wait than this policy allows."""
         return retry_after is not None and retry_after > self.max_retry_after
+
+
+def is_transient(status: int) -> bool:
+    """Whether an answer with this HTTP status is worth asking again."""
+    return status in RETRY_STATUSES or status >= 500
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:

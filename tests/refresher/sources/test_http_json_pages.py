@@ -33,6 +33,7 @@ from refresher.sources.http_retry import (
     Retrier,
     RetryPolicy,
     TransientFailure,
+    is_transient,
     parse_retry_after,
     summarise,
 )
@@ -349,6 +350,23 @@ def test_retry_after_takes_seconds_or_an_http_date() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 9, usegmt=True), now=now) == 0
     assert parse_retry_after("soon", now=now) is None
     assert parse_retry_after(None, now=now) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [
+        (408, True),
+        (429, True),
+        (500, True),
+        (503, True),
+        (507, True),
+        (400, False),
+        (404, False),
+        (401, False),
+    ],
+)
+def test_timeouts_throttling_and_server_errors_are_transient(status: int, transient: bool) -> None:
+    assert is_transient(status) is transient
 
 
 def test_mixed_failures_are_summarised_by_the_last() -> None:
