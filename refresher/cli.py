@@ -1,9 +1,11 @@
 """The ``cache-refresher`` command line (typer + rich).
 
-This module holds the typer app and the commands that need only this package
-(``db init``, ``db sql``, ``namespaces``). ``api.cli`` adds ``dev`` (it serves the web app,
-and this package never imports ``api``) and is the console script's entry
-point.
+This module holds the typer app and the commands that need only this package:
+``run`` (the refresh loop), ``refresh`` (one namespace now, with progress),
+``namespaces``, ``runs``, ``secrets status``, ``db init`` and ``db sql``. What
+they print is built in :mod:`refresher.tables`. ``api.cli`` adds ``dev`` (it
+serves the web app, and this package never imports ``api``) and is the
+console script's entry point.
 
 Every command builds its :class:`~refresher.settings.Settings` with
 :func:`~refresher.settings.load_settings`, so ``CACHE_REFRESHER_*`` variables
@@ -13,23 +15,45 @@ exit 2 for bad settings or arguments, 1 when the work itself failed.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import signal
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Annotated, NoReturn
 
 import typer
+from prometheus_client import CollectorRegistry
 from rich.console import Console
-from rich.table import Table
+from sqlalchemy.engine import Engine
 
-from refresher.cache import CacheStore, NamespaceInfo
-from refresher.db import cache_engine, init_schema
+from refresher.cache import CacheStore, describe_error
+from refresher.db import cache_engine, init_schema, utcnow
 from refresher.ddl import DIALECTS, render_ddl
 from refresher.errors import CacheRefresherError, ConfigurationError
+from refresher.lease import LeaseManager, default_holder
+from refresher.metrics import RefreshMetrics, serve_metrics
+from refresher.namespaces import Namespace, load_namespaces
+from refresher.progress import RefreshProgress
+from refresher.refresh import RefreshOutcome, is_expected, refresh_now
+from refresher.refresh_requests import RefreshRequest, request_refresh, request_status
+from refresher.scheduler import Scheduler
+from refresher.services import open_services
 from refresher.settings import Settings, load_settings
+from refresher.tables import namespace_table, refresh_summary, runs_table, secrets_table
+
+logger = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+STOP_POLL_SECONDS = 0.5
+"""How often ``run``'s main thread looks whether a signal asked it to stop."""
+QUEUE_POLL_SECONDS = 0.5
+"""How often ``refresh --queue`` looks whether its request was served."""
 
 app = typer.Typer(
     name="cache-refresher",
@@ -39,6 +63,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Create the cache tables, or print their DDL.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+secrets_app = typer.Typer(help="The Key Vault secrets the service uses.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
 
 console = Console()
 errors = Console(stderr=True)
@@ -102,28 +128,250 @@ def db_sql(
     typer.echo(ddl, nl=False)
 
 
+# -- the refresh loop -------------------------------------------------------------------
+
+
+@app.command("run")
+def run() -> None:
+    """Keep every namespace of CACHE_REFRESHER_NAMESPACES_FILE refreshed, until SIGTERM/Ctrl-C.
+
+    Run one per replica: they share the work through the database (leases and
+    the run history). Metrics are served on CACHE_REFRESHER_METRICS_PORT.
+    """
+    settings = settings_or_exit()
+    with reported_errors():
+        namespaces = configured_namespaces(settings)
+    stop = threading.Event()
+    with (
+        stop_on_signals(stop),
+        reported_errors(),
+        open_services(settings) as services,
+        cache_engine(settings) as engine,
+    ):
+        store = _store(settings, engine)
+        check_tables(store)
+        metrics = RefreshMetrics(
+            CollectorRegistry(), store=store, namespaces=namespaces,
+            identity=services.identity, secrets=services.secrets,
+        )  # fmt: skip
+        scheduler = Scheduler(
+            store, namespaces, services=services.for_sources(), workers=settings.refresh_workers,
+            request_poll=settings.request_poll_seconds, on_outcome=metrics.observe,
+        )  # fmt: skip
+        _serve_until(stop, settings, scheduler, metrics)
+    console.print("Stopped.", highlight=False)
+
+
+def _serve_until(
+    stop: threading.Event, settings: Settings, scheduler: Scheduler, metrics: RefreshMetrics
+) -> None:
+    port = settings.metrics_port
+    stop_metrics = (
+        serve_metrics(metrics.registry, host=settings.metrics_host, port=port) if port else None
+    )
+    scheduler.start()
+    where = f"http://{settings.metrics_host}:{port}/metrics" if port else "off"
+    console.print(
+        f"cache-refresher run: {len(scheduler.namespaces)} namespace(s) "
+        f"({', '.join(sorted(scheduler.namespaces))}) as {scheduler.holder}; metrics: {where}",
+        highlight=False, markup=False, soft_wrap=True,
+    )  # fmt: skip
+    try:
+        while not stop.wait(STOP_POLL_SECONDS):
+            pass
+    finally:
+        console.print("Stopping: letting refreshes in progress finish...", highlight=False)
+        scheduler.stop(settings.stop_grace_seconds)
+        if stop_metrics is not None:
+            stop_metrics()
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM or SIGINT (restoring the previous handlers after)."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@app.command("refresh")
+def refresh(
+    namespace: Annotated[str, typer.Argument(help="The namespace to refresh.")],
+    queue: Annotated[
+        bool,
+        typer.Option(
+            "--queue",
+            help="Ask the running service (whichever replica is free) to refresh it, and wait.",
+        ),
+    ] = False,
+    wait: Annotated[
+        float, typer.Option(min=0, help="With --queue: seconds to wait for the outcome.")
+    ] = 300.0,
+) -> None:
+    """Refresh one namespace now, with progress; exit 1 (saying why) if it fails."""
+    settings = settings_or_exit()
+    with reported_errors():
+        chosen = configured_namespace(settings, namespace)
+    if queue:
+        _queue_refresh(settings, namespace, wait)
+        return
+    with (
+        reported_errors(),
+        open_services(settings, background=False) as services,
+        cache_engine(settings) as engine,
+        RefreshProgress(errors) as progress,
+    ):
+        outcome = refresh_now(
+            _store(settings, engine), chosen, services=services.for_sources(),
+            progress=progress.items, page_progress=progress.pages,
+        )  # fmt: skip
+    _report(outcome)
+
+
+def _report(outcome: RefreshOutcome) -> None:
+    error = outcome.error
+    if error is not None:
+        if not is_expected(error):
+            logger.error("refresh of %r failed unexpectedly", outcome.namespace, exc_info=error)
+        fail(
+            f"refresh of namespace {outcome.namespace!r} failed ({type(error).__name__}): "
+            f"{describe_error(error)}"
+        )
+    assert outcome.result is not None
+    console.print(
+        refresh_summary(outcome.namespace, outcome.result, outcome.seconds), highlight=False
+    )
+
+
+def _queue_refresh(settings: Settings, namespace: str, wait: float) -> None:
+    who = f"{getpass.getuser()}@{socket.gethostname()} (cache-refresher refresh --queue)"
+    with reported_errors(), cache_engine(settings) as engine:
+        request_id = request_refresh(engine, namespace, who)
+        console.print(f"Asked for a refresh of {namespace!r} (request {request_id}).")
+        request = _await_request(engine, request_id, wait)
+    if request is None or not request.finished:
+        fail(
+            f"no replica finished request {request_id} within {wait:g} s: is "
+            "`cache-refresher run` running with this namespace? The request stays queued."
+        )
+    if request.status == "failed":
+        fail(f"refresh of namespace {namespace!r} failed: {request.error_message}")
+    console.print(
+        f"Refreshed namespace {namespace!r} by {request.claimed_by} (run {request.run_id}).",
+        highlight=False,
+    )
+
+
+def _await_request(engine: Engine, request_id: int, wait: float) -> RefreshRequest | None:
+    deadline = time.monotonic() + wait
+    with errors.status("waiting for a replica to serve the request..."):
+        while True:
+            request = request_status(engine, request_id)
+            if request is None or request.finished or time.monotonic() >= deadline:
+                return request
+            time.sleep(QUEUE_POLL_SECONDS)
+
+
+# -- operator views -----------------------------------------------------------------------
+
+
 @app.command("namespaces")
 def list_namespaces() -> None:
-    """List the cached namespaces: rows, generation, age and last error."""
+    """List the namespaces: rows, generation, last success, age, stale, last error.
+
+    With CACHE_REFRESHER_NAMESPACES_FILE set, configured namespaces that never
+    refreshed are listed too, and `stale` compares each age with its max staleness.
+    """
     settings = settings_or_exit()
+    with reported_errors():
+        configured = configured_namespaces(settings) if settings.namespaces_file else None
     with reported_errors(), cache_engine(settings) as engine:
-        infos = CacheStore(engine).namespaces()
-    if not infos:
+        store = CacheStore(engine)
+        infos = store.namespaces()
+        missing = {n.name for n in configured or ()} - {info.namespace for info in infos}
+        latest = {name: next(iter(store.runs(name, limit=1)), None) for name in missing}
+    if not infos and not configured:
         console.print("No namespace has been refreshed yet.", highlight=False)
         return
-    console.print(_namespace_table(infos))
+    staleness = None if configured is None else {n.name: n.max_staleness for n in configured}
+    console.print(namespace_table(infos, staleness, utcnow(), never_refreshed=latest))
 
 
-def _namespace_table(infos: list[NamespaceInfo]) -> Table:
-    table = Table("namespace", "rows", "generation", "refreshed at", "age (s)", "last error")
-    for info in infos:
-        age = info.age_seconds()
-        table.add_row(
-            info.namespace,
-            str(info.row_count),
-            str(info.generation),
-            "never" if info.refreshed_at is None else f"{info.refreshed_at:%Y-%m-%d %H:%M:%S} UTC",
-            "" if age is None else f"{age:.0f}",
-            info.last_error_class or "",
+@app.command("runs")
+def list_runs(
+    namespace: Annotated[str, typer.Argument(help="The namespace whose history to show.")],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs, newest first.")] = 20,
+) -> None:
+    """Show the recent refresh runs of a namespace: when, how long, outcome, counts, why."""
+    settings = settings_or_exit()
+    with reported_errors(), cache_engine(settings) as engine:
+        runs = CacheStore(engine).runs(namespace, limit=limit)
+    if not runs:
+        console.print(f"Namespace {namespace!r} has no refresh runs yet.", highlight=False)
+        return
+    console.print(runs_table(runs))
+
+
+@secrets_app.command("status")
+def secrets_status() -> None:
+    """Check every configured Key Vault secret now and show its versions: never a value.
+
+    Exit 1 if a secret has no usable value.
+    """
+    settings = settings_or_exit()
+    if settings.vault_url is None:
+        fail("CACHE_REFRESHER_VAULT_URL is not set: there are no secrets to show", EXIT_USAGE)
+    with reported_errors(), open_services(settings, background=False) as services:
+        assert services.secrets is not None
+        services.secrets.check()
+        statuses = services.secrets.status()
+    if not statuses:
+        console.print("CACHE_REFRESHER_SECRETS names no secret.", highlight=False)
+        return
+    console.print(secrets_table(statuses))
+    if any(status.state == "failed" for status in statuses):
+        raise typer.Exit(EXIT_FAILED)
+
+
+# -- shared by the commands ---------------------------------------------------------------
+
+
+def configured_namespaces(settings: Settings) -> list[Namespace]:
+    """The namespaces of the configured file (ConfigurationError if unset or wrong)."""
+    if settings.namespaces_file is None:
+        raise ConfigurationError(
+            "CACHE_REFRESHER_NAMESPACES_FILE is not set: point it at the TOML file "
+            "that defines the namespaces"
         )
-    return table
+    return load_namespaces(settings.namespaces_file, configured_secrets=settings.secrets)
+
+
+def configured_namespace(settings: Settings, name: str) -> Namespace:
+    """One namespace of the configured file, or a ConfigurationError naming the known ones."""
+    namespaces = {namespace.name: namespace for namespace in configured_namespaces(settings)}
+    if name not in namespaces:
+        raise ConfigurationError(
+            f"namespace {name!r} is not defined in {settings.namespaces_file}: "
+            f"use one of {', '.join(sorted(namespaces))}"
+        )
+    return namespaces[name]
+
+
+def check_tables(store: CacheStore) -> None:
+    """Fail at start, not in every loop, when the tables are missing (StoreError)."""
+    store.namespaces()
+    request_status(store.engine, 0)
+
+
+def _store(settings: Settings, engine: Engine) -> CacheStore:
+    holder = default_holder(settings.replica_id)
+    return CacheStore(
+        engine, leases=LeaseManager(engine, holder=holder, ttl=settings.lease_ttl_seconds)
+    )

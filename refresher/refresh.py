@@ -192,10 +192,16 @@ def log_outcome(outcome: RefreshOutcome) -> None:
     elif isinstance(error, LeaseHeldError):
         logger.info("skipped refresh of namespace %r: %s", outcome.namespace, error)
     elif error is not None:
-        expected = isinstance(error, CacheRefresherError | SQLAlchemyError | RefreshInterrupted)
+        expected = is_expected(error)
         logger.log(
             logging.WARNING if expected else logging.ERROR,
             "refresh of namespace %r failed (%s) after %.2f s: %s; the cached data is unchanged",
             outcome.namespace, type(error).__name__, outcome.seconds, describe_error(error),
             exc_info=None if expected else error,
         )  # fmt: skip
+
+
+def is_expected(error: BaseException) -> bool:
+    """Whether ``error`` is one we raise or translate on purpose (its message says it all);
+    anything else is a bug or an untranslated failure, worth its traceback in the log."""
+    return isinstance(error, CacheRefresherError | SQLAlchemyError | RefreshInterrupted)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +20,14 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from api.cli import app
-from refresher.cache import CacheStore
+from devstack.stack import DevStack
+from refresher.cache import CacheStore, lease_name
+from refresher.cli import configured_namespaces
 from refresher.db import create_engine, init_schema
 from refresher.ddl import DIALECTS
+from refresher.lease import LeaseManager
+from refresher.scheduler import Scheduler
+from refresher.settings import load_settings
 
 runner = CliRunner()
 SCRIPT = Path(sys.executable).with_name("cache-refresher")
@@ -91,7 +99,9 @@ def test_namespaces_says_when_there_are_none(sqlite_url: str) -> None:
 
 @pytest.mark.parametrize(
     "args", [["--help"], ["db", "--help"], ["db", "init", "--help"], ["db", "sql", "--help"],
-             ["namespaces", "--help"], ["dev", "--help"]]
+             ["namespaces", "--help"], ["dev", "--help"], ["run", "--help"],
+             ["refresh", "--help"], ["runs", "--help"], ["secrets", "--help"],
+             ["secrets", "status", "--help"]]
 )  # fmt: skip
 def test_every_command_has_help(args: list[str]) -> None:
     result = runner.invoke(app, args)
@@ -201,3 +211,226 @@ def test_dev_serves_the_demo_namespace_and_stops_cleanly(
     assert process.wait(STOP_SECONDS) == 0
     assert "Stopped." in output.text
     assert "Traceback" not in output.text
+
+
+# -- refresh, namespaces, runs, secrets status ---------------------------------------------
+
+WIDE = {"COLUMNS": "250"}
+"""rich tables fit the terminal; the runner's is 80 columns unless told otherwise."""
+
+NAMESPACES_TOML = """\
+[namespaces.catalogue]
+key_field = "id"
+every = "1h"
+max_staleness = "{staleness}"
+source = {{ kind = "demo", size = 250 }}
+
+[namespaces.down]
+key_field = "id"
+every = "1h"
+
+[namespaces.down.source]
+kind = "http_json"
+url = "http://127.0.0.1:{closed_port}/items"
+auth = "none"
+pagination = "none"
+retries = 0
+connect_timeout = 2
+"""
+
+
+@pytest.fixture
+def configured(tmp_path: Path, sqlite_url: str) -> dict[str, str]:
+    """Settings for a SQLite cache with its tables and a namespaces file (catalogue, down)."""
+    path = tmp_path / "namespaces.toml"
+    path.write_text(NAMESPACES_TOML.format(staleness="1h", closed_port=_free_port()))
+    engine = create_engine(sqlite_url)
+    init_schema(engine)
+    engine.dispose()
+    return {**_env(database_url=sqlite_url, namespaces_file=str(path)), **WIDE}
+
+
+def test_refresh_shows_progress_and_the_counts_and_exits_0(configured: dict[str, str]) -> None:
+    result = runner.invoke(app, ["refresh", "catalogue"], env=configured)
+    assert result.exit_code == 0, result.output
+    assert (
+        "Refreshed namespace 'catalogue'" in result.stdout
+        and "generation 1, 250 inserted, 0 updated, 0 deleted, 0 unchanged." in result.stdout
+    )
+    assert "pages fetched" in result.stderr
+    assert "3/3" in result.stderr  # the demo's 100-item pages
+    assert "rows written" in result.stderr
+    assert "250/250" in result.stderr
+
+
+def test_a_failed_refresh_exits_1_saying_why_without_a_traceback(
+    configured: dict[str, str],
+) -> None:
+    result = runner.invoke(app, ["refresh", "down"], env=configured)
+    assert result.exit_code == 1
+    assert "error: refresh of namespace 'down' failed (UpstreamUnavailableError)" in result.stderr
+    assert "Traceback" not in result.output
+    engine = create_engine(configured["CACHE_REFRESHER_DATABASE_URL"])
+    (run,) = CacheStore(engine).runs("down")
+    engine.dispose()
+    assert (run.status, run.error_class) == ("failed", "UpstreamUnavailableError")
+
+
+def test_refresh_of_a_namespace_leased_elsewhere_exits_1_naming_the_holder(
+    configured: dict[str, str],
+) -> None:
+    engine = create_engine(configured["CACHE_REFRESHER_DATABASE_URL"])
+    LeaseManager(engine, holder="replica-7", ttl=30).acquire(lease_name("catalogue"))
+    engine.dispose()
+    result = runner.invoke(app, ["refresh", "catalogue"], env=configured)
+    assert result.exit_code == 1
+    assert "held by 'replica-7'" in result.stderr
+
+
+def test_refresh_of_an_unknown_namespace_exits_2_naming_the_known_ones(
+    configured: dict[str, str],
+) -> None:
+    result = runner.invoke(app, ["refresh", "nope"], env=configured)
+    assert result.exit_code == 2
+    assert "namespace 'nope' is not defined in" in result.stderr
+    assert "use one of catalogue, down" in result.stderr
+
+
+def test_refresh_without_a_namespaces_file_exits_2(sqlite_url: str) -> None:
+    result = runner.invoke(app, ["refresh", "catalogue"], env=_env(database_url=sqlite_url))
+    assert result.exit_code == 2
+    assert "CACHE_REFRESHER_NAMESPACES_FILE is not set" in result.stderr
+
+
+def test_refresh_queue_is_served_by_a_running_replica(configured: dict[str, str]) -> None:
+    engine = create_engine(configured["CACHE_REFRESHER_DATABASE_URL"])
+    settings = load_settings(**{"namespaces_file": configured["CACHE_REFRESHER_NAMESPACES_FILE"]})
+    store = CacheStore(engine, leases=LeaseManager(engine, holder="replica-1", ttl=30))
+    scheduler = Scheduler(store, configured_namespaces(settings)[:1], request_poll=0.1)
+    scheduler.start()
+    try:
+        result = runner.invoke(
+            app, ["refresh", "catalogue", "--queue", "--wait", "20"], env=configured
+        )
+    finally:
+        scheduler.stop(grace=5)
+        engine.dispose()
+    assert result.exit_code == 0, result.output
+    assert "Refreshed namespace 'catalogue' by replica-1" in result.stdout
+
+
+def test_refresh_queue_gives_up_after_its_wait_and_leaves_the_request(
+    configured: dict[str, str],
+) -> None:
+    result = runner.invoke(app, ["refresh", "catalogue", "--queue", "--wait", "0"], env=configured)
+    assert result.exit_code == 1
+    assert "no replica finished request 1 within 0 s" in result.stderr
+
+
+def test_namespaces_flags_a_namespace_stale_once_its_max_staleness_passes(
+    tmp_path: Path, configured: dict[str, str]
+) -> None:
+    path = Path(configured["CACHE_REFRESHER_NAMESPACES_FILE"])
+    path.write_text(NAMESPACES_TOML.format(staleness="0.5s", closed_port=_free_port()))
+    assert runner.invoke(app, ["refresh", "catalogue"], env=configured).exit_code == 0
+    fresh = runner.invoke(app, ["namespaces"], env=configured)
+    time.sleep(0.6)
+    stale = runner.invoke(app, ["namespaces"], env=configured)
+    assert fresh.exit_code == stale.exit_code == 0
+    fresh_row = next(line for line in fresh.stdout.splitlines() if "catalogue" in line)
+    stale_row = next(line for line in stale.stdout.splitlines() if "catalogue" in line)
+    assert "250" in fresh_row
+    assert "STALE" not in fresh_row
+    assert "STALE" in stale_row
+    never = next(line for line in stale.stdout.splitlines() if "down" in line)
+    assert "never" in never
+    assert "STALE" in never  # configured but never refreshed: no data at all
+
+
+def test_namespaces_shows_the_last_error(configured: dict[str, str]) -> None:
+    assert runner.invoke(app, ["refresh", "down"], env=configured).exit_code == 1
+    result = runner.invoke(app, ["namespaces"], env=configured)
+    row = next(line for line in result.stdout.splitlines() if "down" in line)
+    assert "UpstreamUnavailableError" in row
+
+
+def test_runs_lists_the_history_newest_first(configured: dict[str, str]) -> None:
+    for _ in range(2):
+        assert runner.invoke(app, ["refresh", "catalogue"], env=configured).exit_code == 0
+    result = runner.invoke(app, ["runs", "catalogue", "--limit", "5"], env=configured)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if "succeeded" in line]
+    assert len(rows) == 2
+    assert "+0 ~0 -0 =250" in rows[0]  # each process's demo source starts at round 0 again
+    assert "+250 ~0 -0 =0" in rows[1]
+    assert f":{os.getpid()}:" in rows[1]  # the runner: host:pid:suffix
+
+
+def test_runs_of_a_namespace_without_history_says_so(configured: dict[str, str]) -> None:
+    result = runner.invoke(app, ["runs", "catalogue"], env=configured)
+    assert result.exit_code == 0
+    assert "Namespace 'catalogue' has no refresh runs yet." in result.stdout
+
+
+def test_run_without_a_namespaces_file_exits_2(sqlite_url: str) -> None:
+    result = runner.invoke(app, ["run"], env=_env(database_url=sqlite_url))
+    assert result.exit_code == 2
+    assert "CACHE_REFRESHER_NAMESPACES_FILE is not set" in result.stderr
+
+
+def test_run_without_the_tables_exits_1_pointing_at_db_init(
+    configured: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**configured, **_env(database_url=f"sqlite:///{tmp_path}/empty.db", metrics_port="0")}
+    result = runner.invoke(app, ["run"], env=env)
+    assert result.exit_code == 1
+    assert "cache-refresher db init" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def _vault_env(stack: DevStack, names: list[str]) -> dict[str, str]:
+    assert stack.service.client_secret is not None
+    return {
+        "AZURE_TENANT_ID": stack.tenant_id,
+        "AZURE_CLIENT_ID": stack.service.client_id,
+        "AZURE_CLIENT_SECRET": stack.service.client_secret,
+        "AZURE_AUTHORITY_HOST": stack.authority_host,
+        **_env(
+            ca_bundle=str(stack.ca_path),
+            vault_url=stack.vault_url,
+            secrets=",".join(names),
+            vault_verify_challenge_resource="false",  # devstack only: not on *.vault.azure.net
+        ),
+        **WIDE,
+    }
+
+
+def test_secrets_status_shows_versions_never_values(stack: DevStack) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    value = secrets.token_urlsafe(24)
+    first = stack.vault.set(name, secrets.token_urlsafe(24))
+    second = stack.vault.set(name, value)
+    result = runner.invoke(app, ["secrets", "status"], env=_vault_env(stack, [name]))
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if name in line)
+    assert second.version in row
+    assert "current" in row
+    assert first.version not in row  # "previous" is what this process used before: none yet
+    assert value not in result.output
+
+
+def test_secrets_status_exits_1_when_a_secret_cannot_be_loaded(stack: DevStack) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    stack.vault.set(name, secrets.token_urlsafe(24))
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    result = runner.invoke(app, ["secrets", "status"], env=_vault_env(stack, [name, missing]))
+    assert result.exit_code == 1
+    row = next(line for line in result.stdout.splitlines() if missing in line)
+    assert "failed" in row
+    assert "Traceback" not in result.output
+
+
+def test_secrets_status_without_a_vault_exits_2() -> None:
+    result = runner.invoke(app, ["secrets", "status"], env=_env(vault_url=""))
+    assert result.exit_code == 2
+    assert "CACHE_REFRESHER_VAULT_URL" in result.stderr

@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -131,6 +132,8 @@ class KeyVaultSecretStore:
         self._policy = CheckPolicy(interval=poll_interval)
         self._clock = clock
         self._rng = rng or random.Random()
+        self.version_changes: Counter[str] = Counter()
+        """Switches to another version in use, per secret name (a first load is not one)."""
         self._cond = threading.Condition()
         self._loop = DueLoop(
             self.check_due, name="secret-poll", clock=clock, idle=IDLE_WAKEUP_SECONDS,
@@ -327,6 +330,8 @@ class KeyVaultSecretStore:
         with self._cond:
             old = entry.current.version if entry.current else "none"
             switched = entry.succeeded(value, versions, now, next_check)
+            if switched and old != "none":
+                self.version_changes[entry.name] += 1
         if switched:
             logger.info(
                 "secret %r: version %s is now in use (was %s)", entry.name, value.version, old
