@@ -55,7 +55,6 @@ class AzureIdentityTokenRequest:
         refresh_on = float(info.refresh_on) if info.refresh_on else None
         return IssuedToken(info.token, float(info.expires_on), now, refresh_on)
 
-
     def _unreachable(self, exc: Exception) -> IssuerUnavailableError:
         return IssuerUnavailableError(
             f"could not reach the token endpoint for {self._description} "

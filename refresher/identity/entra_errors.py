@@ -54,8 +54,7 @@ HINTS = {
     "service account (namespace and name) in the app's federated credential",
     7000272: "the federated token's signing key is not in its issuer's JWKS: "
     "check the issuer's published keys",
-    50027: "the federated token file does not hold a valid JWT: check "
-    "AZURE_FEDERATED_TOKEN_FILE",
+    50027: "the federated token file does not hold a valid JWT: check AZURE_FEDERATED_TOKEN_FILE",
 }
 
 _CODE = re.compile(r"AADSTS(\d+)")
