@@ -4,6 +4,8 @@ The stack (``tests/conftest.py``) is session-scoped (starting it costs about hal
 that change shared state (token policy, signing keys, role assignments) undo
 it, and ``clean_faults`` resets faults and latency after every test. SDK
 objects come from the ``sdk`` fixture, which closes them after the test.
+``upstream`` is an httpx client of the upstream API that walks its three
+pagination styles; it restores the default user directory afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msal
 import pytest
 from azure.identity import (
@@ -22,8 +25,10 @@ from azure.identity import (
 )
 from azure.keyvault.secrets import SecretClient
 
-from devstack.ca import requests_session
+from devstack.ca import requests_session, ssl_context
 from devstack.stack import AppIdentity, DevStack
+from devstack.upstream import DEFAULT_USERS
+from devstack.upstream_wire import MAX_PAGE_SIZE
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +36,7 @@ def clean_faults(stack: DevStack) -> Iterator[None]:
     yield
     stack.entra_faults.clear()
     stack.vault_faults.clear()
+    stack.upstream_faults.clear()
 
 
 class Sdk:
@@ -115,3 +121,71 @@ class Sdk:
 def sdk(stack: DevStack) -> Iterator[Sdk]:
     with ExitStack() as closer:
         yield Sdk(stack, closer)
+
+
+STYLES = ("list_users", "list_users_link", "list_users_cursor")
+FIRST_PAGES = {
+    "list_users": "/v1.0/users?$top={size}",
+    "list_users_link": "/v1.0/users-link?$top={size}",
+    "list_users_cursor": "/v1.0/users-cursor?limit={size}",
+}
+
+
+class Upstream:
+    """An httpx client of the devstack upstream API, with the API key by default."""
+
+    def __init__(self, stack: DevStack, client: httpx.Client) -> None:
+        self.stack = stack
+        self.client = client
+
+    def get(
+        self, url: str, *, key: str | None = None, token: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """GET with ``token`` as a bearer token, else ``key`` (default: the current API key)."""
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        else:
+            headers["x-api-key"] = key or self.stack.upstream.api_key
+        return self.client.get(url, headers=headers, **kwargs)
+
+    def first_page(self, style: str, size: int = 100) -> str:
+        return FIRST_PAGES[style].format(size=size)
+
+    def next_page(self, style: str, response: httpx.Response, size: int = 100) -> str | None:
+        """The next page's URL as the style announces it, None after the last page."""
+        if style == "list_users":
+            link: str | None = response.json().get("@odata.nextLink")
+            return link
+        if style == "list_users_link":
+            return response.links.get("next", {}).get("url")
+        cursor = response.json()["next_cursor"]
+        return None if cursor is None else f"/v1.0/users-cursor?limit={size}&cursor={cursor}"
+
+    @staticmethod
+    def items(style: str, response: httpx.Response) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = response.json()[
+            "items" if style == "list_users_cursor" else "value"
+        ]
+        return items
+
+    def walk(self, style: str, size: int = 100, **kwargs: Any) -> tuple[list[str], int]:
+        """Every user id of a complete listing, in order, and the number of pages."""
+        ids: list[str] = []
+        url: str | None = self.first_page(style, size)
+        pages = 0
+        while url is not None:
+            response = self.get(url, **kwargs)
+            response.raise_for_status()
+            ids += [item["id"] for item in self.items(style, response)]
+            url = self.next_page(style, response, size)
+            pages += 1
+        return ids, pages
+
+
+@pytest.fixture
+def upstream(stack: DevStack) -> Iterator[Upstream]:
+    with httpx.Client(verify=ssl_context(stack.ca_path), base_url=stack.upstream_url) as client:
+        yield Upstream(stack, client)
+    stack.upstream.set_users(DEFAULT_USERS)
+    stack.upstream.options.max_page_size = MAX_PAGE_SIZE

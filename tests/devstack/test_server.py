@@ -73,7 +73,7 @@ def test_python_m_devstack_prints_its_endpoints_and_stops_on_ctrl_c(tmp_path: Pa
     )
     try:
         assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(4)]
+        lines = [process.stdout.readline() for _ in range(7)]
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=15)
@@ -81,5 +81,7 @@ def test_python_m_devstack_prints_its_endpoints_and_stops_on_ctrl_c(tmp_path: Pa
     assert lines[0].startswith("Entra ID (authority host): https://127.0.0.1:")
     assert lines[2].startswith("Key Vault:                 https://127.0.0.1:")
     assert str(tmp_path / "ca" / "ca.pem") in lines[3]
+    assert lines[4].startswith("Upstream API (Graph-like): https://127.0.0.1:")
+    assert "'upstream-api-key'" in lines[6]
     assert "devstack stopped." in output
     assert process.returncode == 0
