@@ -3,6 +3,7 @@ requests, leases held elsewhere, stopping. Intervals are fractions of a second."
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -154,7 +155,7 @@ def test_namespaces_are_refreshed_once_per_interval(
     outcomes.wait_for("slower", 2)
     for name, interval in (("fast", 0.4), ("slower", 0.8)):
         runs = succeeded(store, name)
-        gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(runs, runs[1:])]
+        gaps = [(b.started_at - a.started_at).total_seconds() for a, b in itertools.pairwise(runs)]
         assert gaps, name
         assert all(interval - 0.05 <= gap <= interval + 0.5 for gap in gaps), (name, gaps)
     first = outcomes.by_namespace["fast"][0].result
@@ -192,7 +193,7 @@ def test_failures_back_off_exponentially_and_are_recorded(
     )
     outcomes.wait_for("flaky", 4)
     runs = list(reversed(store.runs("flaky")))[:4]
-    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(runs, runs[1:])]
+    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in itertools.pairwise(runs)]
     for gap, expected in zip(gaps, (0.2, 0.4, 0.4), strict=True):
         assert expected - 0.02 <= gap <= expected + 0.4, gaps
     assert {(r.status, r.error_class) for r in runs} == {("failed", "UpstreamUnavailableError")}
