@@ -59,7 +59,7 @@ def create_engine(
     """
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise ConfigurationError(
             "the database URL could not be parsed: give a SQLAlchemy URL such as "
             "sqlite:///path/cache.db or postgresql+psycopg://user@host/db"

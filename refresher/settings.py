@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     def _parse_url(cls, value: str) -> str:
         try:
             make_url(value)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             raise ValueError(
                 "must be a SQLAlchemy URL such as sqlite:///path/cache.db, "
                 "postgresql+psycopg://user@host/db or mssql+pyodbc://server/db?driver=..."

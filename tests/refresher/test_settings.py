@@ -47,6 +47,7 @@ def test_the_azure_sdk_variables_are_read_without_a_prefix(
         ("AZURE_AUTHORITY_HOST", "http://login.example", "must be an https host"),
         ("CACHE_REFRESHER_SECRETS", "good,bad_name", "'bad_name' are not Key Vault secret names"),
         ("CACHE_REFRESHER_DATABASE_URL", "not a url", "must be a SQLAlchemy URL"),
+        ("CACHE_REFRESHER_DATABASE_URL", "postgresql://u@h:port/db", "must be a SQLAlchemy URL"),
         ("CACHE_REFRESHER_PORT", "0", "greater than or equal to 1"),
         ("CACHE_REFRESHER_LOG_LEVEL", "LOUD", "must be one of DEBUG"),
         ("CACHE_REFRESHER_IDENTITY", "magic", "Input should be 'auto'"),
