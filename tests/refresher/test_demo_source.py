@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import orjson
+import time
 
-from refresher.sources.base import Source
-from refresher.sources.demo import DemoSource
+import orjson
+import pytest
+
+from refresher.errors import ConfigurationError
+from refresher.sources.base import FetchContext, Source
+from refresher.sources.demo import DemoSource, from_options
 
 
 def _by_key(items: list[dict[str, object]]) -> dict[str, bytes]:
@@ -80,3 +84,23 @@ def test_demo_source_is_a_source() -> None:
         "sku-000002",
         "sku-000003",
     ]
+
+
+def test_each_simulated_page_is_reported_to_the_fetch_context() -> None:
+    pages: list[tuple[int, int | None]] = []
+    DemoSource(size=250).fetch(
+        FetchContext(progress=lambda done, total: pages.append((done, total)))
+    )
+    assert pages == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_fetch_seconds_plays_a_slow_upstream() -> None:
+    source = from_options("slow", {"size": 10, "fetch_seconds": 0.2})
+    started = time.monotonic()
+    source.fetch()
+    assert time.monotonic() - started >= 0.2
+
+
+def test_negative_fetch_seconds_are_refused_naming_the_namespace() -> None:
+    with pytest.raises(ConfigurationError, match="namespace 'slow': demo source: fetch_seconds"):
+        from_options("slow", {"fetch_seconds": -1})
