@@ -22,6 +22,11 @@ token or an API key (:mod:`devstack.upstream_auth`), with page faults
     stack.upstream_faults.malformed_page(2)        # one-shot page faults, see upstream_faults
     stack.upstream_counters["list_users"]          # requests per route name
 
+What a client must know: next links carry ``$top`` and the page token but never
+the credential (an ``api_key`` query parameter must be added to every page, and
+httpx logs request URLs at INFO: prefer the header); pages are keyset pages
+(see :mod:`devstack.upstream_users`); page faults count pages from 1.
+
 Changing the directory between refreshes (``add_users``, ``update_user``,
 ``remove_user``) lets a test predict the diff a refresh writes; ``users()`` is
 what a complete listing returns. ``options.max_page_size`` (999, Graph's

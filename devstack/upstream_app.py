@@ -114,16 +114,14 @@ class _Operations:
         size = page_size(query.get(style.size_parameter), maximum=self.options.max_page_size)
         position = decode_token(query.get(style.position_parameter))
         faults = {fault.kind: fault for fault in self.faults.take_page(name, position.page)}
-        if PageFaultKind.FAIL in faults:
-            raise fault_error(
-                faults[PageFaultKind.FAIL].status, faults[PageFaultKind.FAIL].retry_after
-            )
+        if (failure := faults.get(PageFaultKind.FAIL)) is not None:
+            raise fault_error(failure.status, failure.retry_after)
         body, headers = self._body(style, position, size, faults)
-        if PageFaultKind.HOOK in faults and (callback := faults[PageFaultKind.HOOK].callback):
-            await anyio.to_thread.run_sync(callback)
+        if (hook := faults.get(PageFaultKind.HOOK)) is not None and hook.callback is not None:
+            await anyio.to_thread.run_sync(hook.callback)
         content = _serialise(body, faults)
-        if PageFaultKind.SLOW in faults:
-            await anyio.sleep(faults[PageFaultKind.SLOW].seconds)
+        if (slow := faults.get(PageFaultKind.SLOW)) is not None:
+            await anyio.sleep(slow.seconds)
         headers.update(_request_ids(request))
         return _respond(content, faults, headers, style.media_type)
 

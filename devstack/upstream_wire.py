@@ -27,6 +27,8 @@ GRAPH_MEDIA_TYPE = (
     "IEEE754Compatible=false;charset=utf-8"
 )
 FAULT_CODES = {
+    401: ("InvalidAuthenticationToken", "Access token validation failure (devstack fault)."),
+    403: ("Authorization_RequestDenied", "Insufficient privileges (devstack fault injection)."),
     429: ("TooManyRequests", "Too many requests (devstack fault injection)."),
     500: ("generalException", "An internal error occurred (devstack fault injection)."),
     502: ("UnknownError", "Bad gateway (devstack fault injection)."),

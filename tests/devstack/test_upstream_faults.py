@@ -64,6 +64,18 @@ def test_failed_page_fails_count_times(stack: DevStack, upstream: Upstream) -> N
     assert statuses == [500, 500, 200]
 
 
+def test_failed_page_with_401_looks_like_a_rejected_token(
+    stack: DevStack, upstream: Upstream
+) -> None:
+    stack.upstream_faults.fail_page(1, status=401)
+
+    response = upstream.get("/v1.0/users")
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert response.json()["error"]["code"] == "InvalidAuthenticationToken"
+
+
 def test_slow_page_times_out_a_client_then_answers_at_once(
     stack: DevStack, upstream: Upstream
 ) -> None:
