@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from refresher.cache import CacheStore, lease_name
 from refresher.db import IMMEDIATE
 from refresher.errors import LeaseHeldError, LeaseLostError
-from refresher.lease import LeaseManager
+from refresher.lease import LeaseKeeper, LeaseManager
 
 SHORT_TTL = 0.4
 
@@ -131,3 +131,24 @@ def test_apply_under_a_held_lease_keeps_it(engine: Engine) -> None:
 def test_a_ttl_must_be_positive(engine: Engine) -> None:
     with pytest.raises(ValueError, match="positive"):
         LeaseManager(engine, ttl=0)
+
+
+def test_a_kept_lease_outlives_its_ttl_while_the_work_runs(engine: Engine) -> None:
+    keeper_manager = LeaseManager(engine, holder="keeper", ttl=SHORT_TTL)
+    lease = keeper_manager.acquire("refresh:a")
+    with LeaseKeeper(keeper_manager, lease) as kept:
+        time.sleep(SHORT_TTL * 2.5)
+        with pytest.raises(LeaseHeldError, match="held by 'keeper'"):
+            LeaseManager(engine, holder="other").acquire("refresh:a")
+        assert not kept.lost.is_set()
+    with engine.begin() as conn:
+        keeper_manager.confirm(conn, lease)  # still ours, same token: fencing passes
+
+
+def test_a_kept_lease_taken_over_is_reported_lost(engine: Engine) -> None:
+    keeper_manager = LeaseManager(engine, holder="keeper", ttl=SHORT_TTL)
+    lease = keeper_manager.acquire("refresh:a")
+    keeper_manager.release(lease)
+    LeaseManager(engine, holder="thief", ttl=30).acquire("refresh:a")
+    with LeaseKeeper(keeper_manager, lease) as kept:
+        assert kept.lost.wait(SHORT_TTL * 3)
