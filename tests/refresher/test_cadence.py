@@ -50,9 +50,7 @@ def test_every_replica_draws_the_same_jitter_for_the_same_history() -> None:
 
 def test_jitter_spreads_due_times_within_its_fraction_of_the_interval() -> None:
     schedule = Schedule(60.0, None, 0.2)
-    dues = [
-        due_at("users", schedule, History(T0 + seconds(n), 0), NO_JITTER) for n in range(200)
-    ]
+    dues = [due_at("users", schedule, History(T0 + seconds(n), 0), NO_JITTER) for n in range(200)]
     gaps = [(due - (T0 + seconds(n))).total_seconds() for n, due in enumerate(dues) if due]
     assert min(gaps) >= 48.0
     assert max(gaps) <= 72.0
