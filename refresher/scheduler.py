@@ -91,6 +91,7 @@ class Scheduler:
         request_poll: float = REQUEST_POLL_SECONDS,
         backoff: Backoff | None = None,
         on_outcome: Listener | None = None,
+        error_recheck: float = ERROR_RECHECK_SECONDS,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         if workers < 1:
@@ -101,6 +102,7 @@ class Scheduler:
         self.workers = workers
         self.request_poll = timedelta(seconds=request_poll)
         self.backoff = backoff or Backoff()
+        self.error_recheck = timedelta(seconds=error_recheck)
         self._on_outcome = on_outcome
         self._clock = clock
         self._lock = threading.Lock()
@@ -201,7 +203,7 @@ class Scheduler:
                 due = self._due(self.namespaces[name])
             except CacheRefresherError as exc:
                 logger.warning("cannot plan namespace %r: %s", name, exc)
-                self._plan.look_at(name, now + timedelta(seconds=ERROR_RECHECK_SECONDS), now)
+                self._plan.look_at(name, now + self.error_recheck, now)
                 continue
             if is_due(now, due):
                 self._submit(name, None)
@@ -242,7 +244,7 @@ class Scheduler:
     # -- one job, in a worker --------------------------------------------------------------
 
     def _job(self, name: str, request: RefreshRequest | None) -> None:
-        look_again = self._clock() + timedelta(seconds=ERROR_RECHECK_SECONDS)
+        look_again = self._clock() + self.error_recheck
         try:
             look_again = self._attempt(self.namespaces[name], request)
         except Exception:  # a worker must survive anything; the loop plans again
@@ -265,7 +267,7 @@ class Scheduler:
         except (CacheRefresherError, SQLAlchemyError) as exc:
             logger.warning("cannot take the lease of namespace %r: %s", namespace.name, exc)
             self._give_back(request)
-            return started_at + timedelta(seconds=ERROR_RECHECK_SECONDS)
+            return started_at + self.error_recheck
         try:
             if self._stopping.is_set():
                 self._give_back(request)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from refresher.cache import CacheStore, RunRecord, lease_name
 from refresher.cadence import Backoff
+from refresher.db import create_engine, init_schema
 from refresher.errors import LeaseHeldError, UpstreamUnavailableError
 from refresher.lease import LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
@@ -367,3 +369,28 @@ def test_a_scheduler_starts_only_once_and_needs_a_worker(
         scheduler.start()
     with pytest.raises(ValueError, match="at least one worker"):
         Scheduler(store, [], workers=0)
+
+
+def test_the_loop_survives_a_database_without_tables_and_recovers_once_they_exist(
+    tmp_path: Path, schedulers: list[Scheduler], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="refresher")
+    engine = create_engine(f"sqlite:///{tmp_path}/bare.db")
+    store = CacheStore(engine, leases=LeaseManager(engine, holder="replica", ttl=30))
+    outcomes = Outcomes()
+    scheduler = Scheduler(
+        store, [namespace("users", DemoSource(size=5))], on_outcome=outcomes,
+        request_poll=0.05, error_recheck=0.1,
+    )  # fmt: skip
+    schedulers.append(scheduler)
+    scheduler.start()
+    deadline = time.monotonic() + WAIT
+    while "cannot poll refresh requests" not in caplog.text or "cannot plan" not in caplog.text:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.02)
+    assert "check that the database is reachable" in caplog.text
+    init_schema(engine)
+    (outcome,) = outcomes.wait_for("users", 1)[:1]
+    assert outcome.result is not None
+    scheduler.stop(grace=1)
+    engine.dispose()
