@@ -173,12 +173,17 @@ class Scheduler:
         next_poll = self._clock()
         while not self._stopping.is_set():
             now = self._clock()
-            self._take_looks(now)
-            if now >= next_poll:
-                self._serve_requests(now)
-                next_poll = now + self.request_poll
-            self._start_due(now)
-            self._wake.wait(self._sleep_seconds(now, next_poll))
+            try:
+                self._take_looks(now)
+                if now >= next_poll:
+                    self._serve_requests(now)
+                    next_poll = now + self.request_poll
+                self._start_due(now)
+                pause = self._sleep_seconds(now, next_poll)
+            except Exception:  # the loop must outlive any bug in one round
+                logger.exception("the refresh scheduler's loop failed unexpectedly; going on")
+                pause = self.error_recheck.total_seconds()
+            self._wake.wait(pause)
             self._wake.clear()
 
     def _sleep_seconds(self, now: datetime, next_poll: datetime) -> float:
