@@ -42,7 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from refresher.bulk import Progress, positional_dialect, write_changes
 from refresher.cursor import decode_cursor, encode_cursor
-from refresher.db import IMMEDIATE, utcnow
+from refresher.db import IMMEDIATE, db_now, utcnow
 from refresher.errors import (
     CacheRefresherError,
     ConfigurationError,
@@ -274,7 +274,7 @@ class CacheStore:
             ).scalar()
             if (0 if current is None else int(current)) != known.generation:
                 raise LeaseLostError(lease.name, lease.holder)  # someone else wrote meanwhile
-            now = utcnow()
+            now = db_now(conn)  # one clock for every replica's run times
             write_changes(conn, namespace, changes, generation, now, progress)
             self._save_state(
                 conn, namespace, current is not None, generation, len(changes.memo), now,
@@ -349,7 +349,7 @@ class CacheStore:
             run_id = conn.execute(
                 refresh_runs.insert().values(
                     namespace=namespace,
-                    started_at=utcnow(),
+                    started_at=db_now(conn),
                     status="running",
                     rows_inserted=0,
                     rows_updated=0,
@@ -372,9 +372,9 @@ class CacheStore:
         status = "abandoned" if interrupted else "failed"
         error_class = type(exc).__name__
         message = describe_error(exc)
-        now = utcnow()
         try:
             with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
+                now = db_now(conn)
                 conn.execute(
                     refresh_runs.update()
                     .where(refresh_runs.c.id == run_id)
@@ -386,15 +386,20 @@ class CacheStore:
                         secret_versions=_dump_versions(secret_versions),
                     )
                 )
-                conn.execute(
-                    namespaces.update()
-                    .where(namespaces.c.namespace == namespace)
-                    .values(
-                        last_attempt_at=now,
-                        last_error_class=error_class,
-                        last_error_message=message,
-                    )
+                error = {
+                    "last_attempt_at": now,
+                    "last_error_class": error_class,
+                    "last_error_message": message,
+                }
+                updated = conn.execute(
+                    namespaces.update().where(namespaces.c.namespace == namespace).values(error)
                 )
+                if updated.rowcount == 0:  # never refreshed: keep the error where operators look
+                    conn.execute(
+                        namespaces.insert().values(
+                            namespace=namespace, generation=0, row_count=0, **error
+                        )
+                    )
         except SQLAlchemyError:
             pass  # the database is what failed; the run stays "running" until the next one
 
@@ -442,7 +447,7 @@ class CacheStore:
         """The state of one namespace."""
         try:
             with self.engine.connect() as conn:
-                return self._require_namespace(conn, namespace)
+                return self._require_namespace(conn, namespace, with_data=False)
         except SQLAlchemyError as exc:
             raise _store_error(f"read of namespace {namespace!r}", exc) from exc
 
@@ -473,9 +478,12 @@ class CacheStore:
             for row in rows
         ]
 
-    def _require_namespace(self, conn: Connection, namespace: str) -> NamespaceInfo:
+    def _require_namespace(
+        self, conn: Connection, namespace: str, *, with_data: bool = True
+    ) -> NamespaceInfo:
+        """The namespace's state; not found unless it was ever refreshed (``with_data``)."""
         row = conn.execute(sa.select(namespaces).where(namespaces.c.namespace == namespace)).first()
-        if row is None:
+        if row is None or (with_data and row.refreshed_at is None):
             raise NamespaceNotFoundError(namespace)
         return NamespaceInfo(*row)
 

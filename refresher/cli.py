@@ -146,7 +146,7 @@ def run() -> None:
         stop_on_signals(stop),
         reported_errors(),
         open_services(settings) as services,
-        cache_engine(settings) as engine,
+        cache_engine(settings, identity=services.identity) as engine,
     ):
         store = _store(settings, engine)
         check_tables(store)
@@ -225,7 +225,7 @@ def refresh(
     with (
         reported_errors(),
         open_services(settings, background=False) as services,
-        cache_engine(settings) as engine,
+        cache_engine(settings, identity=services.identity) as engine,
         RefreshProgress(errors) as progress,
     ):
         outcome = refresh_now(

@@ -31,6 +31,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 from refresher.db_tokens import ConnectRetry, TokenConnector, TokenExpiry, token_method
 from refresher.errors import ConfigurationError, StoreError
 from refresher.identity.build import build_credential
+from refresher.identity.credential import AppIdentity
 from refresher.schema import metadata
 from refresher.settings import DatabaseAuth, Settings
 
@@ -79,16 +80,20 @@ def create_engine(
 
 
 @contextmanager
-def cache_engine(settings: Settings) -> Iterator[Engine]:
+def cache_engine(settings: Settings, *, identity: AppIdentity | None = None) -> Iterator[Engine]:
     """The cache database engine for the lifetime of a command or app, disposed after.
 
     With ``CACHE_REFRESHER_DATABASE_AUTH=entra`` it logs in with the app
-    identity's tokens; the identity is built from the same settings, renews
-    its tokens in the background meanwhile, and is closed after.
+    identity's tokens: ``identity`` when the caller already has one (one token
+    cache per process), else one built from the same settings, renewing its
+    tokens in the background meanwhile and closed after.
     """
-    identity = build_credential(settings) if settings.database_auth == "entra" else None
-    if identity is not None:
+    owned = identity is None and settings.database_auth == "entra"
+    if owned:
+        identity = build_credential(settings)
         identity.start()
+    if settings.database_auth != "entra":
+        identity = None
     try:
         engine = create_engine(
             settings.database_url, credential=identity, database_auth=settings.database_auth
@@ -98,7 +103,7 @@ def cache_engine(settings: Settings) -> Iterator[Engine]:
         finally:
             engine.dispose()
     finally:
-        if identity is not None:
+        if owned and identity is not None:
             identity.close()
 
 

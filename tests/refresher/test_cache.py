@@ -345,3 +345,23 @@ def test_a_failed_run_records_the_secret_versions_it_used(store: CacheStore) -> 
         store.apply("rotating", [{"no": "key"}], secret_versions={"api-key": ["v7"]})
 
     assert store.runs("rotating")[0].secret_versions == {"api-key": ["v7"]}
+
+
+def test_a_namespace_whose_first_refresh_failed_shows_the_error_but_no_data(
+    store: CacheStore,
+) -> None:
+    with pytest.raises(InvalidItemsError):
+        store.apply("fresh", [{"no": "key"}])
+
+    info = store.namespace("fresh")
+    assert info.refreshed_at is None and info.last_error_class == "InvalidItemsError"
+    assert [n.namespace for n in store.namespaces()] == ["fresh"]
+    with pytest.raises(NamespaceNotFoundError, match="has no data yet"):
+        store.page("fresh")
+    with pytest.raises(NamespaceNotFoundError):
+        store.get_item("fresh", "a")
+
+    store.apply("fresh", [{"id": "a"}])
+
+    assert store.get_item("fresh", "a").generation == 1
+    assert store.namespace("fresh").last_error_class is None
