@@ -102,12 +102,12 @@ def cached_ids(store: CacheStore) -> list[str]:
 
 
 def holding(store: CacheStore) -> tuple[int, int] | None:
-    """The namespace's generation and row count (``None`` before its first refresh)."""
+    """The namespace's generation and row count (``None`` before its first successful refresh)."""
     try:
         info = store.namespace(NS)
     except NamespaceNotFoundError:
         return None
-    return info.generation, info.row_count
+    return None if info.refreshed_at is None else (info.generation, info.row_count)
 
 
 def fails_cleanly(
