@@ -14,7 +14,7 @@ help:
 	@echo "make run     serve the demo namespace on http://127.0.0.1:8000 (cache-refresher dev)"
 	@echo "make test    run the whole test suite (needs PostgreSQL, see README.md)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
-	@echo "make bench   refresh benchmark on SQLite and PostgreSQL (bench/refresh.py)"
+	@echo "make bench   refresh benchmarks on SQLite and PostgreSQL (bench/refresh.py, bench/upstream.py)"
 	@echo "make clean   remove the venv, caches and the dev database"
 
 $(BIN)/python:
@@ -53,6 +53,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/refresh.py
+	$(BIN)/python bench/upstream.py
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build *.egg-info

@@ -25,6 +25,9 @@ and prints the top costs of the baseline, the full load and the 1% refreshes.
 
 PostgreSQL runs in a schema of its own (``bench_<random>``, dropped at the
 end); SQLite in a temporary directory (removed at the end).
+
+``bench/upstream.py`` measures the whole upstream path (the ``http_json``
+source against devstack's Graph-like API, then the store) with these engines.
 """
 
 from __future__ import annotations
@@ -366,11 +369,11 @@ def profile_engine(
             stats = pstats.Stats(profiler, stream=buffer)
             stats.sort_stats(sort).print_stats(top)
             out(f"\n### {name}: {scenario} ({elapsed:.2f} s under cProfile), top {top} by {sort}")
-            out(_trim_stats(buffer.getvalue()))
+            out(trim_stats(buffer.getvalue()))
     reset_tables(engine)
 
 
-def _trim_stats(text: str) -> str:
+def trim_stats(text: str) -> str:
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
     return "\n".join(line.replace(sys.prefix, "<venv>") for line in lines[start:] if line.strip())
@@ -483,7 +486,7 @@ def targets(r: EngineResults) -> list[tuple[str, bool, str]]:
             (
                 f"{full} >= {FULL_LOAD_MIN_RATIO:.0%} of the baseline's rows/s",
                 full_ratio >= FULL_LOAD_MIN_RATIO,
-                f"{full_ratio:.0%}",
+                f"{full_ratio:.1%}",
             )
         )
     for scenario in (CHANGED, CHANGED_COLD, CHANGED + V, CHANGED_COLD + V):

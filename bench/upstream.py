@@ -1,0 +1,607 @@
+"""Benchmark of the upstream path: the http_json source against the devstack Graph-like API.
+
+Run: ``python bench/upstream.py [--engines sqlite,postgresql] [--items 100000]
+[--pages 100] [--repeats 3] [--postgres-url URL] [--markdown] [--profile]``.
+
+A DevStack starts in a temporary directory (every server on 127.0.0.1, in this
+process's threads; stopped at the end) serving ``--items`` users over
+``--pages`` pages of ``/v1.0/users`` (``@odata.nextLink``), behind an app token
+for ``https://graph.devstack.local/.default`` that the ``service`` app gets
+through our ``AppIdentity``. Each repeat runs, per engine, in this order:
+
+- ``bare fetch``: the floor. The same pages with a plain ``httpx.Client`` loop:
+  GET with the same bearer token, ``orjson.loads`` each body, follow
+  ``@odata.nextLink``; nothing else;
+- ``http_json fetch only``: ``source.fetch(context)`` consumed to the end,
+  nothing stored: the source's own overhead (options, auth session, retry
+  wrapper, streamed body with a size limit, JSON pointer, origin check);
+- ``bare fetch + raw executemany``: not a refresh but a plain hand-written
+  load to compare the store with: the bare fetch (all items kept), then
+  ``bench/refresh.py``'s raw baseline (the rows as the store binds them,
+  canonical JSON and SHA-256 included, in one plain DBAPI ``executemany`` into
+  an empty table with ``cache_entries``' DDL);
+- ``refresh, full load``: ``CacheStore.apply(ns, source.fetch(context), ...)``
+  into an empty namespace on freshly created tables;
+- ``refresh, unchanged``: the same directory again (same store, as in the
+  running service);
+- ``refresh, 1% changed``: after 1% of the users were changed upstream
+  (``update_user``; restored afterwards, so every repeat loads the same data).
+
+Each end-to-end figure is compared with the bare fetch of the same engine in
+the same run (medians of the repeats; the target, issue 4: the full-load
+refresh takes at most 2x the bare fetch's time). Times are wall clock; "client
+CPU" is the benchmark thread's CPU time, "upstream CPU" that of the other
+threads of the process (the devstack servers, which share the GIL with the
+client: a remote API would not). ``--profile`` runs one sequence of the
+end-to-end steps under cProfile (the client thread only) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import pstats
+import random
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import sqlalchemy as sa
+from refresh import (
+    DEFAULT_POSTGRES_URL,
+    baseline_rows,
+    machine_info,
+    postgresql_engine,
+    raw_insert,
+    reset_tables,
+    settle,
+    sqlite_engine,
+    trim_stats,
+)
+from sqlalchemy.engine import Engine
+
+from devstack.stack import DevStack
+from devstack.upstream import UPSTREAM_RESOURCE
+from refresher.cache import CacheStore
+from refresher.identity import AppIdentity
+from refresher.identity.msal_client import MsalTokenRequest, RecordingSession
+from refresher.sources import FetchContext
+from refresher.sources.http_json import HttpJsonSource
+from refresher.sources.http_options import parse_options
+
+SCOPE = f"{UPSTREAM_RESOURCE}/.default"
+SEED = 20240601
+CHANGED_FRACTION = 0.01
+NAMESPACE = "bench-users"
+
+# Target (issue 4, "Done when"): the refresh costs at most 2x the bare fetch.
+REFRESH_MAX_TIME_RATIO = 2.0
+
+BARE = "bare fetch (httpx + orjson)"
+SOURCE = "http_json fetch only"
+HAND_WRITTEN = "bare fetch + raw executemany"
+FULL = "refresh, full load"
+UNCHANGED = "refresh, unchanged"
+CHANGED = "refresh, 1% changed"
+SCENARIOS = (BARE, SOURCE, HAND_WRITTEN, FULL, UNCHANGED, CHANGED)
+
+
+# -- the upstream --------------------------------------------------------------------
+
+
+@dataclass
+class Upstream:
+    """The running devstack, the service's identity and what a fetch needs."""
+
+    stack: DevStack
+    identity: AppIdentity
+    users: int
+    page_size: int
+
+    @property
+    def url(self) -> str:
+        return f"{self.stack.upstream_url}/v1.0/users"
+
+    def source(self) -> HttpJsonSource:
+        options = {
+            "url": self.url,
+            "auth": "app_token",
+            "scope": SCOPE,
+            "pagination": "odata",
+            "page_size": self.page_size,
+            "ca_bundle": str(self.stack.ca_path),
+        }
+        return HttpJsonSource(parse_options(NAMESPACE, options), namespace=NAMESPACE)
+
+    def context(self) -> FetchContext:
+        return FetchContext(credential=self.identity)
+
+    def change_users(self, seed: int) -> Callable[[], None]:
+        """Change 1% of the users upstream; returns what restores them."""
+        api = self.stack.upstream
+        rng = random.Random(seed)
+        ids = [user["id"] for user in api.users()]
+        chosen = rng.sample(ids, max(1, round(len(ids) * CHANGED_FRACTION)))
+        originals = [api.directory.user(user_id) for user_id in chosen]
+        for n, user_id in enumerate(chosen):
+            api.update_user(
+                user_id, jobTitle=f"Benchmark {seed}-{n}", officeLocation=rng.choice("ABCDEF")
+            )
+
+        def restore() -> None:
+            for original in originals:
+                changes = {key: value for key, value in original.items() if key != "id"}
+                api.update_user(original["id"], **changes)
+
+        return restore
+
+
+@contextlib.contextmanager
+def running_upstream(users: int, pages: int, log: Callable[[str], None]) -> Iterator[Upstream]:
+    page_size = -(-users // pages)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-upstream-") as directory,
+        DevStack(directory=Path(directory)) as stack,
+    ):
+        log(f"devstack: {users:,} users, pages of {page_size:,}...")
+        stack.upstream.set_users(users, seed=SEED)
+        stack.upstream.options.max_page_size = max(page_size, stack.upstream.options.max_page_size)
+        service = stack.service
+        assert service.client_secret is not None
+        request = MsalTokenRequest(
+            authority=stack.authority,
+            client_id=service.client_id,
+            secret=service.client_secret,
+            session=RecordingSession(ca_bundle=stack.ca_path),
+        )
+        with AppIdentity([request], tenant_id=stack.tenant_id, client_id=service.client_id) as me:
+            yield Upstream(stack, me, users, page_size)
+
+
+# -- the steps -----------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    items: int
+    pages: int = 0
+    written: int | None = None
+
+
+def bare_pages(upstream: Upstream) -> Callable[[], Iterator[list[dict[str, Any]]]]:
+    """The floor: plain httpx, the same token, orjson, ``@odata.nextLink``; each page's items."""
+    token = upstream.identity.get_token(SCOPE).token
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    verify = ssl.create_default_context(cafile=str(upstream.stack.ca_path))
+
+    def pages() -> Iterator[list[dict[str, Any]]]:
+        url: str | None = f"{upstream.url}?$top={upstream.page_size}"
+        with httpx.Client(verify=verify) as client:
+            while url is not None:
+                response = client.get(url, headers=headers)
+                response.raise_for_status()
+                body = orjson.loads(response.content)
+                yield body["value"]
+                url = body.get("@odata.nextLink")
+
+    return pages
+
+
+def bare_fetch(upstream: Upstream) -> Callable[[], Outcome]:
+    pages = bare_pages(upstream)
+
+    def step() -> Outcome:
+        outcome = Outcome(0)
+        for items in pages():
+            outcome.items += len(items)
+            outcome.pages += 1
+        return outcome
+
+    return step
+
+
+def bare_load(upstream: Upstream, engine: Engine, table: sa.Table) -> Callable[[], Outcome]:
+    """A plain hand-written load: the bare fetch, then bench/refresh.py's baseline
+    (rows as the store binds them: canonical JSON, SHA-256; one ``executemany``)."""
+    pages = bare_pages(upstream)
+
+    def step() -> Outcome:
+        items = [item for page in pages() for item in page]
+        rows = baseline_rows(items, engine)
+        raw_insert(engine, table, rows)
+        return Outcome(len(items), written=len(rows))
+
+    return step
+
+
+def source_fetch(upstream: Upstream) -> Callable[[], Outcome]:
+    def step() -> Outcome:
+        source = upstream.source()
+        pages = []
+        context = FetchContext(credential=upstream.identity, progress=lambda n, _: pages.append(n))
+        try:
+            items = sum(1 for _ in source.fetch(context))
+        finally:
+            source.close()
+        return Outcome(items, len(pages))
+
+    return step
+
+
+def refresh(upstream: Upstream, store: CacheStore) -> Callable[[], Outcome]:
+    def step() -> Outcome:
+        source = upstream.source()
+        context = upstream.context()
+        counted = Counted(source.fetch(context))
+        try:
+            result = store.apply(
+                NAMESPACE, counted, key_field="id", secret_versions=context.secret_versions
+            )
+        finally:
+            source.close()
+        return Outcome(counted.count, written=result.written)
+
+    return step
+
+
+class Counted:
+    """The items, counted as they pass (the store's result counts rows, not items)."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._items = items
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self._items:
+            self.count += 1
+            yield item
+
+
+# -- measuring -----------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    seconds: float
+    client_cpu: float
+    other_cpu: float
+    outcome: Outcome
+
+
+@dataclass
+class EngineResults:
+    engine: str
+    items: int
+    samples: dict[str, list[Sample]] = field(default_factory=lambda: {s: [] for s in SCENARIOS})
+
+    def median(self, scenario: str) -> float:
+        return statistics.median(s.seconds for s in self.samples[scenario])
+
+    def spread(self, scenario: str) -> tuple[float, float]:
+        seconds = [s.seconds for s in self.samples[scenario]]
+        return min(seconds), max(seconds)
+
+    def cpu(self, scenario: str) -> tuple[float, float]:
+        samples = self.samples[scenario]
+        return (
+            statistics.median(s.client_cpu for s in samples),
+            statistics.median(s.other_cpu for s in samples),
+        )
+
+    def written(self, scenario: str) -> int | None:
+        values = [s.outcome.written for s in self.samples[scenario]]
+        return None if None in values else int(statistics.median(v or 0 for v in values))
+
+    def rate(self, scenario: str) -> float:
+        return self.items / self.median(scenario)
+
+    def ratio(self, scenario: str) -> float:
+        """Time against the bare fetch's (medians of the same run)."""
+        return self.median(scenario) / self.median(BARE)
+
+
+def timed(step: Callable[[], Outcome], expected: int) -> Sample:
+    wall, thread, process = time.perf_counter(), time.thread_time(), time.process_time()
+    outcome = step()
+    seconds = time.perf_counter() - wall
+    client = time.thread_time() - thread
+    other = time.process_time() - process - client
+    if outcome.items != expected:
+        raise RuntimeError(f"fetched {outcome.items} items, expected {expected}")
+    return Sample(seconds, client, other, outcome)
+
+
+def run(
+    upstream: Upstream,
+    engines: dict[str, Engine],
+    repeats: int,
+    log: Callable[[str], None],
+) -> list[EngineResults]:
+    """Repeats interleaved across engines: repeat 1 on each engine, then repeat 2..."""
+    results = {name: EngineResults(name, upstream.users) for name in engines}
+    bare = bare_fetch(upstream)
+    for repeat in range(repeats):
+        for name, engine in engines.items():
+            baseline = reset_tables(engine)
+            store = CacheStore(engine)
+            steps: list[tuple[str, Callable[[], Outcome]]] = [
+                (BARE, bare),
+                (SOURCE, source_fetch(upstream)),
+                (HAND_WRITTEN, bare_load(upstream, engine, baseline)),
+                (FULL, refresh(upstream, store)),
+                (UNCHANGED, refresh(upstream, store)),
+                (CHANGED, refresh(upstream, store)),
+            ]
+            restore: Callable[[], None] | None = None
+            try:
+                for scenario, step in steps:
+                    if scenario == CHANGED:
+                        restore = upstream.change_users(SEED + 1 + repeat)
+                    settle(engine)
+                    sample = timed(step, upstream.users)
+                    results[name].samples[scenario].append(sample)
+                    written = sample.outcome.written
+                    log(
+                        f"  {name} repeat {repeat + 1}/{repeats}: {scenario}: "
+                        f"{sample.seconds:.3f} s"
+                        + ("" if written is None else f", {written:,} rows written")
+                    )
+            finally:
+                if restore is not None:
+                    restore()
+    for engine in engines.values():
+        reset_tables(engine)
+    return list(results.values())
+
+
+def profile(
+    upstream: Upstream, engines: dict[str, Engine], top: int, out: Callable[[str], None]
+) -> None:
+    """One sequence under cProfile (client thread): bare fetch, source, full, 1% refresh."""
+    for name, engine in engines.items():
+        reset_tables(engine)
+        store = CacheStore(engine)
+        steps = [
+            (BARE, bare_fetch(upstream)),
+            (SOURCE, source_fetch(upstream)),
+            (FULL, refresh(upstream, store)),
+            (CHANGED, refresh(upstream, store)),
+        ]
+        restore: Callable[[], None] | None = None
+        try:
+            for scenario, step in steps:
+                if scenario == CHANGED:
+                    restore = upstream.change_users(SEED)
+                settle(engine)
+                profiler = cProfile.Profile()
+                started = time.perf_counter()
+                profiler.runcall(step)
+                elapsed = time.perf_counter() - started
+                for sort in ("tottime", "cumulative"):
+                    buffer = io.StringIO()
+                    pstats.Stats(profiler, stream=buffer).sort_stats(sort).print_stats(top)
+                    out(f"\n### {name}: {scenario} ({elapsed:.2f} s under cProfile), by {sort}")
+                    out(trim_stats(buffer.getvalue()))
+        finally:
+            if restore is not None:
+                restore()
+        reset_tables(engine)
+
+
+# -- reporting -----------------------------------------------------------------------
+
+HEADER = [
+    "scenario",
+    "median s",
+    "min-max s",
+    "client CPU s",
+    "upstream CPU s",
+    "items/s",
+    "rows written",
+    "time vs bare fetch",
+]
+
+
+def table_rows(r: EngineResults) -> list[list[str]]:
+    rows = []
+    for scenario in SCENARIOS:
+        low, high = r.spread(scenario)
+        client, other = r.cpu(scenario)
+        written = r.written(scenario)
+        rows.append(
+            [
+                scenario,
+                f"{r.median(scenario):.3f}",
+                f"{low:.3f}-{high:.3f}",
+                f"{client:.3f}",
+                f"{other:.3f}",
+                f"{r.rate(scenario):,.0f}",
+                "" if written is None else f"{written:,}",
+                f"{r.ratio(scenario):.2f}x",
+            ]
+        )
+    return rows
+
+
+def targets(r: EngineResults) -> list[tuple[str, bool | None, str]]:
+    """(label, pass / fail / None for figures that are not targets, figure)."""
+    full = r.ratio(FULL)
+    checks: list[tuple[str, bool | None, str]] = [
+        (
+            f"{FULL}: <= {REFRESH_MAX_TIME_RATIO:g}x the bare fetch's time",
+            full <= REFRESH_MAX_TIME_RATIO,
+            f"{full:.2f}x",
+        )
+    ]
+    for scenario in (UNCHANGED, CHANGED, SOURCE, HAND_WRITTEN):
+        checks.append(
+            (f"(not a target) {scenario} vs the bare fetch", None, f"{r.ratio(scenario):.2f}x")
+        )
+    checks.append(
+        (
+            f"(not a target) {FULL} vs {HAND_WRITTEN}",
+            None,
+            f"{r.median(FULL) / r.median(HAND_WRITTEN):.2f}x",
+        )
+    )
+    one_percent = round(r.items * CHANGED_FRACTION)
+    checks.append(
+        (f"{FULL}: writes every item", r.written(FULL) == r.items, f"{r.written(FULL):,}")
+    )
+    checks.append(
+        (f"{UNCHANGED}: writes 0 rows", r.written(UNCHANGED) == 0, f"{r.written(UNCHANGED):,}")
+    )
+    checks.append(
+        (
+            f"{CHANGED}: writes the changed rows",
+            r.written(CHANGED) == one_percent,
+            f"{r.written(CHANGED):,}",
+        )
+    )
+    return checks
+
+
+def verdict(ok: bool | None, *, markdown: bool) -> str:
+    if ok is None:
+        return "-" if markdown else "INFO"
+    if markdown:
+        return "pass" if ok else "**FAIL**"
+    return "PASS" if ok else "FAIL"
+
+
+def describe(upstream: Upstream, r: EngineResults) -> str:
+    repeats = len(r.samples[FULL])
+    pages = r.samples[SOURCE][0].outcome.pages
+    return (
+        f"{r.engine}: {r.items:,} items over {pages} pages of {upstream.page_size:,}, "
+        f"median of {repeats} repeats"
+    )
+
+
+def render_text(
+    info: list[tuple[str, str]],
+    command: str,
+    upstream: Upstream,
+    page_bytes: int,
+    results: list[EngineResults],
+) -> str:
+    out = ["Machine"]
+    out += [f"  {key:<24} {value}" for key, value in info]
+    out.append(f"  {'command':<24} {command}")
+    out.append(f"  {'transferred':<24} {page_bytes:,} bytes of JSON per fetch")
+    for r in results:
+        out.append(f"\n{describe(upstream, r)}")
+        rows = [HEADER, *table_rows(r)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+        for n, row in enumerate(rows):
+            cells = [
+                cell.ljust(width) if i == 0 else cell.rjust(width)
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            ]
+            out.append("  " + "  ".join(cells))
+            if n == 0:
+                out.append("  " + "  ".join("-" * width for width in widths))
+        out.append("  targets:")
+        for label, ok, value in targets(r):
+            out.append(f"    [{verdict(ok, markdown=False)}] {label}: {value}")
+    return "\n".join(out)
+
+
+def render_markdown(
+    info: list[tuple[str, str]],
+    command: str,
+    upstream: Upstream,
+    page_bytes: int,
+    results: list[EngineResults],
+) -> str:
+    today = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [f"## Upstream run of {today}", "", f"Command: `{command}`", ""]
+    out += ["| machine | |", "|---|---|"]
+    out += [f"| {key} | {value} |" for key, value in info]
+    out.append(f"| transferred | {page_bytes:,} bytes of JSON per fetch |")
+    for r in results:
+        out += ["", f"### {describe(upstream, r)}", ""]
+        out.append("| " + " | ".join(HEADER) + " |")
+        out.append("|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|")
+        out += ["| " + " | ".join(row) + " |" for row in table_rows(r)]
+        out += ["", "| target | result | figure |", "|---|---|---:|"]
+        out += [
+            f"| {label} | {verdict(ok, markdown=True)} | {value} |"
+            for label, ok, value in targets(r)
+        ]
+    return "\n".join(out)
+
+
+def transferred(upstream: Upstream) -> int:
+    """Bytes of JSON one complete listing carries (measured once, outside the timings)."""
+    token = upstream.identity.get_token(SCOPE).token
+    verify = ssl.create_default_context(cafile=str(upstream.stack.ca_path))
+    total, url = 0, f"{upstream.url}?$top={upstream.page_size}"
+    with httpx.Client(verify=verify, headers={"Authorization": f"Bearer {token}"}) as client:
+        while url:
+            response = client.get(url)
+            response.raise_for_status()
+            total += len(response.content)
+            url = orjson.loads(response.content).get("@odata.nextLink")
+    return total
+
+
+# -- entry point ---------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engines", default="sqlite,postgresql")
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--pages", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument("--markdown", action="store_true", help="print a RESULTS.md section")
+    parser.add_argument(
+        "--profile", action="store_true", help="run one sequence under cProfile instead"
+    )
+    parser.add_argument("--top", type=int, default=20, help="functions shown with --profile")
+    args = parser.parse_args(argv)
+    names = [name.strip() for name in args.engines.split(",") if name.strip()]
+    unknown = set(names) - {"sqlite", "postgresql"}
+    if unknown:
+        parser.error(f"unknown engine(s) {sorted(unknown)}: use sqlite and/or postgresql")
+    if args.items < 100 or args.pages < 1 or args.items < args.pages or args.repeats < 1:
+        parser.error("use --items >= 100, 1 <= --pages <= --items and --repeats >= 1")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    command = "python bench/upstream.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with contextlib.ExitStack() as stack:
+        engines: dict[str, Engine] = {}
+        for name in names:
+            if name == "sqlite":
+                engines[name] = stack.enter_context(sqlite_engine())
+            else:
+                engines[name] = stack.enter_context(postgresql_engine(args.postgres_url))
+        upstream = stack.enter_context(running_upstream(args.items, args.pages, log))
+        info = machine_info(engines)
+        if args.profile:
+            profile(upstream, engines, args.top, print)
+            return 0
+        page_bytes = transferred(upstream)
+        results = run(upstream, engines, args.repeats, log)
+    render = render_markdown if args.markdown else render_text
+    print(render(info, command.strip(), upstream, page_bytes, results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
