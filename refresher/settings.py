@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         default=60.0, gt=0, le=3600, description="How long a refresh lease lasts unless renewed."
     )
     refresh_interval_seconds: float = Field(
-        default=30.0, gt=0, description="How often the dev demo namespace is refreshed."
+        default=30.0, gt=0, description="How often `cache-refresher dev` refreshes its namespaces."
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -11,12 +13,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from azure.identity import ClientSecretCredential
+from azure.keyvault.secrets import SecretClient
 from typer.testing import CliRunner
 
 from api.cli import app
@@ -127,6 +131,12 @@ def test_dev_refuses_a_port_out_of_range() -> None:
     assert "--port" in result.output
 
 
+def test_dev_refuses_an_interval_under_a_second_from_the_environment() -> None:
+    result = runner.invoke(app, ["dev"], env=_env(refresh_interval_seconds="0.5"))
+    assert result.exit_code == 2
+    assert "CACHE_REFRESHER_REFRESH_INTERVAL_SECONDS" in result.stderr
+
+
 # -- cache-refresher dev, end to end -----------------------------------------------------------
 
 
@@ -165,7 +175,7 @@ def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output,
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHE_REFRESHER_")}
     process = subprocess.Popen(
-        [str(SCRIPT), "dev", "--port", str(port), "--interval", "0.5"],
+        [str(SCRIPT), "dev", "--port", str(port), "--interval", "1"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -185,32 +195,95 @@ def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output,
         process.stdout.close()
 
 
+DEV_ROWS = {"demo": 3000, "users": 250, "users-by-key": 250}
+"""What each namespace of ``dev`` holds: the demo catalogue, devstack's upstream users twice."""
+DATA_SECONDS = 15.0
+ROTATION_SECONDS = 10.0
+"""dev --interval 1 rotates the upstream API key every 4 s."""
+JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _row_counts(base_url: str) -> dict[str, int]:
+    listed = httpx.get(f"{base_url}/v1/namespaces").json()["namespaces"]
+    return {info["namespace"]: info["row_count"] for info in listed}
+
+
+def _devstack_secrets(env_file: Path) -> dict[str, str]:
+    """What must not leak, by a printable name: dev's client secret (from the env file dev
+    writes) and every version of the upstream API key (read from the vault as that app)."""
+    env = dict(shlex.split(line)[0].split("=", 1) for line in env_file.read_text().splitlines()
+               if line and not line.startswith("#"))  # fmt: skip
+    ca = env["CACHE_REFRESHER_CA_BUNDLE"]
+    credential = ClientSecretCredential(
+        env["AZURE_TENANT_ID"], env["AZURE_CLIENT_ID"], env["AZURE_CLIENT_SECRET"],
+        authority=env["AZURE_AUTHORITY_HOST"], connection_verify=ca,
+        disable_instance_discovery=True,
+    )  # fmt: skip
+    client = SecretClient(
+        env["CACHE_REFRESHER_VAULT_URL"], credential, connection_verify=ca,
+        verify_challenge_resource=False,
+    )  # fmt: skip
+    name = env["CACHE_REFRESHER_SECRETS"]
+    with credential, client:
+        versions = [p.version for p in client.list_properties_of_secret_versions(name)]
+        values = {f"{name} {v}": client.get_secret(name, v).value or "" for v in versions}
+    return {"AZURE_CLIENT_SECRET": env["AZURE_CLIENT_SECRET"], **values}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_dev_serves_the_demo_namespace_and_stops_cleanly(
+def test_dev_serves_three_namespaces_from_its_devstack_and_stops_cleanly(
     dev_process: tuple[subprocess.Popen[str], Output, str],
     tmp_path: Path,
     stop_signal: signal.Signals,
+    leak_checked: Callable[[Iterable[str]], None],
 ) -> None:
     process, output, base_url = dev_process
     assert output.ready.wait(READY_SECONDS), f"dev printed no address:\n{output.text}"
-    assert f"curl '{base_url}/v1/namespaces/demo/items?limit=3'" in "".join(output.lines)
+    printed = "".join(output.lines)
+    for name in DEV_ROWS:
+        assert f"curl '{base_url}/v1/namespaces/{name}/items?limit=3'" in printed
+    assert "cache-refresher runs users-by-key" in printed
+    env_file = tmp_path / ".dev" / "devstack" / "service.env"
+    secrets_of_run = _devstack_secrets(env_file)
+    leak_checked(secrets_of_run.values())
 
-    (demo,) = httpx.get(f"{base_url}/v1/namespaces").json()["namespaces"]
-    assert demo["namespace"] == "demo"
-    assert demo["row_count"] == 3000
-    page = httpx.get(f"{base_url}/v1/namespaces/demo/items", params={"limit": 3}).json()
-    key = page["items"][0]["key"]
-    item = httpx.get(f"{base_url}/v1/namespaces/demo/items/{key}")
-    assert item.status_code == 200
-    assert item.json()["id"] == key
-    assert item.headers["etag"]
+    assert _wait_for(lambda: _row_counts(base_url) == DEV_ROWS, DATA_SECONDS), _row_counts(base_url)
+    for name in DEV_ROWS:
+        page = httpx.get(f"{base_url}/v1/namespaces/{name}/items", params={"limit": 3}).json()
+        key = page["items"][0]["key"]
+        item = httpx.get(f"{base_url}/v1/namespaces/{name}/items/{key}")
+        assert item.status_code == 200
+        assert item.json()["id"] == key
+        assert item.headers["etag"]
     assert (tmp_path / ".dev" / "cache.db").exists()
+    assert 'kind = "http_json"' in (tmp_path / ".dev" / "namespaces.toml").read_text()
+    rotated = _wait_for(lambda: "rotated the upstream API key" in "".join(output.lines),
+                        ROTATION_SECONDS)  # fmt: skip
+    assert rotated, "dev logged no API key rotation"
+    secrets_of_run.update(_devstack_secrets(env_file))  # with the rotated versions
+    leak_checked(secrets_of_run.values())
+    assert len(secrets_of_run) >= 3  # the client secret and at least two key versions
 
     process.send_signal(stop_signal)
     assert process.wait(STOP_SECONDS) == 0
-    assert "Stopped." in output.text
-    assert "Traceback" not in output.text
+    text = output.text
+    assert "Stopped." in text
+    assert "Traceback" not in text
+    assert not env_file.exists()  # its credentials died with the devstack
+    leaked = sorted(name for name, value in secrets_of_run.items() if value in text)
+    assert not leaked, f"devstack secrets in dev's output: {leaked}"
+    tokens = len(JWT.findall(text))
+    assert tokens == 0, f"{tokens} access token(s) in dev's output"
 
 
 # -- refresh, namespaces, runs, secrets status ---------------------------------------------
