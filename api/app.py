@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from api import problems
 from api.routes import health, namespaces
+from api.routes import metrics as metrics_routes
 from refresher import __version__
 from refresher.cache import CacheStore
 from refresher.db import cache_engine
@@ -33,7 +35,12 @@ Errors are `application/problem+json` (RFC 9457).
 """
 
 
-def create_app(settings: Settings, *, store: CacheStore | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    store: CacheStore | None = None,
+    metrics: CollectorRegistry | None = None,
+) -> FastAPI:
     """The preview app. Pass ``store`` to serve an existing one (the caller closes it);
     without it the lifespan opens an engine on ``settings.database_url`` and disposes it."""
 
@@ -59,4 +66,7 @@ def create_app(settings: Settings, *, store: CacheStore | None = None) -> FastAP
     problems.install(app)
     app.include_router(health.router)
     app.include_router(namespaces.router)
+    if metrics is not None:
+        app.state.metrics = metrics
+        app.include_router(metrics_routes.router)
     return app

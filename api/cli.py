@@ -27,6 +27,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
@@ -49,6 +50,7 @@ from refresher.cache import CacheStore
 from refresher.cli import EXIT_USAGE, app, console, fail, reported_errors, settings_or_exit
 from refresher.db import cache_engine, init_schema
 from refresher.lease import LeaseManager
+from refresher.metrics import RefreshMetrics
 from refresher.namespaces import MIN_INTERVAL_SECONDS
 from refresher.scheduler import Scheduler
 from refresher.services import open_services
@@ -110,33 +112,41 @@ def _run_dev(settings: Settings, listener: socket.socket) -> None:
         settings = devstack_settings(settings, stack, namespaces_file=NAMESPACES_FILE.resolve())
         env_file = write_env_file(settings, stack.directory)
         running.callback(env_file.unlink, missing_ok=True)
-        store = _start_refreshing(running, settings, stack)
+        store, registry = _start_refreshing(running, settings, stack)
         _announce(settings, stack, env_file)
-        _serve(settings, store, listener)
+        _serve(settings, store, registry, listener)
 
 
-def _start_refreshing(running: ExitStack, settings: Settings, stack: DevStack) -> CacheStore:
+def _start_refreshing(
+    running: ExitStack, settings: Settings, stack: DevStack
+) -> tuple[CacheStore, CollectorRegistry]:
     """Write and load the namespaces, open the identity, secret store and tables, start the
-    scheduler and the key rotation; ``running`` closes them all."""
+    scheduler (observed by the metrics) and the key rotation; ``running`` closes them all."""
     namespaces = write_namespaces(settings, stack)
     services = running.enter_context(open_services(settings))
     engine = running.enter_context(cache_engine(settings))
     init_schema(engine)
     check_columns(engine)
     store = CacheStore(engine, leases=LeaseManager(engine, ttl=settings.lease_ttl_seconds))
+    metrics = RefreshMetrics(
+        CollectorRegistry(), store=store, namespaces=namespaces,
+        identity=services.identity, secrets=services.secrets,
+    )  # fmt: skip
     scheduler = Scheduler(
         store, namespaces, services=services.for_sources(), workers=settings.refresh_workers,
-        request_poll=settings.request_poll_seconds,
+        request_poll=settings.request_poll_seconds, on_outcome=metrics.observe,
     )  # fmt: skip
     scheduler.start()
     running.callback(scheduler.stop, settings.stop_grace_seconds)
     running.enter_context(KeyRotation(stack, period=rotation_period(settings)))
-    return store
+    return store, metrics.registry
 
 
-def _serve(settings: Settings, store: CacheStore, listener: socket.socket) -> None:
+def _serve(
+    settings: Settings, store: CacheStore, registry: CollectorRegistry, listener: socket.socket
+) -> None:
     config = uvicorn.Config(
-        create_app(settings, store=store),
+        create_app(settings, store=store, metrics=registry),
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )

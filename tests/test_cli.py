@@ -267,6 +267,10 @@ def test_dev_serves_three_namespaces_from_its_devstack_and_stops_cleanly(
         assert item.headers["etag"]
     assert (tmp_path / ".dev" / "cache.db").exists()
     assert 'kind = "http_json"' in (tmp_path / ".dev" / "namespaces.toml").read_text()
+    metrics = httpx.get(f"{base_url}/metrics")
+    assert metrics.status_code == 200
+    assert 'namespace="users-by-key"' in metrics.text
+    assert "cache_refresher_refresh_duration_seconds_count" in metrics.text
     rotated = _wait_for(lambda: "rotated the upstream API key" in "".join(output.lines),
                         ROTATION_SECONDS)  # fmt: skip
     assert rotated, "dev logged no API key rotation"
