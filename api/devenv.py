@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from devstack.files import write_private
 from devstack.stack import DevStack
 from devstack.upstream import UPSTREAM_RESOURCE
+from refresher.cli import HTTP_CLIENT_LOGGERS
 from refresher.errors import StoreError
 from refresher.namespaces import Namespace, load_namespaces
 from refresher.schema import metadata
@@ -59,7 +60,7 @@ USER_FIELDS = ("id", "displayName", "mail", "jobTitle", "department")
 """The projection of the ``users`` namespace (``users-by-key`` keeps every field)."""
 DEMO, USERS, USERS_BY_KEY = "demo", "users", "users-by-key"
 JOIN_SECONDS = 5.0
-CHATTY_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "httpx")
+CHATTY_LOGGERS = HTTP_CLIENT_LOGGERS
 """Log every request (azure-core with all its headers) at INFO: warnings only in dev."""
 UVICORN_LOGGERS = ("uvicorn.access", "uvicorn.error")
 

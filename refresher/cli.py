@@ -87,6 +87,9 @@ def reported_errors() -> Iterator[None]:
         fail(str(exc), EXIT_FAILED)
 
 
+HTTP_CLIENT_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "httpx")
+
+
 def settings_or_exit(**overrides: object) -> Settings:
     """The settings from the environment and ``overrides``, or exit 2 saying what is wrong."""
     with reported_errors():
@@ -94,6 +97,11 @@ def settings_or_exit(**overrides: object) -> Settings:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.log_level != "DEBUG":
+        # Both log every request at INFO (azure-core with all its headers): noise for an
+        # operator; DEBUG brings them back.
+        for name in HTTP_CLIENT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     return settings
 
 
