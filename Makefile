@@ -11,7 +11,7 @@ ODBC_PACKAGE := unixodbc
 .PHONY: help run test lint bench clean venv system-libs
 
 help:
-	@echo "make run     serve the demo namespace on http://127.0.0.1:8000 (cache-refresher dev)"
+	@echo "make run     the whole stack in one process on http://127.0.0.1:8000 (cache-refresher dev)"
 	@echo "make test    run the whole test suite (needs PostgreSQL, see README.md)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make bench   refresh benchmarks on SQLite and PostgreSQL (bench/refresh.py, bench/upstream.py)"
