@@ -47,12 +47,18 @@ from api.devenv import (
 )
 from devstack.stack import DevStack
 from refresher.cache import CacheStore
-from refresher.cli import EXIT_USAGE, app, console, fail, reported_errors, settings_or_exit
+from refresher.cli import (
+    EXIT_USAGE,
+    app,
+    console,
+    fail,
+    observed_scheduler,
+    reported_errors,
+    settings_or_exit,
+)
 from refresher.db import cache_engine, init_schema
 from refresher.lease import LeaseManager
-from refresher.metrics import RefreshMetrics
 from refresher.namespaces import MIN_INTERVAL_SECONDS
-from refresher.scheduler import Scheduler
 from refresher.services import open_services
 from refresher.settings import Settings
 
@@ -128,14 +134,7 @@ def _start_refreshing(
     init_schema(engine)
     check_columns(engine)
     store = CacheStore(engine, leases=LeaseManager(engine, ttl=settings.lease_ttl_seconds))
-    metrics = RefreshMetrics(
-        CollectorRegistry(), store=store, namespaces=namespaces,
-        identity=services.identity, secrets=services.secrets,
-    )  # fmt: skip
-    scheduler = Scheduler(
-        store, namespaces, services=services.for_sources(), workers=settings.refresh_workers,
-        request_poll=settings.request_poll_seconds, on_outcome=metrics.observe,
-    )  # fmt: skip
+    scheduler, metrics = observed_scheduler(settings, store, namespaces, services)
     scheduler.start()
     running.callback(scheduler.stop, settings.stop_grace_seconds)
     running.enter_context(KeyRotation(stack, period=rotation_period(settings)))

@@ -21,7 +21,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 from typing import Annotated, NoReturn
@@ -42,7 +42,7 @@ from refresher.progress import RefreshProgress
 from refresher.refresh import RefreshOutcome, is_expected, refresh_now
 from refresher.refresh_requests import RefreshRequest, request_refresh, request_status
 from refresher.scheduler import Scheduler
-from refresher.services import open_services
+from refresher.services import AppServices, open_services
 from refresher.settings import Settings, load_settings
 from refresher.tables import namespace_table, refresh_summary, runs_table, secrets_table
 
@@ -88,6 +88,21 @@ def reported_errors() -> Iterator[None]:
 
 
 HTTP_CLIENT_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "httpx")
+
+
+def observed_scheduler(
+    settings: Settings, store: CacheStore, namespaces: Sequence[Namespace], services: AppServices
+) -> tuple[Scheduler, RefreshMetrics]:
+    """The scheduler for ``namespaces``, with metrics observing every refresh it runs."""
+    metrics = RefreshMetrics(
+        CollectorRegistry(), store=store, namespaces=namespaces,
+        identity=services.identity, secrets=services.secrets,
+    )  # fmt: skip
+    scheduler = Scheduler(
+        store, namespaces, services=services.for_sources(), workers=settings.refresh_workers,
+        request_poll=settings.request_poll_seconds, on_outcome=metrics.observe,
+    )  # fmt: skip
+    return scheduler, metrics
 
 
 def settings_or_exit(**overrides: object) -> Settings:
@@ -158,14 +173,7 @@ def run() -> None:
     ):
         store = _store(settings, engine)
         check_tables(store)
-        metrics = RefreshMetrics(
-            CollectorRegistry(), store=store, namespaces=namespaces,
-            identity=services.identity, secrets=services.secrets,
-        )  # fmt: skip
-        scheduler = Scheduler(
-            store, namespaces, services=services.for_sources(), workers=settings.refresh_workers,
-            request_poll=settings.request_poll_seconds, on_outcome=metrics.observe,
-        )  # fmt: skip
+        scheduler, metrics = observed_scheduler(settings, store, namespaces, services)
         _serve_until(stop, settings, scheduler, metrics)
     console.print("Stopped.", highlight=False)
 

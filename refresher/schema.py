@@ -79,6 +79,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _id_column() -> Column[int]:
+    """An auto-numbered BIGINT primary key (INTEGER on SQLite, the only type it auto-numbers)."""
+    return Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True)
+
+
 metadata = MetaData(naming_convention={"pk": "pk_%(table_name)s"})
 """Named primary keys, so every engine (and a DBA's diff) sees the same names."""
 
@@ -110,12 +115,7 @@ namespaces = Table(
 refresh_runs = Table(
     "cache_refresh_runs",
     metadata,
-    Column(
-        "id",
-        BigInteger().with_variant(Integer, "sqlite"),
-        Identity(),
-        primary_key=True,
-    ),
+    _id_column(),
     Column("namespace", Unicode(NAMESPACE_MAX), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
@@ -145,12 +145,7 @@ leases = Table(
 refresh_requests = Table(
     "cache_refresh_requests",
     metadata,
-    Column(
-        "id",
-        BigInteger().with_variant(Integer, "sqlite"),
-        Identity(),
-        primary_key=True,
-    ),
+    _id_column(),
     Column("namespace", Unicode(NAMESPACE_MAX), nullable=False),
     Column("requested_at", UTCDateTime, nullable=False),
     Column("requested_by", Unicode(200), nullable=False),
