@@ -58,7 +58,7 @@ from refresher.cli import (
 )
 from refresher.db import cache_engine, init_schema
 from refresher.lease import LeaseManager
-from refresher.namespaces import MIN_INTERVAL_SECONDS
+from refresher.namespaces import MIN_INTERVAL_SECONDS, sources_closed_after
 from refresher.services import open_services
 from refresher.settings import Settings
 
@@ -128,7 +128,7 @@ def _start_refreshing(
 ) -> tuple[CacheStore, CollectorRegistry]:
     """Write and load the namespaces, open the identity, secret store and tables, start the
     scheduler (observed by the metrics) and the key rotation; ``running`` closes them all."""
-    namespaces = write_namespaces(settings, stack)
+    namespaces = running.enter_context(sources_closed_after(write_namespaces(settings, stack)))
     services = running.enter_context(open_services(settings))
     engine = running.enter_context(cache_engine(settings))
     init_schema(engine)

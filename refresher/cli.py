@@ -37,7 +37,7 @@ from refresher.ddl import DIALECTS, render_ddl
 from refresher.errors import CacheRefresherError, ConfigurationError
 from refresher.lease import LeaseManager, default_holder
 from refresher.metrics import RefreshMetrics, serve_metrics
-from refresher.namespaces import Namespace, load_namespaces
+from refresher.namespaces import Namespace, load_namespaces, sources_closed_after
 from refresher.progress import RefreshProgress
 from refresher.refresh import RefreshOutcome, is_expected, refresh_now
 from refresher.refresh_requests import RefreshRequest, request_refresh, request_status
@@ -168,6 +168,7 @@ def run() -> None:
     with (
         stop_on_signals(stop),
         reported_errors(),
+        sources_closed_after(namespaces),
         open_services(settings) as services,
         cache_engine(settings, identity=services.identity) as engine,
     ):
@@ -240,6 +241,7 @@ def refresh(
         return
     with (
         reported_errors(),
+        sources_closed_after([chosen]),
         open_services(settings, background=False) as services,
         cache_engine(settings, identity=services.identity) as engine,
         RefreshProgress(errors) as progress,

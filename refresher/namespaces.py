@@ -24,7 +24,8 @@ from __future__ import annotations
 import random
 import re
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -160,6 +161,16 @@ class Namespace:
         if self.fields is None:
             return item
         return {field: item[field] for field in self.fields if field in item}
+
+
+@contextmanager
+def sources_closed_after(namespaces: Sequence[Namespace]) -> Iterator[Sequence[Namespace]]:
+    """``namespaces``, whose sources are closed when the block ends."""
+    try:
+        yield namespaces
+    finally:
+        for namespace in namespaces:
+            namespace.source.close()
 
 
 DEFAULT_STALENESS_INTERVALS = 3

@@ -83,6 +83,10 @@ class Source(Protocol):
         """The Key Vault secrets this source needs (checked against the settings at start)."""
         ...
 
+    def close(self) -> None:
+        """Release what the source holds (HTTP clients, database engines)."""
+        ...
+
 
 class SourceFactory(Protocol):
     """Builds a source of one kind from a namespace's ``[source]`` table.

@@ -123,6 +123,9 @@ class DemoSource:
         """The demo needs no secret."""
         return frozenset()
 
+    def close(self) -> None:
+        """The demo holds nothing."""
+
     def fetch(self, context: FetchContext | None = None) -> list[dict[str, Any]]:
         """The catalogue of the next round, in key order."""
         number = 0 if self.last_round is None else self.last_round.round + 1

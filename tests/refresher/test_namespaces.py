@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from refresher.errors import ConfigurationError
-from refresher.namespaces import load_namespaces, parse_duration, parse_namespaces
+from refresher.namespaces import (
+    Namespace,
+    Readers,
+    Schedule,
+    load_namespaces,
+    parse_duration,
+    parse_namespaces,
+    sources_closed_after,
+)
+from refresher.sources.base import FetchContext
 from refresher.sources.demo import DemoSource
 
 GOOD = """
@@ -138,3 +147,35 @@ def test_durations_read_as_seconds(text: object, seconds: float) -> None:
 def test_bad_durations_are_refused(text: object) -> None:
     with pytest.raises(ValueError, match="must be a duration"):
         parse_duration(text)
+
+
+class ClosableSource:
+    """A source that only records being closed."""
+
+    kind = "closable"
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+
+    def fetch(self, context: FetchContext) -> list[dict[str, str]]:
+        return []
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset()
+
+    def close(self) -> None:
+        self.log.append(self.name)
+
+
+def test_sources_are_closed_when_the_block_ends_even_on_error() -> None:
+    closed: list[str] = []
+    namespaces = [
+        Namespace(name, ClosableSource(closed, name), "id", None, None,
+                  Schedule(60, None, 0.1), 180, Readers())
+        for name in ("a", "b")
+    ]  # fmt: skip
+
+    with pytest.raises(RuntimeError), sources_closed_after(namespaces):
+        raise RuntimeError("the loop failed")
+
+    assert closed == ["a", "b"]
