@@ -232,16 +232,23 @@ def diff_by_version(
     a refresh costs in proportion to what changed. Keys and versions of every
     item are checked; payloads only of the items that changed.
     """
-    scan, unchanged = _Scan(key_field), 0
+    scan, unchanged, position = _Scan(key_field), 0, -1
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     memo: dict[str, Hashable] = {}
-    dumps, option, stored = orjson.dumps, orjson.OPT_SORT_KEYS, known.get
-    for position, key, item in scan.keyed(items, on_item):
+    stored = known.get
+    # The hottest loop (most items are unchanged): the common case's checks
+    # inline, _key_of and _bad_version for everything else. Versions are kept
+    # as the source gave them (an int stays an int); text only when stored.
+    for position, item in enumerate(_counted(items, on_item)):
+        key = item.get(key_field) if type(item) is dict else None
+        if type(key) is not str or not 0 < len(key) <= KEY_MAX:
+            key = _key_of(item, key_field, position, scan.problems)
+            if key is None:
+                continue
         version = item.get(version_field)
-        if type(version) is not str:
-            version = str(version) if type(version) is int else None
-        if version is None or not 0 < len(version) <= VERSION_MAX:
+        numeric = type(version) is int
+        if not numeric and not (type(version) is str and 0 < len(version) <= VERSION_MAX):
             _bad_version(item, version_field, position, key, scan.problems)
             continue
         if key in memo:
@@ -249,17 +256,31 @@ def diff_by_version(
             continue
         memo[key] = version
         old = stored(key)
-        if old == version:
+        if old == version or (numeric and old == str(version)):
             unchanged += 1
-            continue
-        try:
-            payload = dumps(item, option=option)
-        except (orjson.JSONEncodeError, TypeError) as exc:
-            scan.not_json(position, key, exc)
-            continue
-        (inserts if old is None else updates)[key] = row(payload, version)
+        else:
+            _store_changed(key, item, str(version), old is None, position, scan, inserts, updates)
+    scan.count = position + 1
     scan.finish()
-    return Diff(inserts, updates, [k for k in known if k not in memo], unchanged, memo)
+    return Diff(inserts, updates, list(known.keys() - memo.keys()), unchanged, memo)
+
+
+def _store_changed(
+    key: str,
+    item: Mapping[str, Any],
+    version: str,
+    new: bool,
+    position: int,
+    scan: _Scan,
+    inserts: dict[str, Row],
+    updates: dict[str, Row],
+) -> None:
+    try:
+        payload = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        scan.not_json(position, key, exc)
+        return
+    (inserts if new else updates)[key] = row(payload, version)
 
 
 def _counted(

@@ -89,11 +89,22 @@ def test_diff_by_version_refuses_items_without_a_version() -> None:
         diff_by_version([{"id": "a", "etag": "1"}, {"id": "b"}], "id", "etag", {})
 
 
-def test_integer_versions_compare_as_text() -> None:
+def test_integer_versions_compare_as_given_and_as_stored_text() -> None:
     first = diff_by_version([{"id": "a", "rev": 7}], "id", "rev", {})
 
-    assert first.memo == {"a": "7"}
+    assert first.inserts["a"].version == "7"
     assert diff_by_version([{"id": "a", "rev": 7}], "id", "rev", first.memo).unchanged == 1
+    cold = diff_by_version([{"id": "a", "rev": 7}], "id", "rev", {"a": "7"})
+    assert cold.unchanged == 1 and not cold.changed
+    assert (
+        diff_by_version([{"id": "a", "rev": 8}], "id", "rev", {"a": "7"}).updates["a"].version
+        == "8"
+    )
+
+
+def test_a_boolean_is_not_a_version() -> None:
+    with pytest.raises(InvalidItemsError, match="version field 'rev' is not a string or integer"):
+        diff_by_version([{"id": "a", "rev": True}], "id", "rev", {})
 
 
 @pytest.mark.parametrize("diff", [diff_by_etag, diff_by_fingerprint])
