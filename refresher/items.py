@@ -232,7 +232,7 @@ def diff_by_version(
     a refresh costs in proportion to what changed. Keys and versions of every
     item are checked; payloads only of the items that changed.
     """
-    scan, unchanged, position = _Scan(key_field), 0, -1
+    scan, position = _Scan(key_field), -1
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     memo: dict[str, Hashable] = {}
@@ -256,12 +256,11 @@ def diff_by_version(
             continue
         memo[key] = version
         old = stored(key)
-        if old == version or (numeric and old == str(version)):
-            unchanged += 1
-        else:
+        if old != version and not (numeric and old == str(version)):
             _store_changed(key, item, str(version), old is None, position, scan, inserts, updates)
     scan.count = position + 1
     scan.finish()
+    unchanged = len(memo) - len(inserts) - len(updates)
     return Diff(inserts, updates, list(known.keys() - memo.keys()), unchanged, memo)
 
 
