@@ -1,9 +1,9 @@
 """The web app: built by :func:`create_app`, its resources owned by its lifespan.
 
-For now the app serves the read-only development preview of the cache
-(:mod:`api.routes.namespaces`, no authentication), which only ``cache-refresher
-dev`` serves, on 127.0.0.1. The authenticated API (Entra ID tokens, scopes and
-app roles) comes later and replaces it.
+Every data route requires an Entra ID access token of the caller
+(:mod:`api.deps`, :mod:`api.auth`); ``/healthz``, ``/readyz`` and ``/metrics``
+do not (probes and scrapers carry none; they show no cached data and no
+secret). Event Grid deliveries carry Event Grid's own token.
 """
 
 from __future__ import annotations
@@ -12,53 +12,45 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
 
 from api import problems
-from api.routes import health, namespaces
+from api.resources import ApiResources, open_resources
+from api.routes import admin, events, health, namespaces
 from api.routes import metrics as metrics_routes
 from refresher import __version__
-from refresher.cache import CacheStore
-from refresher.db import cache_engine
-from refresher.lease import LeaseManager
 from refresher.settings import Settings
 
 DESCRIPTION = """\
 Reads of the shared cache that cache-refresher keeps filled from upstream sources.
 
-**Development preview, without authentication.** These read-only routes are
-served only by `cache-refresher dev`, on 127.0.0.1, so there is something to call
-while developing. The production API requires Entra ID tokens on every data
-route; it is not part of this preview.
+Every `/v1` route requires an Entra ID access token for this API
+(`Authorization: Bearer <token>`): a user's delegated token with the read scope
+(`Cache.Read` by default) or an app token with the read app role
+(`Cache.Read.All`); a namespace may require more. Refresh requests and
+`/v1/status` require the `Cache.Admin` app role.
 
-Errors are `application/problem+json` (RFC 9457).
+Errors are `application/problem+json` (RFC 9457) with a stable `type`
+(`urn:cache-refresher:problem:<name>`); 401 and 403 also carry
+`WWW-Authenticate: Bearer error=..., error_description=...` (RFC 6750).
 """
 
 
-def create_app(
-    settings: Settings,
-    *,
-    store: CacheStore | None = None,
-    metrics: CollectorRegistry | None = None,
-) -> FastAPI:
-    """The preview app. Pass ``store`` to serve an existing one (the caller closes it);
-    without it the lifespan opens an engine on ``settings.database_url`` and disposes it."""
+def create_app(settings: Settings, *, resources: ApiResources | None = None) -> FastAPI:
+    """The API. Pass ``resources`` to serve parts the caller opened (and closes); without
+    them the lifespan opens its own from ``settings`` and closes them at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings
-        if store is not None:
-            app.state.store = store
+        if resources is not None:
+            app.state.resources = resources
             yield
             return
-        with cache_engine(settings) as engine:
-            app.state.store = CacheStore(
-                engine, leases=LeaseManager(engine, ttl=settings.lease_ttl_seconds)
-            )
+        with open_resources(settings) as opened:
+            app.state.resources = opened
             yield
 
     app = FastAPI(
-        title="cache-refresher (development preview)",
+        title="cache-refresher",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
@@ -66,7 +58,7 @@ def create_app(
     problems.install(app)
     app.include_router(health.router)
     app.include_router(namespaces.router)
-    if metrics is not None:
-        app.state.metrics = metrics
-        app.include_router(metrics_routes.router)
+    app.include_router(admin.router)
+    app.include_router(events.router)
+    app.include_router(metrics_routes.router)
     return app

@@ -1,9 +1,12 @@
-"""Route dependencies: small functions over the app's lifespan state, with ``Annotated`` aliases.
+"""Route dependencies: small functions over the app's resources, with ``Annotated`` aliases.
 
-    def list_namespaces(store: StoreDep) -> ...
+    def list_namespaces(caller: Caller, resources: ResourcesDep) -> ...
 
-The lifespan (:func:`api.app.create_app`) puts the cache store (and the
-settings) on ``app.state``; nothing here builds a resource.
+The lifespan (:func:`api.app.create_app`) puts :class:`~api.resources.ApiResources`
+on ``app.state``; nothing here builds a resource. :func:`current_principal` is
+``async``: a token seen before is answered from the validator's memory without
+leaving the event loop; a new one is verified in the thread pool (it may have
+to fetch the issuer's keys).
 """
 
 from __future__ import annotations
@@ -11,15 +14,70 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
+from api.principal import AccessPolicy, Principal
+from api.resources import ApiResources
 from refresher.cache import CacheStore
+from refresher.errors import UnauthenticatedError
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="EntraID",
+    description="An Entra ID access token for this API: delegated (scp) or app (roles).",
+)
 
 
-def get_store(request: Request) -> CacheStore:
-    """The cache store the lifespan opened."""
-    store = request.app.state.store
-    assert isinstance(store, CacheStore)
-    return store
+def get_resources(request: Request) -> ApiResources:
+    """The resources the lifespan opened."""
+    resources = request.app.state.resources
+    assert isinstance(resources, ApiResources)
+    return resources
+
+
+ResourcesDep = Annotated[ApiResources, Depends(get_resources)]
+
+
+def get_store(resources: ResourcesDep) -> CacheStore:
+    return resources.store
 
 
 StoreDep = Annotated[CacheStore, Depends(get_store)]
+
+
+def get_policy(resources: ResourcesDep) -> AccessPolicy:
+    return resources.policy
+
+
+PolicyDep = Annotated[AccessPolicy, Depends(get_policy)]
+
+
+async def current_principal(
+    resources: ResourcesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """The caller named by the request's bearer token, or a 401 saying what was wrong."""
+    if credentials is None:
+        raise UnauthenticatedError(
+            "this route requires an Entra ID access token: send 'Authorization: Bearer <token>'",
+            error=None,
+        )
+    token = credentials.credentials
+    validator = resources.validator
+    principal = validator.cached(token)
+    if principal is not None:
+        return principal
+    return await run_in_threadpool(validator.validate, token)
+
+
+Caller = Annotated[Principal, Depends(current_principal)]
+
+
+async def current_admin(caller: Caller, policy: PolicyDep) -> Principal:
+    """The caller, if they hold the admin app role (else 403)."""
+    policy.require_admin(caller)
+    return caller
+
+
+Admin = Annotated[Principal, Depends(current_admin)]

@@ -7,8 +7,16 @@ parent's status unless it has its own:
     NotFoundError (NamespaceNotFoundError, ItemNotFoundError)   404
     InvalidCursorError, InvalidItemsError, ConfigurationError   422
     LeaseError (LeaseHeldError, LeaseLostError)                 409
+    UnauthenticatedError                                        401 (with WWW-Authenticate)
+    ForbiddenError                                              403 (with WWW-Authenticate)
     StoreError                                                  503 (with Retry-After)
     any other CacheRefresherError                               500
+
+Each problem's ``type`` is stable: ``urn:cache-refresher:problem:<name>``, the
+error class's name in kebab case (``namespace-not-found``, ``unauthenticated``,
+``forbidden``), ``invalid-request`` for bad parameters, ``not-found`` and
+``method-not-allowed`` for routing errors, ``internal`` for the unexpected.
+Clients branch on ``type``, people read ``detail``.
 
 FastAPI's request validation errors become a 422 problem listing each bad
 parameter (without echoing its value), Starlette's HTTP errors (unknown route,
@@ -19,6 +27,7 @@ problem. A response never carries a stack trace.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from types import MappingProxyType
@@ -33,11 +42,13 @@ from starlette.responses import Response
 from refresher.errors import (
     CacheRefresherError,
     ConfigurationError,
+    ForbiddenError,
     InvalidCursorError,
     InvalidItemsError,
     LeaseError,
     NotFoundError,
     StoreError,
+    UnauthenticatedError,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,9 +63,15 @@ STATUS_BY_ERROR: Mapping[type[CacheRefresherError], int] = MappingProxyType(
         ConfigurationError: 422,
         LeaseError: 409,
         StoreError: 503,
+        UnauthenticatedError: 401,
+        ForbiddenError: 403,
     }
 )
 """The HTTP status of each error class; subclasses inherit along the MRO."""
+
+REALM = "cache-refresher"
+
+PROBLEM_TYPE_PREFIX = "urn:cache-refresher:problem:"
 
 RETRY_AFTER_SECONDS = 5
 """What a 503 tells clients to wait: the database may be back by then."""
@@ -69,10 +86,25 @@ def status_for(error: CacheRefresherError) -> int:
     return 500
 
 
-def problem(status: int, detail: str, *, instance: str | None = None, **extra: Any) -> Response:
-    """A problem+json response with the standard title of ``status``."""
+def problem_type(name: str) -> str:
+    """The stable ``type`` URI of a problem: ``ItemNotFoundError`` -> ``...:item-not-found``."""
+    words = re.sub(r"(?<!^)(?=[A-Z])", "-", name.removesuffix("Error")).lower()
+    return PROBLEM_TYPE_PREFIX + words
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    kind: str,
+    instance: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """A problem+json response of type ``kind`` (see :func:`problem_type`) with the standard
+    title of ``status``."""
     body: dict[str, Any] = {
-        "type": "about:blank",
+        "type": problem_type(kind),
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
@@ -80,9 +112,11 @@ def problem(status: int, detail: str, *, instance: str | None = None, **extra: A
     if instance is not None:
         body["instance"] = instance
     body.update(extra)
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    all_headers = dict(headers or {})
+    if status == 503:
+        all_headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return Response(
-        orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
+        orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=all_headers
     )
 
 
@@ -101,7 +135,31 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
         logger.warning(
             "%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc
         )
-    return problem(status, str(exc), instance=request.url.path)
+    return problem(
+        status,
+        str(exc),
+        kind=type(exc).__name__,
+        instance=request.url.path,
+        headers=_challenge(exc),
+    )
+
+
+def _challenge(exc: CacheRefresherError) -> dict[str, str] | None:
+    """RFC 6750's ``WWW-Authenticate`` for a refused caller: what was wrong with the token."""
+    if isinstance(exc, UnauthenticatedError):
+        error = exc.error
+    elif isinstance(exc, ForbiddenError):
+        error = "insufficient_scope"
+    else:
+        return None
+    if error is None:  # no token at all: RFC 6750 says to name no error
+        return {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
+    # A quoted-string of printable ASCII: no backslash, no quote, no control character.
+    description = re.sub(r'[^ -~]|["\\]', "?", str(exc).replace('"', "'"))
+    return {
+        "WWW-Authenticate": f'Bearer realm="{REALM}", error="{error}", '
+        f'error_description="{description}"'
+    }
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -112,7 +170,11 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     ]
     where = "; ".join(f"{'.'.join(e['location'])}: {e['message']}" for e in errors)
     return problem(
-        422, f"invalid request parameters: {where}", instance=request.url.path, errors=errors
+        422,
+        f"invalid request parameters: {where}",
+        kind="InvalidRequest",
+        instance=request.url.path,
+        errors=errors,
     )
 
 
@@ -122,9 +184,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         detail = f"there is no route {request.url.path!r}: see /docs for the routes"
     else:
         detail = str(exc.detail)
-    response = problem(exc.status_code, detail, instance=request.url.path)
-    response.headers.update(exc.headers or {})
-    return response
+    kind = HTTPStatus(exc.status_code).phrase.replace(" ", "")
+    return problem(
+        exc.status_code, detail, kind=kind, instance=request.url.path, headers=exc.headers
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -136,5 +199,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
         exc_info=exc,
     )
     return problem(
-        500, "the service failed unexpectedly; the error is in its log", instance=request.url.path
+        500,
+        "the service failed unexpectedly; the error is in its log",
+        kind="Internal",
+        instance=request.url.path,
     )

@@ -16,6 +16,9 @@ and namespaces by *name*, never by value.
     │   ├── LeaseHeldError        another holder has the lease; try again after it expires
     │   └── LeaseLostError        our lease expired or was taken over; the work was rolled back
     ├── StoreError                the database failed or refused; the cache is unchanged
+    ├── AccessError               an API caller was turned away (the message is safe to show)
+    │   ├── UnauthenticatedError         no token, or one that is not valid here: 401
+    │   └── ForbiddenError               a valid token without the scope, role or group: 403
     ├── IdentityError             the app identity could not get a token
     │   ├── CredentialUnavailableError   not configured here; nothing was tried
     │   └── AuthenticationFailedError    tried, and Entra ID (or the network) said no
@@ -109,6 +112,24 @@ class LeaseLostError(LeaseError):
 
 class StoreError(CacheRefresherError):
     """The database failed or refused an operation; the cache is unchanged."""
+
+
+class AccessError(CacheRefresherError):
+    """An API caller was turned away; the message says why (never echoing the token)."""
+
+
+class UnauthenticatedError(AccessError):
+    """No bearer token, or one the API cannot accept (malformed, expired, wrong issuer,
+    audience or signature). ``error`` is the RFC 6750 code for ``WWW-Authenticate``
+    (``None`` when the request carried no token at all, as RFC 6750 asks)."""
+
+    def __init__(self, message: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class ForbiddenError(AccessError):
+    """A valid token that lacks what the route or namespace requires."""
 
 
 class IdentityError(CacheRefresherError):

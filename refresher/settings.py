@@ -175,6 +175,67 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Address the Prometheus endpoint of `run` listens on."
     )
 
+    # -- the user-facing API (Entra ID tokens of its callers) ----------------------------
+    api_audiences: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Audiences the API accepts in callers' tokens: its client id and App ID "
+        "URI (comma-separated; default: AZURE_CLIENT_ID and api://AZURE_CLIENT_ID).",
+    )
+    api_tenants: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tenant ids whose tokens the API accepts (comma-separated; default: "
+        "AZURE_TENANT_ID only). More than one makes the API multi-tenant.",
+    )
+    api_accept_v1_tokens: bool = Field(
+        default=False,
+        description="Also accept v1.0 tokens (issuer https://sts.windows.net/<tenant>/), "
+        "which managed-identity callers get.",
+    )
+    api_read_scope: str = Field(
+        default="Cache.Read", description="Delegated scope (scp) that lets a user read."
+    )
+    api_read_role: str = Field(
+        default="Cache.Read.All", description="App role (roles) that lets an app read."
+    )
+    api_admin_role: str = Field(
+        default="Cache.Admin",
+        description="App role that may request refreshes and see /v1/status.",
+    )
+    api_refuse_guests: bool = Field(
+        default=False, description="Refuse guest users (acct=1, or an idp of another tenant)."
+    )
+    api_token_leeway_seconds: float = Field(
+        default=60.0, ge=0, le=300, description="Clock skew allowed on exp and nbf."
+    )
+    api_metadata_refresh_seconds: float = Field(
+        default=12 * 3600.0,
+        ge=60,
+        description="How often the issuer's OpenID configuration and signing keys are re-read.",
+    )
+    api_kid_refetch_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Least time between two key re-reads caused by an unknown kid (per issuer); "
+        "the first unknown kid after a good read is honoured at once.",
+    )
+    api_event_grid_app_ids: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["4962773b-9cdb-44cf-a8bf-237846a00ab7"],
+        description="App ids allowed to deliver Event Grid events (Microsoft.EventGrid's by "
+        "default).",
+    )
+    api_read_cache_items: int = Field(
+        default=50_000,
+        ge=0,
+        description="Items the API keeps in memory in front of the database (0: none).",
+    )
+    api_generation_check_ms: float = Field(
+        default=250.0,
+        gt=0,
+        le=60_000,
+        description="How often the in-memory layer checks the namespaces' generations: "
+        "an item may be served at most this long after the database switched.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _parse_url(cls, value: str) -> str:
@@ -202,7 +263,14 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("extra_certificate_paths", "secrets", mode="before")
+    @field_validator(
+        "extra_certificate_paths",
+        "secrets",
+        "api_audiences",
+        "api_tenants",
+        "api_event_grid_app_ids",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -245,6 +313,21 @@ class Settings(BaseSettings):
         if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return upper
+
+
+def api_audiences(settings: Settings) -> list[str]:
+    """The audiences the API accepts: as set, or its client id and ``api://`` App ID URI."""
+    if settings.api_audiences:
+        return list(settings.api_audiences)
+    client = settings.azure_client_id
+    return [client, f"api://{client}"] if client else []
+
+
+def api_tenants(settings: Settings) -> list[str]:
+    """The tenants whose callers the API accepts: as set, or the app's own tenant."""
+    if settings.api_tenants:
+        return list(settings.api_tenants)
+    return [settings.azure_tenant_id] if settings.azure_tenant_id else []
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, Field
 
-from api.deps import StoreDep
+from api.deps import Caller, PolicyDep, StoreDep
 from refresher.cache import PAGE_LIMIT_MAX, Item, NamespaceInfo
 
 PREVIEW_NOTE = (
@@ -71,8 +71,15 @@ class ItemPage(BaseModel):
     summary="List the namespaces",
     description="Row count, generation and age of every namespace." + PREVIEW_NOTE,
 )
-def list_namespaces(store: StoreDep) -> NamespaceList:
-    return NamespaceList(namespaces=[_namespace_out(info) for info in store.namespaces()])
+def list_namespaces(caller: Caller, policy: PolicyDep, store: StoreDep) -> NamespaceList:
+    policy.require_reader(caller)
+    return NamespaceList(
+        namespaces=[
+            _namespace_out(info)
+            for info in store.namespaces()
+            if policy.may_read(caller, info.namespace)
+        ]
+    )
 
 
 @router.get(
@@ -82,11 +89,14 @@ def list_namespaces(store: StoreDep) -> NamespaceList:
 )
 def list_items(
     namespace: str,
+    caller: Caller,
+    policy: PolicyDep,
     store: StoreDep,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX, description="Items per page.")] = 100,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> ItemPage:
+    policy.require_reader(caller, namespace)
     page = store.page(namespace, limit=limit, cursor=cursor)
     next_link = None
     if page.next_cursor is not None:
@@ -111,9 +121,12 @@ def list_items(
 def get_item(
     namespace: str,
     key: str,
+    caller: Caller,
+    policy: PolicyDep,
     store: StoreDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
+    policy.require_reader(caller, namespace)
     item = store.get_item(namespace, key)
     etag = f'"{item.etag}"'
     if if_none_match is not None and etag_matches(if_none_match, etag):

@@ -1,0 +1,101 @@
+"""What the API serves from: the store, the token validator, the namespaces and the
+app's own services, opened together for a process and closed together.
+
+:func:`open_resources` is what ``cache-refresher api`` uses (its own identity,
+secret store and engine); ``cache-refresher dev`` builds :class:`ApiResources`
+from the parts it already runs. :func:`api.app.create_app` takes either.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from api.auth import open_validator
+from api.principal import AccessPolicy, TokenValidator
+from refresher.cache import CacheStore
+from refresher.db import cache_engine
+from refresher.identity.credential import AppIdentity
+from refresher.lease import LeaseManager
+from refresher.namespaces import Namespace, load_namespaces, sources_closed_after
+from refresher.secrets.keyvault import KeyVaultSecretStore
+from refresher.services import open_services
+from refresher.settings import Settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiResources:
+    """Everything a request may need; the routes reach it through :mod:`api.deps`."""
+
+    settings: Settings
+    store: CacheStore
+    validator: TokenValidator
+    policy: AccessPolicy
+    namespaces: Mapping[str, Namespace]
+    identity: AppIdentity | None = None
+    secrets: KeyVaultSecretStore | None = None
+    metrics: CollectorRegistry | None = None
+    replica_id: str = socket.gethostname()
+
+
+@contextmanager
+def open_resources(
+    settings: Settings, *, metrics: CollectorRegistry | None = None
+) -> Iterator[ApiResources]:
+    """Open the identity, secret store, engine, namespaces and validator the settings
+    describe; close them all when the block ends."""
+    with ExitStack() as stack:
+        services = stack.enter_context(open_services(settings))
+        namespaces: list[Namespace] = []
+        if settings.namespaces_file is not None:
+            namespaces = list(
+                stack.enter_context(
+                    sources_closed_after(
+                        load_namespaces(
+                            settings.namespaces_file, configured_secrets=settings.secrets
+                        )
+                    )
+                )
+            )
+        engine = stack.enter_context(cache_engine(settings, identity=services.identity))
+        store = CacheStore(engine, leases=LeaseManager(engine, ttl=settings.lease_ttl_seconds))
+        validator = stack.enter_context(open_validator(settings))
+        yield build_resources(
+            settings,
+            store=store,
+            validator=validator,
+            namespaces=namespaces,
+            identity=services.identity,
+            secrets=services.secrets,
+            metrics=metrics,
+        )
+
+
+def build_resources(
+    settings: Settings,
+    *,
+    store: CacheStore,
+    validator: TokenValidator,
+    namespaces: list[Namespace],
+    identity: AppIdentity | None = None,
+    secrets: KeyVaultSecretStore | None = None,
+    metrics: CollectorRegistry | None = None,
+) -> ApiResources:
+    """:class:`ApiResources` over parts the caller opened (and closes)."""
+    by_name = {namespace.name: namespace for namespace in namespaces}
+    readers = {name: namespace.readers for name, namespace in by_name.items()}
+    return ApiResources(
+        settings=settings,
+        store=store,
+        validator=validator,
+        policy=AccessPolicy.from_settings(settings, readers),
+        namespaces=by_name,
+        identity=identity,
+        secrets=secrets,
+        metrics=metrics,
+        replica_id=settings.replica_id or socket.gethostname(),
+    )
