@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import itemgetter, ne
 from typing import Any, NamedTuple
 
 import orjson
@@ -231,7 +233,28 @@ def diff_by_version(
     version equals the stored one is unchanged and is not even serialised, so
     a refresh costs in proportion to what changed. Keys and versions of every
     item are checked; payloads only of the items that changed.
+
+    Regular input (a list of dicts, unique non-empty string keys, versions all
+    strings or all integers) takes :func:`_diff_regular_versions`, which does
+    the per-item work in C; anything else takes the loop below, which names
+    each bad item.
     """
+    items = items if type(items) is list else list(items)
+    diff = _diff_regular_versions(items, key_field, version_field, known)
+    if diff is not None:
+        _report_done(len(items), on_item)
+        return diff
+    return _diff_versions_loop(items, key_field, version_field, known, on_item)
+
+
+def _diff_versions_loop(
+    items: Iterable[Mapping[str, Any]],
+    key_field: str,
+    version_field: str,
+    known: Mapping[str, Hashable],
+    on_item: Callable[[int], None] | None,
+) -> Diff:
+    """:func:`diff_by_version` item by item: any input, each bad item named."""
     scan, position = _Scan(key_field), -1
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
@@ -262,6 +285,67 @@ def diff_by_version(
     scan.finish()
     unchanged = len(memo) - len(inserts) - len(updates)
     return Diff(inserts, updates, list(known.keys() - memo.keys()), unchanged, memo)
+
+
+def _diff_regular_versions(
+    items: list[Mapping[str, Any]],
+    key_field: str,
+    version_field: str,
+    known: Mapping[str, Hashable],
+) -> Diff | None:
+    """:func:`diff_by_version` for regular input, or ``None`` for the per-item loop.
+
+    The keys, versions and stored versions are taken as whole lists by
+    ``map`` over ``operator.itemgetter`` and ``dict.get``, checked by the sets
+    of their types and the extremes of their lengths, and compared pairwise by
+    ``map(operator.ne, ...)``: the per-item work runs in C, and only the items
+    whose version differs are looked at one by one.
+    """
+    try:
+        keys = list(map(itemgetter(key_field), items))
+        versions = list(map(itemgetter(version_field), items))
+    except (KeyError, TypeError, IndexError):
+        return None  # an item without a key or version, or not a mapping
+    memo: dict[str, Hashable] = dict(zip(keys, versions, strict=True))
+    if not memo or len(memo) != len(keys) or not _regular(keys, versions):
+        return None
+    inserts: dict[str, Row] = {}
+    updates: dict[str, Row] = {}
+    scan = _Scan(key_field)
+    stored = list(map(known.get, keys))
+    for position in compress(range(len(keys)), map(ne, versions, stored)):
+        key, version, old = keys[position], versions[position], stored[position]
+        if type(version) is int and old == str(version):
+            continue  # stored as text, given as an integer: the same version
+        _store_changed(
+            key, items[position], str(version), old is None, position, scan, inserts, updates
+        )
+    if scan.problems:
+        return None  # let the loop name every bad item
+    unchanged = len(memo) - len(inserts) - len(updates)
+    kept = len(memo) - len(inserts)
+    deletes = list(known.keys() - memo.keys()) if kept != len(known) else []
+    return Diff(inserts, updates, deletes, unchanged, memo)
+
+
+def _regular(keys: list[Any], versions: list[Any]) -> bool:
+    """Keys all non-empty strings of at most KEY_MAX characters; versions all integers, or
+    all non-empty strings of at most VERSION_MAX characters."""
+    if set(map(type, keys)) != {str} or "" in keys or max(map(len, keys)) > KEY_MAX:
+        return False
+    types = set(map(type, versions))
+    if types == {int}:
+        return True
+    return types == {str} and "" not in versions and max(map(len, versions)) <= VERSION_MAX
+
+
+def _report_done(count: int, on_item: Callable[[int], None] | None) -> None:
+    """Tell ``on_item`` of every thousandth item and the last, as the loops do."""
+    if on_item is None:
+        return
+    for done in range(1000, count, 1000):
+        on_item(done)
+    on_item(count)
 
 
 def _store_changed(

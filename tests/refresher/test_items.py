@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import pytest
 
 from refresher.errors import InvalidItemsError
-from refresher.items import diff_by_etag, diff_by_fingerprint, diff_by_version, row
+from refresher.items import (
+    _diff_versions_loop,
+    diff_by_etag,
+    diff_by_fingerprint,
+    diff_by_version,
+    row,
+)
 
 
 def catalogue(count: int, *, changed: frozenset[int] = frozenset()) -> list[dict[str, object]]:
@@ -100,6 +106,43 @@ def test_integer_versions_compare_as_given_and_as_stored_text() -> None:
         diff_by_version([{"id": "a", "rev": 8}], "id", "rev", {"a": "7"}).updates["a"].version
         == "8"
     )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_regular_input_diffs_as_the_item_by_item_loop_does(seed: int) -> None:
+    rng = random.Random(seed)
+    integers = seed % 2 == 0
+    stored: dict[str, Hashable] = {
+        f"k{i}": (str(i) if integers and rng.random() < 0.5 else f"v{i}") for i in range(200)
+    }
+    items = [
+        {"id": f"k{i}", "rev": i if integers else f"v{i + (rng.random() < 0.1)}", "n": i}
+        for i in rng.sample(range(250), 180)
+    ]
+
+    fast = diff_by_version(items, "id", "rev", stored)
+    loop = _diff_versions_loop(items, "id", "rev", stored, None)
+
+    assert fast.inserts == loop.inserts and fast.updates == loop.updates
+    assert sorted(fast.deletes) == sorted(loop.deletes)
+    assert (fast.unchanged, fast.memo) == (loop.unchanged, loop.memo)
+    assert fast.inserts and fast.deletes and fast.unchanged
+
+
+def test_a_bad_payload_among_regular_items_is_named_by_position() -> None:
+    items = [{"id": f"k{i}", "rev": "2"} for i in range(5)]
+    items[3]["bad"] = object()  # type: ignore[assignment]
+
+    with pytest.raises(InvalidItemsError, match="item 3 \\(key 'k3'\\): payload is not JSON"):
+        diff_by_version(items, "id", "rev", {"k3": "1"})
+
+
+def test_progress_reaches_every_item_on_the_regular_path() -> None:
+    seen: list[int] = []
+
+    diff_by_version(versioned(2500), "id", "etag", {}, on_item=seen.append)
+
+    assert seen == [1000, 2000, 2500]
 
 
 def test_a_boolean_is_not_a_version() -> None:
