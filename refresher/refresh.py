@@ -5,7 +5,10 @@ Both the scheduler and ``cache-refresher refresh`` go through
 store's run, so a source that fails at once still leaves a failed run in the
 history) are projected onto the namespace's fields and applied with the lease
 the caller holds, which a :class:`~refresher.lease.LeaseKeeper` renews while
-a long fetch runs. The store fences its commit on that lease.
+a long fetch runs. The store fences its commit on that lease. The source's
+pages are fetched ahead in a background thread (:mod:`refresher.prefetch`),
+so the store diffs one page while the next ones arrive; a source's error
+still fails the refresh, after the items before it.
 
 A refresh asked to stop (shutdown past its grace period) raises
 :class:`RefreshInterrupted` at the next item or written batch: the store
@@ -18,10 +21,11 @@ anything, so it stays out of the run history, which says "see the service log").
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,7 @@ from refresher.cache import CacheStore, RefreshResult, describe_error, lease_nam
 from refresher.errors import CacheRefresherError, LeaseHeldError, LeaseLostError
 from refresher.lease import Lease, LeaseKeeper
 from refresher.namespaces import Namespace
+from refresher.prefetch import prefetched
 from refresher.secrets.base import SecretStore
 from refresher.sources.base import FetchContext
 
@@ -95,15 +100,17 @@ def refresh_under_lease(
     )
     with LeaseKeeper(store.leases, lease) as kept:
         check = _checker(stop, kept.lost, lease)
-        return store.apply(
-            namespace.name,
-            _items(namespace, context, check),
-            key_field=namespace.key_field,
-            version_field=namespace.version_field,
-            lease=lease,
-            secret_versions=context.secret_versions,
-            progress=_checked_progress(progress, check),
-        )
+        items = _items(namespace, context, check)
+        with contextlib.closing(items):  # stops the prefetch thread if the store stops early
+            return store.apply(
+                namespace.name,
+                items,
+                key_field=namespace.key_field,
+                version_field=namespace.version_field,
+                lease=lease,
+                secret_versions=context.secret_versions,
+                progress=_checked_progress(progress, check),
+            )
 
 
 def refresh_now(
@@ -150,11 +157,16 @@ def release_quietly(store: CacheStore, lease: Lease) -> None:
 
 def _items(
     namespace: Namespace, context: FetchContext, check: Callable[[], None]
-) -> Iterator[Mapping[str, Any]]:
+) -> Generator[Mapping[str, Any], None, None]:
     # A generator: the source is only asked once the store has recorded the run.
-    for item in namespace.source.fetch(context):
-        check()
-        yield namespace.project(item)
+    # Its pages are fetched ahead in a thread while the store diffs earlier ones.
+    fetched = prefetched(
+        namespace.source.fetch(context), check=check, name=f"fetch-{namespace.name}"
+    )
+    with contextlib.closing(fetched):
+        for item in fetched:
+            check()
+            yield namespace.project(item)
 
 
 def _checker(

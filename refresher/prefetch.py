@@ -1,0 +1,169 @@
+"""Fetching ahead: a source's next pages arrive while the store works on earlier ones.
+
+A refresh reads its source and diffs what it reads in one pass. Done in one
+thread, the store waits for every page and the source waits for the store:
+their times add up. :func:`prefetched` runs the source's iterator in a
+background thread that hands its items over in batches through a queue of at
+most ``depth`` batches (a bounded buffer: a fast source cannot run ahead of a
+slow store by more than ``depth * batch`` items, so memory stays bounded too).
+
+What stays as it was in one thread:
+
+- **order**: one producer, one FIFO queue; items come out as the source
+  yielded them;
+- **errors**: what the source raises is re-raised in the consumer after the
+  items before it, the same exception object (so a failing page fails the
+  refresh with the source's own error, and the store rolls back);
+- **laziness**: the thread starts when the first item is asked for, so a source
+  is only called once the store has recorded its run;
+- **stopping**: closing the iterator (the store stopped early: a bad item, a
+  lost lease, a stop request) tells the thread to stop at the next item, or
+  after the page it is fetching, discards what it fetched and closes the source's iterator in its
+  own thread. While it waits for the next batch the consumer calls ``check``
+  every :data:`POLL_SECONDS`, so a stop request is seen during a slow page.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+DEPTH = 4
+"""Batches held ready at most (with pages of 1,000: four pages ahead)."""
+
+BATCH = 1000
+"""Items handed over at a time at most: a queue operation per item would cost more than
+it hides. A smaller batch goes when the consumer has nothing left to work on."""
+
+POLL_SECONDS = 0.1
+"""How often a waiting consumer runs its ``check`` and a blocked producer looks for a stop."""
+
+JOIN_SECONDS = 30.0
+"""How long closing waits for the thread to finish the page it is fetching."""
+
+_T = TypeVar("_T")
+
+
+class _End:
+    """Put after the last batch."""
+
+
+class _Failure:
+    """What the source raised, to be re-raised in the consumer."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def prefetched(
+    items: Iterable[_T],
+    *,
+    depth: int = DEPTH,
+    batch: int = BATCH,
+    check: Callable[[], None] | None = None,
+    name: str = "prefetch",
+) -> Generator[_T, None, None]:
+    """``items``, read ahead by a background thread (see the module docstring).
+
+    Close the returned iterator (``contextlib.closing``) when stopping early,
+    so the thread stops without waiting to be garbage-collected.
+    """
+    fetcher = _Fetcher(items, depth=depth, batch=batch, name=name)
+    fetcher.start()
+    try:
+        while (chunk := fetcher.next_batch(check)) is not None:
+            yield from chunk
+    finally:
+        fetcher.stop()
+
+
+class _Fetcher(Generic[_T]):
+    """The producer thread and its bounded queue of batches."""
+
+    def __init__(self, items: Iterable[_T], *, depth: int, batch: int, name: str) -> None:
+        if depth < 1 or batch < 1:
+            raise ValueError("depth and batch must be at least 1")
+        self._items = items
+        self._batch = batch
+        self._queue: queue.Queue[list[_T] | _End | _Failure] = queue.Queue(maxsize=depth)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def next_batch(self, check: Callable[[], None] | None) -> list[_T] | None:
+        """The next batch in order; ``None`` after the last; raises what the source raised."""
+        while True:
+            try:
+                got = self._queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if check is not None:
+                    check()
+                continue
+            if isinstance(got, _Failure):
+                raise got.error
+            return None if isinstance(got, _End) else got
+
+    def stop(self) -> None:
+        """Stop the producer, drop what it fetched ahead, wait for its current page."""
+        self._stopped.set()
+        self._drain()
+        self._thread.join(JOIN_SECONDS)
+        if self._thread.is_alive():
+            logger.warning(
+                "%s: the source is still fetching a page %.0f s after the refresh stopped; "
+                "it is left to finish in the background",
+                self._thread.name,
+                JOIN_SECONDS,
+            )
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _produce(self) -> None:
+        try:
+            self._read_all()
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(_Failure(exc))
+
+    def _read_all(self) -> None:
+        iterator = iter(self._items)
+        try:
+            chunk: list[_T] = []
+            for item in iterator:
+                if self._stopped.is_set():
+                    return
+                chunk.append(item)
+                # A full batch, or what there is when the consumer has nothing to do.
+                if len(chunk) >= self._batch or self._queue.empty():
+                    if not self._put(chunk):
+                        return
+                    chunk = []
+            if chunk and not self._put(chunk):
+                return
+            self._put(_End())
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # in this thread, where the source's generator runs
+
+    def _put(self, value: list[_T] | _End | _Failure) -> bool:
+        """Queue ``value`` once there is room; ``False`` if the consumer stopped meanwhile."""
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(value, timeout=POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
