@@ -252,8 +252,10 @@ class CacheStore:
             compiled = query.compile(dialect=positional_dialect(conn.dialect))
             cursor = conn.exec_driver_sql(str(compiled), (namespace,)).cursor
             assert cursor is not None
+            stored: dict[str, str] = dict(cursor.fetchall())
+        if None in stored.values():
             # A row written without a version compares unequal to any version ("").
-            stored = {key: value or "" for key, value in cursor.fetchall()}
+            stored = {key: value or "" for key, value in stored.items()}
         return _Known(current, mode, None, stored)
 
     def _commit(
