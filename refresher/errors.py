@@ -11,14 +11,18 @@ and namespaces by *name*, never by value.
     ├── InvalidCursorError        a page cursor was not one this service issued
     ├── NotFoundError
     │   ├── NamespaceNotFoundError
-    │   └── ItemNotFoundError
+    │   ├── NamespaceNotConfiguredError  not in this service's namespaces file
+    │   ├── ItemNotFoundError
+    │   └── RefreshRequestNotFoundError
     ├── LeaseError
     │   ├── LeaseHeldError        another holder has the lease; try again after it expires
     │   └── LeaseLostError        our lease expired or was taken over; the work was rolled back
     ├── StoreError                the database failed or refused; the cache is unchanged
     ├── AccessError               an API caller was turned away (the message is safe to show)
     │   ├── UnauthenticatedError         no token, or one that is not valid here: 401
-    │   └── ForbiddenError               a valid token without the scope, role or group: 403
+    │   ├── ForbiddenError               a valid token without the scope, role or group: 403
+    │   └── IssuerMetadataUnavailableError  the token cannot be checked yet: the issuer's
+    │                                    keys were never read (endpoint down): 503, retry
     ├── IdentityError             the app identity could not get a token
     │   ├── CredentialUnavailableError   not configured here; nothing was tried
     │   └── AuthenticationFailedError    tried, and Entra ID (or the network) said no
@@ -48,6 +52,8 @@ and namespaces by *name*, never by value.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class CacheRefresherError(Exception):
     """Base class of every error this service raises on purpose."""
@@ -76,6 +82,25 @@ class NamespaceNotFoundError(NotFoundError):
             "or refresh it first (cache-refresher namespaces lists the known ones)"
         )
         self.namespace = namespace
+
+
+class NamespaceNotConfiguredError(NotFoundError):
+    def __init__(self, namespace: str, known: Iterable[str]) -> None:
+        names = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"namespace {namespace!r} is not configured on this service "
+            f"(CACHE_REFRESHER_NAMESPACES_FILE): use one of: {names}"
+        )
+        self.namespace = namespace
+
+
+class RefreshRequestNotFoundError(NotFoundError):
+    def __init__(self, request_id: int) -> None:
+        super().__init__(
+            f"there is no refresh request {request_id}: follow the Location that "
+            "POST /v1/namespaces/{namespace}/refresh returned"
+        )
+        self.request_id = request_id
 
 
 class ItemNotFoundError(NotFoundError):
@@ -130,6 +155,12 @@ class UnauthenticatedError(AccessError):
 
 class ForbiddenError(AccessError):
     """A valid token that lacks what the route or namespace requires."""
+
+
+class IssuerMetadataUnavailableError(AccessError):
+    """A token could not be checked: its tenant's OpenID configuration or signing keys
+    could not be read and no earlier copy is known (or an unknown key id could not be
+    looked up). Transient: the service, not the caller, is at fault; retry later."""
 
 
 class IdentityError(CacheRefresherError):

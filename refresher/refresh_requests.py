@@ -24,14 +24,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from refresher.cache import check_namespace, lease_name
+from refresher.cache import RunRecord, check_namespace, lease_name
 from refresher.db import IMMEDIATE, db_now, utcnow
 from refresher.errors import StoreError
-from refresher.schema import ERROR_MESSAGE_MAX, leases, refresh_requests
+from refresher.schema import ERROR_MESSAGE_MAX, leases, refresh_requests, refresh_runs
 
 PENDING, CLAIMED, DONE, FAILED = "pending", "claimed", "done", "failed"
 
@@ -82,6 +83,16 @@ def request_status(engine: Engine, request_id: int) -> RefreshRequest | None:
     with _store_errors(f"read of refresh request {request_id}"), engine.connect() as conn:
         row = conn.execute(query).first()
     return None if row is None else RefreshRequest(*row)
+
+
+def run_record(engine: Engine, run_id: int) -> RunRecord | None:
+    """The run ``run_id`` of the history (``None`` if there is no such run)."""
+    query = sa.select(refresh_runs).where(refresh_runs.c.id == run_id)
+    with _store_errors(f"read of refresh run {run_id}"), engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+    if row is None:
+        return None
+    return RunRecord(**{**row, "secret_versions": orjson.loads(row["secret_versions"] or "{}")})
 
 
 def claim_pending(
