@@ -10,6 +10,10 @@ The diff (``refresher.items``) says what to insert, update and delete;
   a keyed ``UPDATE`` on Azure SQL (``fast_executemany``);
 - vanished keys: a keyed ``DELETE``.
 
+On PostgreSQL, many new or changed rows (:data:`COPY_MIN_ROWS`) go through
+``COPY`` instead (:func:`copy_rows`): psycopg's ``executemany`` spends more
+Python per row than the server spends inserting it.
+
 Rows go to the driver as tuples already in its form: SQLAlchemy's per-row
 parameter processing, and a named-parameter dict per row, would cost more
 than the database's own work.
@@ -17,6 +21,7 @@ than the database's own work.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -32,6 +37,13 @@ WRITE_BATCH = 2000
 """Rows per executemany batch: large enough to amortise round trips, small
 enough to keep each statement's parameter set modest on every driver."""
 
+COPY_MIN_ROWS = 2000
+"""On PostgreSQL, at least this many rows of one kind are written with ``COPY``: below
+it, the temporary table and the extra statement cost more than ``executemany`` does."""
+
+COPY_BATCH = 20_000
+"""Rows per ``COPY``: progress is reported after each."""
+
 Progress = Callable[[str, int, int | None], None]
 """``progress(phase, done, total)``: phase is ``"fetch"`` (items consumed,
 total unknown) or ``"write"`` (rows written of the total to write)."""
@@ -46,8 +58,14 @@ def write_changes(
     generation: int,
     now: datetime,
     progress: Progress | None,
+    *,
+    copy_min_rows: int | None = COPY_MIN_ROWS,
 ) -> None:
-    """Write ``changes`` to ``namespace`` in the caller's transaction, reporting progress."""
+    """Write ``changes`` to ``namespace`` in the caller's transaction, reporting progress.
+
+    On PostgreSQL, inserts or updates of at least ``copy_min_rows`` rows go
+    through ``COPY`` (see :func:`copy_rows`); ``None`` never copies.
+    """
     report = _Counter(progress, changes.written)
     delete = entries.delete().where(
         entries.c.namespace == sa.bindparam("ns"), entries.c.key == sa.bindparam("k")
@@ -56,14 +74,26 @@ def write_changes(
         conn.execute(delete, [{"ns": namespace, "k": key} for key in keys])
         report.add(len(keys))
     changed_at = _bind_value(conn, entries.c.changed_at, now)
-    for rows, stmt in ((changes.inserts, entries.insert()), (changes.updates, _update(conn))):
-        for batch in _batches(list(rows.items())):
-            values = [
-                (namespace, key, row.payload, row.etag, generation, changed_at, row.version)
-                for key, row in batch
-            ]
-            _executemany(conn, stmt, values)
+    for rows, new in ((changes.inserts, True), (changes.updates, False)):
+        write, size = _writer(conn, new=new, count=len(rows), copy_min_rows=copy_min_rows)
+        for batch in _batches(list(rows.items()), size):
+            write(
+                [
+                    (namespace, key, row.payload, row.etag, generation, changed_at, row.version)
+                    for key, row in batch
+                ]
+            )
             report.add(len(batch))
+
+
+def _writer(
+    conn: Connection, *, new: bool, count: int, copy_min_rows: int | None
+) -> tuple[Callable[[list[tuple[Any, ...]]], None], int]:
+    """How to write ``count`` new (or changed) rows, and in batches of how many."""
+    if copy_min_rows is not None and count >= copy_min_rows and conn.dialect.name == "postgresql":
+        return functools.partial(copy_rows, conn, new=new), COPY_BATCH
+    stmt = entries.insert() if new else _update(conn)
+    return functools.partial(_executemany, conn, stmt), WRITE_BATCH
 
 
 class _Counter:
@@ -124,6 +154,63 @@ def _executemany(conn: Connection, stmt: sa.Executable, rows: list[tuple[Any, ..
     conn.exec_driver_sql(str(compiled), rows)
 
 
+_STAGING = "cache_entries_staging"
+
+
+def copy_rows(conn: Connection, rows: list[tuple[Any, ...]], *, new: bool) -> None:
+    """Write ``rows`` (in ``_ROW_COLUMNS`` order) with PostgreSQL's ``COPY``, in the caller's
+    transaction.
+
+    New keys are copied straight into ``cache_entries``: the diff was made under
+    the namespace's lease, so they cannot conflict, and like any write of the
+    refresh they stay invisible to readers until it commits. Changed keys are
+    copied into a temporary table (dropped at commit; PostgreSQL lets every
+    user create one unless ``TEMPORARY`` was revoked) and merged with one
+    ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``. psycopg escapes tabs,
+    newlines and backslashes for ``COPY``'s text format; a NUL character, which
+    PostgreSQL's text cannot hold, is refused as ``executemany`` refuses it.
+    """
+    driver_error = conn.dialect.loaded_dbapi.Error
+    try:
+        _copy(conn, rows, new=new)
+    except driver_error as exc:  # as SQLAlchemy would have wrapped it (the store's errors)
+        raise sa.exc.DBAPIError.instance("COPY", None, exc, driver_error) from exc
+    if not new:
+        conn.execute(_merge_staged())
+
+
+def _copy(conn: Connection, rows: list[tuple[Any, ...]], *, new: bool) -> None:
+    driver = conn.connection.driver_connection
+    target = conn.dialect.identifier_preparer.format_table(entries)
+    columns = ", ".join(conn.dialect.identifier_preparer.quote(name) for name in _ROW_COLUMNS)
+    with driver.cursor() as cursor:  # type: ignore[union-attr]
+        if not new:
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} "
+                f"(LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+            cursor.execute(f"TRUNCATE {_STAGING}")
+        into = target if new else _STAGING
+        with cursor.copy(f"COPY {into} ({columns}) FROM STDIN") as copy:
+            copy.set_types(_COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+
+
+def _merge_staged() -> sa.Executable:
+    """``INSERT INTO cache_entries SELECT ... FROM`` the staging table ``ON CONFLICT DO UPDATE``."""
+    staging = sa.table(_STAGING, *(sa.column(name) for name in _ROW_COLUMNS))
+    stmt = postgresql.insert(entries).from_select(list(_ROW_COLUMNS), sa.select(*staging.c))
+    return stmt.on_conflict_do_update(
+        index_elements=[entries.c.namespace, entries.c.key],
+        set_={name: stmt.excluded[name] for name in _ROW_COLUMNS[2:]},
+    )
+
+
+_COPY_TYPES = ["text", "text", "text", "text", "int8", "timestamptz", "text"]
+"""How psycopg formats each of ``_ROW_COLUMNS`` for ``COPY``."""
+
+
 _POSITIONAL_TWINS: dict[str, Dialect] = {}
 
 
@@ -143,6 +230,6 @@ def _bind_value(conn: Connection, column: sa.Column[Any], value: Any) -> Any:
     return value if processor is None else processor(value)
 
 
-def _batches(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(values), WRITE_BATCH):
-        yield values[start : start + WRITE_BATCH]
+def _batches(values: Sequence[_T], size: int = WRITE_BATCH) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

@@ -7,8 +7,9 @@ Design (one transaction, change-proportional writes):
    *all* items before touching the entries: bad input is refused whole.
 2. In **one transaction** it compares the items' content hashes with the
    stored etags, writes only inserted and changed rows (``INSERT ... ON
-   CONFLICT DO UPDATE`` on PostgreSQL and SQLite, ``UPDATE`` + ``INSERT`` with
-   ``fast_executemany`` on Azure SQL), deletes vanished keys, bumps the
+   CONFLICT DO UPDATE`` on PostgreSQL and SQLite, ``COPY`` for many rows on
+   PostgreSQL, ``UPDATE`` + ``INSERT`` with ``fast_executemany`` on Azure
+   SQL), deletes vanished keys, bumps the
    namespace's generation if anything changed, records the run's outcome, and
    re-confirms the lease (fencing) before it commits.
 3. Readers therefore see the previous refresh or the next one, never a mix:
@@ -40,7 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from refresher.bulk import Progress, positional_dialect, write_changes
+from refresher.bulk import COPY_MIN_ROWS, Progress, positional_dialect, write_changes
 from refresher.cursor import decode_cursor, encode_cursor
 from refresher.db import IMMEDIATE, db_now, utcnow
 from refresher.errors import (
@@ -166,7 +167,12 @@ def _diff(
 
 
 class CacheStore:
-    """Reads and refreshes of the shared cache tables on one engine."""
+    """Reads and refreshes of the shared cache tables on one engine.
+
+    ``copy_min_rows``: on PostgreSQL, a refresh that inserts (or updates) at
+    least this many rows writes them with ``COPY`` (``None``: always
+    ``executemany``; see :func:`refresher.bulk.copy_rows`).
+    """
 
     def __init__(
         self,
@@ -174,10 +180,12 @@ class CacheStore:
         *,
         leases: LeaseManager | None = None,
         remember: bool = True,
+        copy_min_rows: int | None = COPY_MIN_ROWS,
     ) -> None:
         self.engine = engine
         self.leases = leases or LeaseManager(engine)
         self._remember = remember
+        self._copy_min_rows = copy_min_rows
         # namespace -> (generation, mode, memo of the content this process wrote);
         # mode is the version field, or "" when comparing by content.
         self._memos: dict[str, tuple[int, str, dict[str, Hashable]]] = {}
@@ -277,7 +285,10 @@ class CacheStore:
             if (0 if current is None else int(current)) != known.generation:
                 raise LeaseLostError(lease.name, lease.holder)  # someone else wrote meanwhile
             now = db_now(conn)  # one clock for every replica's run times
-            write_changes(conn, namespace, changes, generation, now, progress)
+            write_changes(
+                conn, namespace, changes, generation, now, progress,
+                copy_min_rows=self._copy_min_rows,
+            )  # fmt: skip
             self._save_state(
                 conn, namespace, current is not None, generation, len(changes.memo), now,
                 source_version,

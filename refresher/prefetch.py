@@ -139,8 +139,8 @@ class _Fetcher(Generic[_T]):
 
     def _read_all(self) -> None:
         iterator = iter(self._items)
+        chunk: list[_T] = []
         try:
-            chunk: list[_T] = []
             for item in iterator:
                 if self._stopped.is_set():
                     return
@@ -150,13 +150,16 @@ class _Fetcher(Generic[_T]):
                     if not self._put(chunk):
                         return
                     chunk = []
-            if chunk and not self._put(chunk):
-                return
-            self._put(_End())
+        except BaseException:
+            if chunk:
+                self._put(chunk)  # the items before the failure come first
+            raise
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()  # in this thread, where the source's generator runs
+        if not chunk or self._put(chunk):
+            self._put(_End())
 
     def _put(self, value: list[_T] | _End | _Failure) -> bool:
         """Queue ``value`` once there is room; ``False`` if the consumer stopped meanwhile."""
