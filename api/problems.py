@@ -9,7 +9,7 @@ parent's status unless it has its own:
     LeaseError (LeaseHeldError, LeaseLostError)                 409
     UnauthenticatedError                                        401 (with WWW-Authenticate)
     ForbiddenError                                              403 (with WWW-Authenticate)
-    StoreError                                                  503 (with Retry-After)
+    StoreError, IssuerMetadataUnavailableError                  503 (with Retry-After)
     any other CacheRefresherError                               500
 
 Each problem's ``type`` is stable: ``urn:cache-refresher:problem:<name>``, the
@@ -45,6 +45,7 @@ from refresher.errors import (
     ForbiddenError,
     InvalidCursorError,
     InvalidItemsError,
+    IssuerMetadataUnavailableError,
     LeaseError,
     NotFoundError,
     StoreError,
@@ -65,6 +66,7 @@ STATUS_BY_ERROR: Mapping[type[CacheRefresherError], int] = MappingProxyType(
         StoreError: 503,
         UnauthenticatedError: 401,
         ForbiddenError: 403,
+        IssuerMetadataUnavailableError: 503,
     }
 )
 """The HTTP status of each error class; subclasses inherit along the MRO."""

@@ -8,8 +8,17 @@ client on the resource) and ``idtyp: app``; delegated user tokens carry
 ``azp`` and ``appid`` (the client; real v2.0 tokens carry only ``azp``, v1.0
 tokens only ``appid``: devstack sends both so either kind of validator works),
 ``azpacr`` (0 none, 1 secret, 2 certificate), ``ver: "2.0"``, ``iat``/``nbf``/
-``exp`` and a unique ``uti``. Empty ``roles``/``scp`` are omitted, as Entra
-does.
+``exp`` and a unique ``uti``. Empty ``roles``/``scp``/``groups`` are omitted, as
+Entra does.
+
+v1.0 tokens (what managed identities and apps whose API asks for
+``accessTokenAcceptedVersion`` 1 get) differ: ``iss`` is
+``https://sts.windows.net/<tenant>/`` whatever the cloud's authority,
+``ver: "1.0"``, the client is ``appid`` (with ``appidacr``) and never ``azp``, and
+a user is named by ``upn``/``unique_name`` instead of ``preferred_username``.
+
+A guest user (invited from another tenant) carries ``acct: 1`` and ``idp``, the
+issuer of their home tenant; a member carries ``acct: 0`` and no ``idp``.
 """
 
 from __future__ import annotations
@@ -18,11 +27,18 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from devstack.signing import b64url
 
 NOT_BEFORE_SKEW = 300  # Entra back-dates nbf/iat by 5 minutes
+
+TokenVersion = Literal["1.0", "2.0"]
+
+
+def v1_issuer(tenant_id: str) -> str:
+    """The ``iss`` of a v1.0 token of ``tenant_id`` (the same host in devstack and Azure)."""
+    return f"https://sts.windows.net/{tenant_id}/"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,11 +54,17 @@ class Validity:
 
 
 def _common(
-    *, issuer: str, audience: str, tenant_id: str, client_id: str, validity: Validity
+    *,
+    issuer: str,
+    audience: str,
+    tenant_id: str,
+    client_id: str,
+    validity: Validity,
+    version: TokenVersion = "2.0",
 ) -> dict[str, Any]:
-    return {
+    claims: dict[str, Any] = {
         "aud": audience,
-        "iss": issuer,
+        "iss": issuer if version == "2.0" else v1_issuer(tenant_id),
         **validity.claims(),
         "aio": b64url(secrets.token_bytes(24)),
         "azp": client_id,
@@ -50,8 +72,17 @@ def _common(
         "rh": f"0.{b64url(secrets.token_bytes(16))}.",
         "tid": tenant_id,
         "uti": b64url(secrets.token_bytes(16)),
-        "ver": "2.0",
+        "ver": version,
     }
+    if version == "1.0":
+        del claims["azp"]
+    return claims
+
+
+def _client_auth(claims: dict[str, Any], method: str) -> None:
+    claims["appidacr"] = method
+    if claims["ver"] == "2.0":
+        claims["azpacr"] = method
 
 
 def app_token_claims(
@@ -64,6 +95,7 @@ def app_token_claims(
     roles: Iterable[str],
     auth_method: str,
     validity: Validity,
+    version: TokenVersion = "2.0",
 ) -> dict[str, Any]:
     """Claims of an app-only token for the service principal ``object_id``."""
     claims = _common(
@@ -72,8 +104,10 @@ def app_token_claims(
         tenant_id=tenant_id,
         client_id=client_id,
         validity=validity,
+        version=version,
     )
-    claims.update(azpacr=auth_method, appidacr=auth_method, idtyp="app")
+    _client_auth(claims, auth_method)
+    claims["idtyp"] = "app"
     claims.update(oid=object_id, sub=object_id)
     return _with_list(claims, "roles", roles)
 
@@ -90,21 +124,37 @@ def user_token_claims(
     scopes: Iterable[str],
     roles: Iterable[str],
     validity: Validity,
+    groups: Iterable[str] = (),
+    home_tenant_id: str | None = None,
+    version: TokenVersion = "2.0",
 ) -> dict[str, Any]:
-    """Claims of a delegated token: ``client_id`` acting for the user."""
+    """Claims of a delegated token: ``client_id`` acting for the user.
+
+    ``home_tenant_id`` other than ``tenant_id`` makes the user a guest (``acct: 1``
+    and ``idp``: their home tenant's issuer)."""
     claims = _common(
         issuer=issuer,
         audience=audience,
         tenant_id=tenant_id,
         client_id=client_id,
         validity=validity,
+        version=version,
     )
-    claims.update(azpacr="0", appidacr="0", name=name, preferred_username=username)
+    _client_auth(claims, "0")
+    claims["name"] = name
+    if version == "2.0":
+        claims["preferred_username"] = username
+    else:
+        claims.update(upn=username, unique_name=username)
     claims.update(oid=user_object_id, sub=_pairwise_subject(user_object_id, client_id))
+    guest = home_tenant_id is not None and home_tenant_id != tenant_id
+    claims["acct"] = 1 if guest else 0
+    if guest:
+        claims["idp"] = v1_issuer(str(home_tenant_id))
     scp = " ".join(sorted(set(scopes)))
     if scp:
         claims["scp"] = scp
-    return _with_list(claims, "roles", roles)
+    return _with_list(_with_list(claims, "roles", roles), "groups", groups)
 
 
 def _pairwise_subject(user_object_id: str, client_id: str) -> str:

@@ -125,12 +125,22 @@ class Application:
 
 @dataclass(frozen=True, kw_only=True)
 class User:
-    """A user who can be given delegated tokens (no sign-in: tokens are minted)."""
+    """A user who can be given delegated tokens (no sign-in: tokens are minted).
+
+    ``groups`` are the object ids of the groups the user is in (the ``groups``
+    claim); a ``home_tenant_id`` other than ``tenant_id`` makes them a guest
+    invited from that tenant."""
 
     tenant_id: str
     object_id: str
     username: str
     display_name: str
+    groups: tuple[str, ...] = ()
+    home_tenant_id: str | None = None
+
+    @property
+    def guest(self) -> bool:
+        return self.home_tenant_id is not None and self.home_tenant_id != self.tenant_id
 
 
 def new_id() -> str:
@@ -171,12 +181,23 @@ class Directory:
         """The resource whose identifier URI or app id is ``name`` (case-insensitive)."""
         return self._resources.get(name.rstrip("/").lower())
 
-    def add_user(self, tenant_id: str, username: str, display_name: str = "") -> User:
+    def add_user(
+        self,
+        tenant_id: str,
+        username: str,
+        display_name: str = "",
+        *,
+        groups: Iterable[str] = (),
+        home_tenant_id: str | None = None,
+    ) -> User:
+        """Add a user to ``tenant_id`` (a guest when ``home_tenant_id`` is another tenant)."""
         user = User(
             tenant_id=tenant_id,
             object_id=new_id(),
             username=username,
             display_name=display_name or username.split("@")[0],
+            groups=tuple(groups),
+            home_tenant_id=home_tenant_id,
         )
         with self._lock:
             self._users[user.object_id] = user

@@ -34,7 +34,13 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from devstack import aadsts
-from devstack.claims import Validity, app_token_claims, user_token_claims
+from devstack.claims import (
+    TokenVersion,
+    Validity,
+    app_token_claims,
+    user_token_claims,
+    v1_issuer,
+)
 from devstack.client_auth import AZPACR_SHARED, ClientAuthenticator, presented
 from devstack.directory import Clock, Directory, Resource, User
 from devstack.federation import ExternalIssuers, FederatedAssertions
@@ -84,8 +90,10 @@ class Entra:
 
     # discovery
 
-    def issuer(self, tenant_id: str) -> str:
-        return f"{self.base_url}/{tenant_id}/v2.0"
+    def issuer(self, tenant_id: str, version: TokenVersion = "2.0") -> str:
+        """The ``iss`` of the tenant's tokens: ``<base>/<tenant>/v2.0``, or v1.0's
+        ``https://sts.windows.net/<tenant>/``."""
+        return f"{self.base_url}/{tenant_id}/v2.0" if version == "2.0" else v1_issuer(tenant_id)
 
     def token_endpoint(self, tenant_id: str) -> str:
         return f"{self.base_url}/{tenant_id}/oauth2/v2.0/token"
@@ -179,8 +187,12 @@ class Entra:
         client_id: str,
         resource: str,
         lifetime: int | None = None,
+        roles: Iterable[str] | None = None,
+        version: TokenVersion = "2.0",
     ) -> str:
-        """An app token as if ``client_id`` had asked for ``<resource>/.default``."""
+        """An app token as if ``client_id`` had asked for ``<resource>/.default``:
+        with the app roles granted to it on ``resource``, or with ``roles`` as if those
+        were granted; a v1.0 token with ``version="1.0"``."""
         target = self._registered_resource(tenant_id, resource)
         return self._app_token(
             tenant_id=tenant_id,
@@ -189,6 +201,8 @@ class Entra:
             audience=resource,
             auth_method=AZPACR_SHARED,
             lifetime=lifetime or self.policy.lifetime,
+            roles=roles,
+            version=version,
         )
 
     def mint_user_token(
@@ -200,10 +214,13 @@ class Entra:
         scopes: Iterable[str],
         roles: Iterable[str] = (),
         lifetime: int | None = None,
+        groups: Iterable[str] | None = None,
+        version: TokenVersion = "2.0",
     ) -> str:
-        """A delegated token: ``client_id`` calling ``audience`` for ``user`` with ``scp``."""
+        """A delegated token: ``client_id`` calling ``audience`` for ``user`` with ``scp``
+        (and the user's groups, or ``groups``); a v1.0 token with ``version="1.0"``."""
         claims = user_token_claims(
-            issuer=self.issuer(user.tenant_id),
+            issuer=self.issuer(user.tenant_id, version),
             audience=audience,
             tenant_id=user.tenant_id,
             client_id=client_id,
@@ -213,6 +230,9 @@ class Entra:
             scopes=scopes,
             roles=roles,
             validity=Validity(issued_at=self.clock(), lifetime=lifetime or self.policy.lifetime),
+            groups=user.groups if groups is None else groups,
+            home_tenant_id=user.home_tenant_id,
+            version=version,
         )
         return self._sign(claims)
 
@@ -225,25 +245,49 @@ class Entra:
         audience: str,
         auth_method: str,
         lifetime: int,
+        roles: Iterable[str] | None = None,
+        version: TokenVersion = "2.0",
     ) -> str:
         app = self.directory.app(tenant_id, client_id)
         claims = app_token_claims(
-            issuer=self.issuer(tenant_id),
+            issuer=self.issuer(tenant_id, version),
             audience=audience,
             tenant_id=tenant_id,
             client_id=client_id,
             object_id=app.object_id,
-            roles=app.roles_for(resource),
+            roles=app.roles_for(resource) if roles is None else roles,
             auth_method=auth_method,
             validity=Validity(issued_at=self.clock(), lifetime=lifetime),
+            version=version,
         )
         return self._sign(claims)
 
-    def _sign(self, claims: dict[str, Any]) -> str:
-        token = self.keys.sign(claims)
+    def sign(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        algorithm: str = "RS256",
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Sign arbitrary ``claims`` with the active key (tests craft odd tokens this
+        way); the token is remembered for the leak check like every issued one."""
+        return self._sign(dict(claims), algorithm=algorithm, headers=headers)
+
+    def _sign(
+        self,
+        claims: dict[str, Any],
+        *,
+        algorithm: str = "RS256",
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        token = self.keys.sign(claims, algorithm=algorithm, headers=headers)
+        self.remember(token)
+        return token
+
+    def remember(self, token: str) -> None:
+        """Count ``token`` among the issued ones (for tokens crafted outside devstack)."""
         with self._issued_lock:
             self._issued.append(token)
-        return token
 
     def issued_tokens(self) -> list[str]:
         """Every token issued or minted so far (for leak checks in tests)."""

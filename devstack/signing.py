@@ -128,8 +128,16 @@ class SigningKeys:
         key = self._keys.get(kid)
         return None if key is None else key.public_key()
 
-    def sign(self, claims: Mapping[str, Any]) -> str:
-        """An RS256 JWT over ``claims`` with the active key's ``kid`` in its header."""
+    def sign(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        algorithm: str = "RS256",
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A JWT over ``claims`` signed by the active key (RS256, or another RSA
+        ``algorithm`` such as PS256), with its ``kid`` in the header; ``headers`` add
+        to or replace header fields."""
         key = self._keys[self._active]
-        headers = {"typ": "JWT", "kid": key.kid}
-        return jwt.encode(dict(claims), key.private_key, algorithm="RS256", headers=headers)
+        all_headers = {"typ": "JWT", "kid": key.kid, **(headers or {})}
+        return jwt.encode(dict(claims), key.private_key, algorithm=algorithm, headers=all_headers)

@@ -56,13 +56,15 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from devstack.ca import LocalCA, ssl_context
 from devstack.certificates import AppCertificate, CertificateFiles
+from devstack.claims import TokenVersion
 from devstack.directory import (
     EVENT_GRID_APP_ID,
     Clock,
@@ -238,29 +240,32 @@ class DevStack:
         certificate: bool = False,
         subject_name_issuer: bool = False,
         vault_roles: Iterable[VaultRole] = (),
+        tenant_id: str | None = None,
     ) -> AppIdentity:
         """Register an app with a client secret and/or a certificate and vault roles.
 
         ``certificate`` registers a self-signed certificate by thumbprint;
         ``subject_name_issuer`` instead issues one from the devstack CA and
-        trusts its subject name (the client must send ``x5c``).
+        trusts its subject name (the client must send ``x5c``). ``tenant_id``
+        registers it in another tenant (:meth:`add_tenant`).
         """
         directory = self.entra.directory
-        app = directory.register_app(self.tenant_id, name)
-        value = directory.add_secret(self.tenant_id, app.client_id).value if secret else None
+        tenant = tenant_id or self.tenant_id
+        app = directory.register_app(tenant, name)
+        value = directory.add_secret(tenant, app.client_id).value if secret else None
         cert = None
         if certificate:
             cert = AppCertificate.generate(f"devstack {name}")
-            directory.add_certificate(self.tenant_id, app.client_id, cert.certificate)
+            directory.add_certificate(tenant, app.client_id, cert.certificate)
         elif subject_name_issuer:
             cert = self.ca.issue_client_certificate(f"devstack {name}")
-            directory.trust_subject_name(self.tenant_id, app.client_id, cert.subject)
+            directory.trust_subject_name(tenant, app.client_id, cert.subject)
         files = cert.write(self.directory / "identities", name) if cert else None
         for role in vault_roles:
             self.vault_access.assign(app.object_id, role)
         return AppIdentity(
             name=name,
-            tenant_id=self.tenant_id,
+            tenant_id=tenant,
             client_id=app.client_id,
             object_id=app.object_id,
             client_secret=value,
@@ -277,18 +282,48 @@ class DevStack:
         """Grant ``identity`` an app role on the upstream API (in its next tokens)."""
         self.upstream.grant_role(identity.client_id, role)
 
-    def add_user(self, username: str, display_name: str = "") -> User:
-        return self.entra.directory.add_user(self.tenant_id, username, display_name)
+    def add_tenant(self) -> str:
+        """Another tenant (its own OpenID configuration, same signing keys as Entra's
+        tenants share); returns its id."""
+        return self.entra.directory.add_tenant()
+
+    def add_user(
+        self,
+        username: str,
+        display_name: str = "",
+        *,
+        tenant_id: str | None = None,
+        groups: Iterable[str] = (),
+        home_tenant_id: str | None = None,
+    ) -> User:
+        """A user of the tenant (or ``tenant_id``) in ``groups``; a guest invited from
+        ``home_tenant_id`` when that is another tenant."""
+        return self.entra.directory.add_user(
+            tenant_id or self.tenant_id,
+            username,
+            display_name,
+            groups=groups,
+            home_tenant_id=home_tenant_id,
+        )
 
     def mint_app_token(
-        self, identity: AppIdentity, resource: str, *, lifetime: int | None = None
+        self,
+        identity: AppIdentity,
+        resource: str,
+        *,
+        lifetime: int | None = None,
+        roles: Iterable[str] | None = None,
+        version: TokenVersion = "2.0",
     ) -> str:
-        """An app token for ``identity`` on ``resource``, without a token request."""
+        """An app token for ``identity`` on ``resource``, without a token request: with
+        its granted app roles on ``resource`` (or ``roles``), v2.0 (or v1.0)."""
         return self.entra.mint_app_token(
-            tenant_id=self.tenant_id,
+            tenant_id=identity.tenant_id,
             client_id=identity.client_id,
             resource=resource,
             lifetime=lifetime,
+            roles=roles,
+            version=version,
         )
 
     def mint_user_token(
@@ -300,8 +335,11 @@ class DevStack:
         client: AppIdentity | None = None,
         roles: Iterable[str] = (),
         lifetime: int | None = None,
+        groups: Iterable[str] | None = None,
+        version: TokenVersion = "2.0",
     ) -> str:
-        """A delegated token for ``user`` (``scp``), as if ``client`` had signed them in."""
+        """A delegated token for ``user`` (``scp``), as if ``client`` had signed them in;
+        ``groups`` replace the user's own in the ``groups`` claim."""
         return self.entra.mint_user_token(
             user=user,
             client_id=(client or self.service).client_id,
@@ -309,7 +347,19 @@ class DevStack:
             scopes=scopes,
             roles=roles,
             lifetime=lifetime,
+            groups=groups,
+            version=version,
         )
+
+    def sign_token(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        algorithm: str = "RS256",
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Sign arbitrary ``claims`` with the issuer's active key (odd tokens for tests)."""
+        return self.entra.sign(claims, algorithm=algorithm, headers=headers)
 
     def sensitive_values(self) -> set[str]:
         """Values that must never appear in a log or error message: every client
