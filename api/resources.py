@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from api.auth import open_validator
 from api.principal import AccessPolicy, TokenValidator
+from api.reads import ReadLayer
 from refresher.cache import CacheStore
 from refresher.db import cache_engine
 from refresher.identity.credential import AppIdentity
@@ -40,6 +41,8 @@ class ApiResources:
     secrets: KeyVaultSecretStore | None = None
     metrics: CollectorRegistry | None = None
     replica_id: str = socket.gethostname()
+    reads: ReadLayer | None = None
+    """Items kept in memory in front of ``store`` (``None``: every read goes to the store)."""
 
 
 @contextmanager
@@ -98,4 +101,10 @@ def build_resources(
         secrets=secrets,
         metrics=metrics,
         replica_id=settings.replica_id or socket.gethostname(),
+        reads=ReadLayer(
+            store,
+            namespaces=by_name,
+            capacity=settings.api_read_cache_items,
+            check_seconds=settings.api_generation_check_ms / 1000,
+        ),
     )

@@ -1,45 +1,66 @@
-"""Read-only preview of the cache: namespaces, pages of items, one item.
+"""The read routes: the namespaces a caller may read, pages of their items, one item.
 
-**Development preview, without authentication.** ``cache-refresher dev``
-serves these routes on 127.0.0.1 only, so there is something to call while
-developing. Every data route of the production API will require an Entra ID
-token; that API comes later and replaces this preview.
+Every route requires a reader's token (:mod:`api.deps`). Access is checked
+before anything is looked up: a caller who is no reader at all gets 403
+whatever the namespace; a reader gets 403 for a namespace whose ``readers``
+table requires more than the token holds (naming what is missing: namespace
+names are configuration, not secrets, and the caller learns what to ask for),
+and 404 for a namespace that is not served or has no data yet. When a
+namespaces file is configured, only its namespaces are served (a namespace
+left in the database after it was removed from the file is not: its readers
+rule is gone); without one, every namespace in the database is served to the
+default readers.
 
-Routes raise our domain errors; :mod:`api.problems` turns them into
-``application/problem+json``. They are plain ``def``: the store is synchronous
-and FastAPI runs them in its thread pool.
+``GET /v1/namespaces`` shows freshness, not failures: readers see whether the
+last attempt failed, operators see why in ``/v1/status``.
+
+Pages (``GET .../items``) are plain ``def`` routes over the synchronous store.
+The item route is ``async``: it serves from the in-process layer
+(:mod:`api.reads`), falling back to the store in the thread pool, and returns
+the stored payload bytes as they are.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, Field
+from starlette.responses import Response
 
-from api.deps import Caller, PolicyDep, StoreDep
-from refresher.cache import PAGE_LIMIT_MAX, Item, NamespaceInfo
+from api import query
+from api.deps import Caller, ResourcesDep
+from api.pages import PageRequest, page_request, read_page, render_page
+from api.reads import ReadLayer, cache_headers
+from api.resources import ApiResources
+from api.responses import problem_responses
+from refresher.cache import NamespaceInfo, check_namespace
+from refresher.errors import ConfigurationError, ItemNotFoundError, NamespaceNotFoundError
 
-PREVIEW_NOTE = (
-    " Development preview without authentication, served only by `cache-refresher dev` "
-    "on 127.0.0.1."
-)
-
-router = APIRouter(prefix="/v1/namespaces", tags=["preview (no auth)"])
+router = APIRouter(prefix="/v1/namespaces", tags=["reads"])
 
 
 class NamespaceOut(BaseModel):
     """A namespace's freshness, as readers see it."""
 
     namespace: str
-    row_count: int
+    item_count: int
     generation: int = Field(description="Grows by one with each refresh that changed something.")
-    refreshed_at: datetime | None = Field(description="When the last successful refresh ended.")
+    refreshed_at: datetime | None = Field(
+        description="When the last successful refresh ended (null: no data yet)."
+    )
     age_seconds: float | None = Field(description="Seconds since `refreshed_at`.")
-    last_attempt_at: datetime | None
-    last_error: str | None = Field(description="Why the last attempt failed, if it did.")
+    max_staleness_seconds: float | None = Field(
+        description="Data older than this is stale (null: not configured on this server)."
+    )
+    stale: bool = Field(description="Whether the data is past its maximum staleness.")
+    last_attempt_failed: bool = Field(
+        description="Whether the latest refresh attempt failed (the data is that of "
+        "`refreshed_at`; operators see why in /v1/status)."
+    )
     items: str = Field(description="Where to page through the items.")
 
 
@@ -48,7 +69,7 @@ class NamespaceList(BaseModel):
 
 
 class ItemOut(BaseModel):
-    """One cached item in a page: its key, strong ETag and the payload."""
+    """One cached item in a page: its key, strong ETag and the payload (projected)."""
 
     key: str
     etag: str
@@ -68,103 +89,179 @@ class ItemPage(BaseModel):
 
 @router.get(
     "",
-    summary="List the namespaces",
-    description="Row count, generation and age of every namespace." + PREVIEW_NOTE,
+    summary="List the namespaces you may read",
+    description="Item count, generation, age and staleness of each namespace the caller may "
+    "read, including configured ones not refreshed yet (no data: `refreshed_at` is null).",
+    responses=problem_responses(401, 403, 503),
 )
-def list_namespaces(caller: Caller, policy: PolicyDep, store: StoreDep) -> NamespaceList:
-    policy.require_reader(caller)
+def list_namespaces(caller: Caller, resources: ResourcesDep) -> NamespaceList:
+    resources.policy.require_reader(caller)
+    stored = {info.namespace: info for info in resources.store.namespaces()}
+    names = sorted(resources.namespaces) if resources.namespaces else sorted(stored)
+    now = time.time()
     return NamespaceList(
         namespaces=[
-            _namespace_out(info)
-            for info in store.namespaces()
-            if policy.may_read(caller, info.namespace)
+            _namespace_out(resources, name, stored.get(name), now)
+            for name in names
+            if resources.policy.may_read(caller, name)
         ]
     )
+
+
+PAGE_DESCRIPTION = f"""\
+Items in key order, `limit` at a time; follow `next` (also in the `Link` header) until
+there is none. A page is consistent; pages taken across a refresh continue after the
+last key seen, so every key present throughout is seen exactly once.
+
+**Filters** (repeatable, all must hold): `filter=<field>:<operator>:<value>` on a
+top-level payload field, operators {", ".join(f"`{op}`" for op in query.OPERATORS)}
+(`in` takes comma-separated values; values compare as text with the field's JSON
+scalar). Filters run in the server over chunks of keys: one request reads at most
+{{scan}} items, so a filtered page may hold fewer than `limit` items, even none, and
+still have a `next`.
+
+**Projection**: `fields=a,b,c` keeps those payload fields.
+
+**Formats** by `Accept`: `application/json` (default), `application/x-ndjson` (one
+item per line), `text/csv` (a `key` column, then the `fields` asked for, or the fields
+of the page's items in order of appearance; objects and arrays as JSON).
+"""
 
 
 @router.get(
     "/{namespace}/items",
     summary="Page through a namespace's items",
-    description="Items in key order, `limit` at a time; follow `next`." + PREVIEW_NOTE,
+    description=PAGE_DESCRIPTION.replace("{scan}", "10,000"),
+    response_model=ItemPage,
+    responses={
+        200: {
+            "content": {
+                query.NDJSON: {"schema": {"type": "string"}},
+                query.CSV: {"schema": {"type": "string"}},
+            },
+            "headers": {"Link": {"schema": {"type": "string"}, "description": 'rel="next"'}},
+        },
+        **problem_responses(401, 403, 404, 406, 422, 503),
+    },
 )
 def list_items(
     namespace: str,
+    request: Request,
     caller: Caller,
-    policy: PolicyDep,
-    store: StoreDep,
-    response: Response,
-    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX, description="Items per page.")] = 100,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
-) -> ItemPage:
-    policy.require_reader(caller, namespace)
-    page = store.page(namespace, limit=limit, cursor=cursor)
+    resources: ResourcesDep,
+    page: Annotated[PageRequest, Depends(page_request)],
+) -> Response:
+    resources.policy.require_reader(caller, namespace)
+    _require_served(resources, namespace)
+    items, next_cursor = read_page(resources.store, namespace, page)
+    headers = {}
     next_link = None
-    if page.next_cursor is not None:
-        query = urlencode({"limit": limit, "cursor": page.next_cursor})
-        next_link = f"{_items_path(namespace)}?{query}"
-        response.headers["Link"] = f'<{next_link}>; rel="next"'
-    return ItemPage(
-        namespace=namespace,
-        items=[_item_out(item) for item in page.items],
-        next_cursor=page.next_cursor,
-        next=next_link,
-    )
+    if next_cursor is not None:
+        next_link = f"{request.url.path}?{_next_query(request, next_cursor)}"
+        headers["Link"] = f'<{next_link}>; rel="next"'
+    body = render_page(namespace, items, page, next_cursor, next_link)
+    return Response(body, media_type=page.media_type, headers=headers)
 
 
 @router.get(
     "/{namespace}/items/{key:path}",
     summary="Get one item",
-    description="The item's payload as JSON, with a strong `ETag` (the SHA-256 of the "
-    "payload); `If-None-Match` gives 304 when it is unchanged." + PREVIEW_NOTE,
-    responses={200: {"content": {"application/json": {}}}, 304: {"description": "Unchanged."}},
+    description="The item's payload as stored, with a strong `ETag` (the SHA-256 of the "
+    "payload; `If-None-Match` gives 304 while it is unchanged), `Last-Modified` (when it "
+    "last changed), `Cache-Control: private, max-age=<seconds until the namespace's next "
+    "scheduled refresh>, stale-if-error=<seconds until it passes its maximum staleness>`, "
+    "`X-Cache-Refreshed-At` (when the namespace was last refreshed) and `X-Cache-Stale`.",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The payload.",
+            "content": {query.JSON: {"schema": {}}},
+            "headers": {
+                "ETag": {"schema": {"type": "string"}},
+                "Last-Modified": {"schema": {"type": "string"}},
+                "Cache-Control": {"schema": {"type": "string"}},
+                "X-Cache-Refreshed-At": {"schema": {"type": "string"}},
+                "X-Cache-Stale": {"schema": {"type": "string", "enum": ["true", "false"]}},
+            },
+        },
+        304: {"description": "Not modified: the `If-None-Match` tag is current."},
+        **problem_responses(401, 403, 404, 422, 503),
+    },
 )
-def get_item(
+async def get_item(
     namespace: str,
     key: str,
     caller: Caller,
-    policy: PolicyDep,
-    store: StoreDep,
-    if_none_match: Annotated[str | None, Header()] = None,
+    resources: ResourcesDep,
+    if_none_match: Annotated[str | None, Header(description="ETags held.")] = None,
 ) -> Response:
-    policy.require_reader(caller, namespace)
-    item = store.get_item(namespace, key)
-    etag = f'"{item.etag}"'
-    if if_none_match is not None and etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers={"ETag": etag})
-    return Response(item.payload, media_type="application/json", headers={"ETag": etag})
+    resources.policy.require_reader(caller, namespace)
+    _require_served(resources, namespace)
+    if "\x00" in key:
+        raise ItemNotFoundError(namespace, key.replace("\x00", "?"))
+    layer = resources.reads or _direct(resources)
+    entry, state = await layer.item(namespace, key)
+    headers = cache_headers(state, time.time())
+    headers["ETag"] = entry.etag
+    headers["Last-Modified"] = entry.last_modified
+    if if_none_match is not None and etag_matches(if_none_match, entry.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(entry.payload, media_type=query.JSON, headers=headers)
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:
     """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, RFC 9110)."""
+    if if_none_match == etag:
+        return True
     candidates = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
     return "*" in candidates or etag in candidates
 
 
-def _namespace_out(info: NamespaceInfo) -> NamespaceOut:
-    error = None
-    if info.last_error_class is not None:
-        error = f"{info.last_error_class}: {info.last_error_message or ''}".rstrip(": ")
+def _next_query(request: Request, cursor: str) -> str:
+    """The request's query with ``cursor`` replaced (filters, fields and limit kept)."""
+    params = [
+        (name, value) for name, value in request.query_params.multi_items() if name != "cursor"
+    ]
+    return urlencode([*params, ("cursor", cursor)])
+
+
+def _direct(resources: ApiResources) -> ReadLayer:
+    """A layer that keeps nothing: both queries go to the store on every request."""
+    return ReadLayer(
+        resources.store, namespaces=resources.namespaces, capacity=0, check_seconds=0.0
+    )
+
+
+def _require_served(resources: ApiResources, namespace: str) -> None:
+    """Not found unless ``namespace`` is a valid name this server serves (no query)."""
+    try:
+        check_namespace(namespace)
+    except ConfigurationError:
+        raise NamespaceNotFoundError(namespace[:80]) from None
+    if resources.namespaces and namespace not in resources.namespaces:
+        raise NamespaceNotFoundError(namespace)
+
+
+def _namespace_out(
+    resources: ApiResources, name: str, info: NamespaceInfo | None, now: float
+) -> NamespaceOut:
+    configured = resources.namespaces.get(name)
+    limit = None if configured is None else configured.max_staleness
+    refreshed = None if info is None else info.refreshed_at
+    age = None if refreshed is None else max(0.0, now - refreshed.timestamp())
     return NamespaceOut(
-        namespace=info.namespace,
-        row_count=info.row_count,
-        generation=info.generation,
-        refreshed_at=info.refreshed_at,
-        age_seconds=info.age_seconds(),
-        last_attempt_at=info.last_attempt_at,
-        last_error=error,
-        items=_items_path(info.namespace),
+        namespace=name,
+        item_count=0 if info is None else info.row_count,
+        generation=0 if info is None else info.generation,
+        refreshed_at=refreshed,
+        age_seconds=age,
+        max_staleness_seconds=limit,
+        stale=age is not None and limit is not None and age > limit,
+        last_attempt_failed=info is not None and info.last_error_class is not None,
+        items=items_path(name),
     )
 
 
-def _item_out(item: Item) -> ItemOut:
-    return ItemOut(
-        key=item.key,
-        etag=item.etag,
-        generation=item.generation,
-        changed_at=item.changed_at,
-        data=item.data(),
-    )
-
-
-def _items_path(namespace: str) -> str:
+def items_path(namespace: str) -> str:
+    """The path of a namespace's items."""
     return f"/v1/namespaces/{quote(namespace, safe='')}/items"

@@ -1,0 +1,273 @@
+"""The in-process read layer over a real store (SQLite and PostgreSQL), with an injected
+clock; and the pure parts: freshness headers, filters, projection, negotiation."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from api import query
+from api.reads import CachedItem, Freshness, ReadLayer, cache_headers, freshness, next_refresh
+from refresher.cache import CacheStore, NamespaceInfo
+from refresher.db import create_engine
+from refresher.errors import ItemNotFoundError, NamespaceNotFoundError, StoreError
+from refresher.namespaces import Namespace, Schedule, parse_namespaces
+
+CHECK_SECONDS = 0.25
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def layer(store: CacheStore, clock: Clock) -> ReadLayer:
+    return ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
+
+
+def read(layer: ReadLayer, namespace: str, key: str) -> tuple[CachedItem, Freshness]:
+    return asyncio.run(layer.item(namespace, key))
+
+
+def payload(layer: ReadLayer, namespace: str, key: str) -> Any:
+    return orjson.loads(read(layer, namespace, key)[0].payload)
+
+
+def test_an_item_is_read_once_then_served_from_memory(layer: ReadLayer, store: CacheStore) -> None:
+    store.apply("ns", [{"id": "a", "v": 1}])
+    entry, state = read(layer, "ns", "a")
+    assert entry.payload == b'{"id":"a","v":1}'
+    assert entry.etag == f'"{store.get_item("ns", "a").etag}"'
+    assert state.generation == 1
+    assert len(layer) == 1
+    assert read(layer, "ns", "a")[0] is entry
+
+
+def test_a_refresh_is_served_once_the_check_interval_has_passed(
+    layer: ReadLayer, store: CacheStore, clock: Clock
+) -> None:
+    store.apply("ns", [{"id": "a", "v": 1}, {"id": "b", "v": 1}])
+    assert payload(layer, "ns", "a") == {"id": "a", "v": 1}
+    store.apply("ns", [{"id": "a", "v": 2}, {"id": "b", "v": 1}])
+    clock.advance(CHECK_SECONDS * 0.99)  # inside the bound the memory may still answer
+    assert payload(layer, "ns", "a") == {"id": "a", "v": 1}
+    clock.advance(CHECK_SECONDS * 0.01)  # the bound reached: the next request checks
+    assert payload(layer, "ns", "a") == {"id": "a", "v": 2}
+    assert read(layer, "ns", "a")[1].generation == 2
+
+
+def test_an_unchanged_refresh_keeps_the_items_in_memory(
+    layer: ReadLayer, store: CacheStore, clock: Clock
+) -> None:
+    items = [{"id": "a", "v": 1}]
+    store.apply("ns", items)
+    entry, _ = read(layer, "ns", "a")
+    store.apply("ns", items)  # same content: same generation
+    clock.advance(CHECK_SECONDS)
+    assert read(layer, "ns", "a")[0] is entry
+
+
+def test_another_namespaces_refresh_does_not_drop_items(
+    layer: ReadLayer, store: CacheStore, clock: Clock
+) -> None:
+    store.apply("ns", [{"id": "a"}])
+    store.apply("other", [{"id": "x", "v": 1}])
+    entry, _ = read(layer, "ns", "a")
+    store.apply("other", [{"id": "x", "v": 2}])
+    clock.advance(CHECK_SECONDS)
+    assert read(layer, "ns", "a")[0] is entry
+
+
+def test_a_new_namespace_is_not_found_until_a_check_sees_it(
+    layer: ReadLayer, store: CacheStore, clock: Clock
+) -> None:
+    store.apply("ns", [{"id": "a"}])
+    read(layer, "ns", "a")
+    store.apply("fresh", [{"id": "k"}])
+    with pytest.raises(NamespaceNotFoundError):
+        read(layer, "fresh", "k")
+    clock.advance(CHECK_SECONDS)
+    assert payload(layer, "fresh", "k") == {"id": "k"}
+
+
+def test_an_unknown_key_is_not_found_and_not_kept(layer: ReadLayer, store: CacheStore) -> None:
+    store.apply("ns", [{"id": "a"}])
+    with pytest.raises(ItemNotFoundError):
+        read(layer, "ns", "nope")
+    assert len(layer) == 0
+
+
+def test_memory_holds_at_most_capacity_items_first_in_first_out(
+    store: CacheStore, clock: Clock
+) -> None:
+    layer = ReadLayer(store, capacity=2, check_seconds=CHECK_SECONDS, clock=clock)
+    store.apply("ns", [{"id": key} for key in "abc"])
+    first, _ = read(layer, "ns", "a")
+    read(layer, "ns", "b")
+    read(layer, "ns", "c")
+    assert len(layer) == 2
+    assert read(layer, "ns", "a")[0] is not first  # evicted, read again
+    assert len(layer) == 2
+
+
+def test_capacity_zero_keeps_nothing(store: CacheStore, clock: Clock) -> None:
+    layer = ReadLayer(store, capacity=0, check_seconds=CHECK_SECONDS, clock=clock)
+    store.apply("ns", [{"id": "a"}])
+    assert payload(layer, "ns", "a") == {"id": "a"}
+    assert len(layer) == 0
+
+
+def test_a_failed_check_is_a_store_error_not_unchecked_data(sqlite_url: str, clock: Clock) -> None:
+    engine = create_engine(sqlite_url)  # no tables
+    try:
+        layer = ReadLayer(CacheStore(engine), check_seconds=CHECK_SECONDS, clock=clock)
+        with pytest.raises(StoreError):
+            read(layer, "ns", "a")
+    finally:
+        engine.dispose()
+
+
+# -- freshness -----------------------------------------------------------------------
+
+REFRESHED = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _namespace(**table: Any) -> Namespace:
+    document = {"namespaces": {"ns": {"key_field": "id", "source": {"kind": "demo"}, **table}}}
+    (namespace,) = parse_namespaces(document, configured_secrets=[])
+    return namespace
+
+
+def _info(refreshed: datetime = REFRESHED) -> NamespaceInfo:
+    return NamespaceInfo("ns", 3, 10, refreshed, refreshed, None, None, None)
+
+
+def test_the_next_refresh_is_the_earliest_the_jittered_schedule_allows() -> None:
+    schedule = Schedule(interval=600, cron=None, jitter=0.1)
+    assert next_refresh(schedule, REFRESHED) == REFRESHED + timedelta(seconds=540)
+
+
+def test_a_cron_schedules_next_refresh_is_its_next_time() -> None:
+    schedule = Schedule(interval=None, cron="0 * * * *", jitter=0.1)
+    assert next_refresh(schedule, REFRESHED + timedelta(minutes=5)) == REFRESHED + timedelta(
+        hours=1
+    )
+
+
+def test_cache_control_counts_down_to_the_next_refresh_and_the_staleness_limit() -> None:
+    state = freshness(_info(), _namespace(every="10m", jitter=0, max_staleness="30m"))
+    now = REFRESHED.timestamp() + 100
+    headers = cache_headers(state, now)
+    assert headers["Cache-Control"] == "private, max-age=500, stale-if-error=1700"
+    assert headers["X-Cache-Stale"] == "false"
+    assert headers["X-Cache-Refreshed-At"] == "Thu, 01 Jan 2026 12:00:00 GMT"
+
+
+def test_past_its_next_refresh_max_age_is_zero_and_past_max_staleness_it_is_stale() -> None:
+    state = freshness(_info(), _namespace(every="10m", jitter=0, max_staleness="30m"))
+    headers = cache_headers(state, REFRESHED.timestamp() + 3600)
+    assert headers["Cache-Control"] == "private, max-age=0, stale-if-error=0"
+    assert headers["X-Cache-Stale"] == "true"
+
+
+def test_a_namespace_not_configured_here_is_not_cached_by_clients() -> None:
+    headers = cache_headers(freshness(_info(), None), REFRESHED.timestamp())
+    assert headers["Cache-Control"] == "private, max-age=0"
+    assert headers["X-Cache-Stale"] == "false"
+
+
+# -- filters, projection, negotiation ---------------------------------------------------
+
+ITEM = {"id": "7", "n": 7, "price": 1.5, "ok": True, "none": None, "name": "ample anchor",
+        "tags": ["a"], "at": "x:y"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "matches"),
+    [
+        ("id:eq:7", True),
+        ("n:eq:7", True),
+        ("n:eq:8", False),
+        ("price:eq:1.5", True),
+        ("ok:eq:true", True),
+        ("none:eq:null", True),
+        ("n:ne:8", True),
+        ("n:ne:7", False),
+        ("missing:ne:7", False),
+        ("n:in:1,7,9", True),
+        ("id:in:1,9", False),
+        ("name:prefix:ample", True),
+        ("name:prefix:anchor", False),
+        ("n:prefix:7", False),
+        ("tags:eq:a", False),
+        ("at:eq:x:y", True),
+        ("name:eq:", False),
+    ],
+)
+def test_filters_compare_a_fields_json_scalar_as_text(text: str, matches: bool) -> None:
+    assert query.parse_filter(text).matches(ITEM) is matches
+
+
+@pytest.mark.parametrize(
+    ("text", "mentions"),
+    [
+        ("n:gt:7", "unknown filter operator 'gt'"),
+        ("n:eq", "three parts"),
+        (":eq:7", "three parts"),
+        ("n", "three parts"),
+    ],
+)
+def test_bad_filters_say_what_the_syntax_is(text: str, mentions: str) -> None:
+    with pytest.raises(ValueError, match=mentions) as raised:
+        query.parse_filter(text)
+    assert "eq, ne, in, prefix" in str(raised.value)
+
+
+def test_too_many_filters_are_refused() -> None:
+    with pytest.raises(ValueError, match="at most 10"):
+        query.parse_filters(["n:eq:1"] * 11)
+
+
+def test_fields_project_in_the_order_asked_and_skip_missing_ones() -> None:
+    fields = query.parse_fields("name, id,missing,id")
+    assert fields == ("name", "id", "missing")
+    assert list(query.project(ITEM, fields)) == ["name", "id"]
+    with pytest.raises(ValueError, match="comma-separated"):
+        query.parse_fields("a,,b")
+
+
+@pytest.mark.parametrize(
+    ("accept", "chosen"),
+    [
+        (None, query.JSON),
+        ("*/*", query.JSON),
+        ("text/csv", query.CSV),
+        ("text/*", query.CSV),
+        ("application/x-ndjson", query.NDJSON),
+        ("application/json;q=0.5, text/csv", query.CSV),
+        ("text/csv;q=0.2, application/*;q=0.9", query.JSON),
+        ("application/xml", None),
+        ("text/csv;q=0", None),
+        ("text/csv;q=zero", None),
+    ],
+)
+def test_negotiation_picks_the_most_preferred_format(accept: str | None, chosen: str) -> None:
+    assert query.negotiate(accept) == chosen
