@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from refresher.cache import CacheStore, lease_name
-from refresher.errors import LeaseLostError
+from refresher.errors import LeaseLostError, UpstreamUnavailableError
 from refresher.lease import LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
 from refresher.refresh import RefreshInterrupted, SourceServices, refresh_now, refresh_under_lease
@@ -41,7 +41,7 @@ class Slow:
             yield {"id": f"k{n}", "n": n}
 
 
-def namespace(source: Slow) -> Namespace:
+def namespace(source: Slow | Paged) -> Namespace:
     return Namespace("users", source, "id", None, None, Schedule(60, None, 0), 180, Readers())
 
 
@@ -91,4 +91,76 @@ def test_a_stop_request_interrupts_the_refresh_which_is_recorded_abandoned(
             services=SourceServices(), stop=stop,
         )  # fmt: skip
     assert short_store.page("users").items[0].key == "kept"
+    assert short_store.runs("users")[0].status == "abandoned"
+
+
+class Paged:
+    """``pages`` pages of 500 items; fails at ``fail_at``, or waits ``stall`` s before it."""
+
+    kind = "paged"
+
+    def __init__(
+        self, pages: int, *, fail_at: int | None = None, stall_at: int | None = None,
+        release: threading.Event | None = None,
+    ) -> None:  # fmt: skip
+        self.pages, self.fail_at, self.stall_at = pages, fail_at, stall_at
+        self.release = release or threading.Event()
+        self.fetched = 0
+        self.closed = threading.Event()
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset()
+
+    def close(self) -> None:
+        pass
+
+    def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
+        try:
+            for page in range(self.pages):
+                if page == self.fail_at:
+                    raise UpstreamUnavailableError(f"page {page + 1} answered 503 five times")
+                if page == self.stall_at:
+                    self.release.wait(10)
+                self.fetched = page + 1
+                yield from ({"id": f"p{page}-{n}", "page": page} for n in range(500))
+        finally:
+            self.closed.set()
+
+
+def test_a_page_failing_after_others_fails_the_refresh_and_writes_nothing(
+    short_store: CacheStore,
+) -> None:
+    source = Paged(10, fail_at=6)
+    outcome = refresh_now(short_store, namespace(source), services=SourceServices())
+    assert isinstance(outcome.error, UpstreamUnavailableError)
+    assert source.fetched == 6 and source.closed.is_set()
+    assert [item.key for item in short_store.page("users").items] == ["kept"]
+    run = short_store.runs("users")[0]
+    assert (run.status, run.error_class) == ("failed", "UpstreamUnavailableError")
+    assert run.error_message == "page 7 answered 503 five times"
+    assert short_store.namespace("users").row_count == 1
+
+
+def test_pages_fetched_ahead_are_stored_in_the_source_order(short_store: CacheStore) -> None:
+    outcome = refresh_now(short_store, namespace(Paged(7)), services=SourceServices())
+    assert outcome.result is not None and outcome.result.inserted == 3500
+    keys = {item.key for item in short_store.page("users", limit=1000).items}
+    assert "p0-0" in keys and "kept" not in keys
+
+
+def test_a_stop_request_while_a_page_is_fetched_abandons_the_refresh(
+    short_store: CacheStore,
+) -> None:
+    stop, release = threading.Event(), threading.Event()
+    source = Paged(10, stall_at=3, release=release)
+    lease = short_store.leases.acquire(lease_name("users"))
+    threading.Timer(0.2, stop.set).start()
+    threading.Timer(1.0, release.set).start()  # the stalled page ends later
+    with pytest.raises(RefreshInterrupted):
+        refresh_under_lease(
+            short_store, namespace(source), lease, services=SourceServices(), stop=stop,
+        )  # fmt: skip
+    assert source.closed.is_set()  # the fetch thread stopped and closed the source
+    assert source.fetched < 10
+    assert [item.key for item in short_store.page("users").items] == ["kept"]
     assert short_store.runs("users")[0].status == "abandoned"
