@@ -1,4 +1,11 @@
-"""The console script ``cache-refresher``: the commands of :mod:`refresher.cli`, plus ``dev``.
+"""The console script ``cache-refresher``: the commands of :mod:`refresher.cli`, plus the
+ones that serve the web app: ``api``, ``dev`` and ``devstack token`` (:mod:`api.devtoken`).
+
+``api`` serves the API standalone with uvicorn on ``CACHE_REFRESHER_HOST:PORT``:
+its own app identity, secret store (polled, and re-checked on Key Vault
+events), engine and token validator (:func:`~api.resources.open_resources`),
+and ``/metrics`` with the cache's age and staleness, its token requests and
+secret version changes. The refresh loop runs elsewhere (``cache-refresher run``).
 
 ``dev`` runs the whole stack in one process so there is something to call on a
 fresh machine: a devstack (Entra ID, Key Vault and a Graph-like upstream API on
@@ -7,30 +14,29 @@ fresh machine: a devstack (Entra ID, Key Vault and a Graph-like upstream API on
 ``CACHE_REFRESHER_DATABASE_URL`` (default: SQLite at ``./.dev/cache.db``), the
 namespaces ``demo``, ``users`` (app token) and ``users-by-key`` (a rotating API
 key) written to ``./.dev/namespaces.toml`` (see :mod:`api.devenv`), the
-scheduler refreshing them every interval, and the read-only preview app (no
-authentication) with uvicorn on ``CACHE_REFRESHER_HOST`` (default 127.0.0.1).
-Ctrl-C or SIGTERM stops it cleanly: uvicorn shuts down, then the key rotation,
-the scheduler, the engine, the secret store, the identity and the devstack
-servers, exit 0.
+scheduler refreshing them every interval, and the API (tokens from devstack's
+issuer, for the audience ``api://<service client id>``; devstack delivers its
+Key Vault events to the webhook) on ``CACHE_REFRESHER_HOST`` (default
+127.0.0.1). It prints a ready-to-paste ``curl`` with a delegated token.
+
+Ctrl-C or SIGTERM stops either cleanly: uvicorn shuts down, then everything
+the command opened, in reverse order, exit 0.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import signal
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
-import uvicorn
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
+from api.auth import open_validator
 from api.devenv import (
     DEMO,
     DEVSTACK_DIR,
@@ -39,17 +45,23 @@ from api.devenv import (
     USERS_BY_KEY,
     KeyRotation,
     check_columns,
+    demo_token,
     devstack_settings,
     quiet_logs,
+    register_api,
     rotation_period,
     write_env_file,
     write_namespaces,
 )
+from api.devtoken import devstack_app
+from api.resources import ApiResources, build_resources, open_resources
+from api.serve import base_url, is_loopback, listen, serve, sigterm_interrupts
 from devstack.stack import DevStack
 from refresher.cache import CacheStore
 from refresher.cli import (
     EXIT_USAGE,
     app,
+    check_tables,
     console,
     fail,
     observed_scheduler,
@@ -58,21 +70,72 @@ from refresher.cli import (
 )
 from refresher.db import cache_engine, init_schema
 from refresher.lease import LeaseManager
+from refresher.metrics import RefreshMetrics
 from refresher.namespaces import MIN_INTERVAL_SECONDS, sources_closed_after
 from refresher.services import open_services
-from refresher.settings import Settings
+from refresher.settings import Settings, api_audiences
 
 __all__ = ["app", "main"]
+
+app.add_typer(devstack_app, name="devstack")
+
+PortOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1, max=65535, help="Port to serve on [default: CACHE_REFRESHER_PORT, or 8000]."
+    ),
+]
+
+
+@app.command("api")
+def api(port: PortOption = None) -> None:
+    """Serve the API standalone (its own identity, secret store and database engine).
+
+    Every /v1 route requires an Entra ID token for this API (see
+    CACHE_REFRESHER_API_*). The refresh loop runs elsewhere: `cache-refresher run`.
+    Ctrl-C or SIGTERM stops it.
+    """
+    settings = settings_or_exit(**({"port": port} if port is not None else {}))
+    with reported_errors():
+        listener = listen(settings.host, settings.port)
+    try:
+        with sigterm_interrupts(), reported_errors(), api_resources(settings) as resources:
+            _announce_api(settings, resources)
+            serve(create_app(settings, resources=resources), settings, listener)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
+    console.print("Stopped.", highlight=False)
+
+
+@contextmanager
+def api_resources(settings: Settings) -> Iterator[ApiResources]:
+    """:func:`open_resources` with the standalone API's metrics: the cache's age and
+    staleness (read at scrape time), token requests and secret version changes."""
+    registry = CollectorRegistry()
+    with open_resources(settings, metrics=registry) as resources:
+        check_tables(resources.store)
+        RefreshMetrics(
+            registry, store=resources.store, namespaces=list(resources.namespaces.values()),
+            identity=resources.identity, secrets=resources.secrets,
+        )  # fmt: skip
+        yield resources
+
+
+def _announce_api(settings: Settings, resources: ApiResources) -> None:
+    names = ", ".join(sorted(resources.namespaces)) or "none configured"
+    console.print(
+        f"cache-refresher api: serving on {base_url(settings.host, settings.port)} "
+        f"(audiences {', '.join(api_audiences(settings)) or '-'}; namespaces: {names}; "
+        f"replica {resources.replica_id})",
+        highlight=False, markup=False, soft_wrap=True,
+    )  # fmt: skip
 
 
 @app.command()
 def dev(
-    port: Annotated[
-        int | None,
-        typer.Option(
-            min=1, max=65535, help="Port to serve on [default: CACHE_REFRESHER_PORT, or 8000]."
-        ),
-    ] = None,
+    port: PortOption = None,
     interval: Annotated[
         float | None,
         typer.Option(
@@ -83,12 +146,13 @@ def dev(
     ] = None,
 ) -> None:
     """Run the whole stack locally: devstack, three namespaces refreshed on an interval,
-    and the read-only preview (no auth).
+    and the API behind devstack's tokens.
 
     Starts a devstack (Entra ID, Key Vault, a Graph-like upstream API) under
     ./.dev/devstack, creates the tables, writes ./.dev/namespaces.toml (`demo`,
     `users` with an app token, `users-by-key` with a rotating API key),
-    refreshes them every interval and serves the preview on 127.0.0.1.
+    refreshes them every interval and serves the API on 127.0.0.1; prints a
+    curl command with a token (more: `cache-refresher devstack token`).
     Ctrl-C stops it.
     """
     overrides: dict[str, object] = {"port": port, "refresh_interval_seconds": interval}
@@ -99,10 +163,11 @@ def dev(
             f"dev refreshes at most every {MIN_INTERVAL_SECONDS:g} s, set it to that or more",
             EXIT_USAGE,
         )
-    listener = _listen(settings.host, settings.port)
+    with reported_errors():
+        listener = listen(settings.host, settings.port)
     try:
-        with _sigterm_interrupts():
-            _run_dev(settings, listener)
+        with sigterm_interrupts(), reported_errors(), ExitStack() as running:
+            _run_dev(running, settings, listener)
     except KeyboardInterrupt:
         pass
     finally:
@@ -110,24 +175,28 @@ def dev(
     console.print("Stopped.", highlight=False)
 
 
-def _run_dev(settings: Settings, listener: socket.socket) -> None:
-    # Entered in order, closed in reverse: uvicorn stops first (in _serve), the devstack last.
-    with reported_errors(), ExitStack() as running:
-        quiet_logs()
-        stack = running.enter_context(DevStack(directory=DEVSTACK_DIR.resolve()))
-        settings = devstack_settings(settings, stack, namespaces_file=NAMESPACES_FILE.resolve())
-        env_file = write_env_file(settings, stack.directory)
-        running.callback(env_file.unlink, missing_ok=True)
-        store, registry = _start_refreshing(running, settings, stack)
-        _announce(settings, stack, env_file)
-        _serve(settings, store, registry, listener)
+def _run_dev(running: ExitStack, settings: Settings, listener: socket.socket) -> None:
+    # Entered in order, closed in reverse: uvicorn stops first (in serve), the devstack last.
+    quiet_logs()
+    stack = running.enter_context(DevStack(directory=DEVSTACK_DIR.resolve()))
+    settings = devstack_settings(settings, stack, namespaces_file=NAMESPACES_FILE.resolve())
+    audience = register_api(stack, settings)
+    env_file = write_env_file(settings, stack.directory)
+    running.callback(env_file.unlink, missing_ok=True)
+    resources = _start_refreshing(running, settings, stack)
+    base = base_url(settings.host, settings.port)
+    running.callback(
+        stack.events.unsubscribe,
+        stack.subscribe_events(f"{base}/v1/events/keyvault", audience=audience),
+    )
+    _announce(settings, stack, env_file, demo_token(stack, audience, settings))
+    serve(create_app(settings, resources=resources), settings, listener)
 
 
-def _start_refreshing(
-    running: ExitStack, settings: Settings, stack: DevStack
-) -> tuple[CacheStore, CollectorRegistry]:
-    """Write and load the namespaces, open the identity, secret store and tables, start the
-    scheduler (observed by the metrics) and the key rotation; ``running`` closes them all."""
+def _start_refreshing(running: ExitStack, settings: Settings, stack: DevStack) -> ApiResources:
+    """Write and load the namespaces, open the identity, secret store, tables and token
+    validator, start the scheduler (observed by the metrics) and the key rotation;
+    ``running`` closes them all."""
     namespaces = running.enter_context(sources_closed_after(write_namespaces(settings, stack)))
     services = running.enter_context(open_services(settings))
     engine = running.enter_context(cache_engine(settings))
@@ -138,50 +207,19 @@ def _start_refreshing(
     scheduler.start()
     running.callback(scheduler.stop, settings.stop_grace_seconds)
     running.enter_context(KeyRotation(stack, period=rotation_period(settings)))
-    return store, metrics.registry
+    validator = running.enter_context(open_validator(settings))
+    return build_resources(
+        settings, store=store, validator=validator, namespaces=list(namespaces),
+        identity=services.identity, secrets=services.secrets, metrics=metrics.registry,
+    )  # fmt: skip
 
 
-def _serve(
-    settings: Settings, store: CacheStore, registry: CollectorRegistry, listener: socket.socket
-) -> None:
-    config = uvicorn.Config(
-        create_app(settings, store=store, metrics=registry),
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5,
-    )
-    uvicorn.Server(config).run(sockets=[listener])
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket, bound before we announce the address (or exit 2 saying why not)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP
-    # (without it every keep-alive response waits ~40 ms for a delayed ACK).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        fail(
-            f"cannot listen on {host}:{port} ({exc.strerror}): stop whatever uses it, "
-            "or pass another --port",
-            EXIT_USAGE,
-        )
-    return sock
-
-
-def _announce(settings: Settings, stack: DevStack, env_file: Path) -> None:
-    base = f"http://{_url_host(settings.host)}:{settings.port}"
+def _announce(settings: Settings, stack: DevStack, env_file: Path, token: str) -> None:
+    base = base_url(settings.host, settings.port)
     database = make_url(settings.database_url).render_as_string(hide_password=True)
     secret = stack.upstream_api_key_secret
-    curls = "".join(
-        f"        curl '{base}/v1/namespaces/{name}/items?limit=3'\n"
-        for name in (DEMO, USERS, USERS_BY_KEY)
-    )
     console.print(
-        f"cache-refresher dev: serving the read-only preview (no authentication) on {base}\n"
+        f"cache-refresher dev: serving the API on {base} (tokens from devstack's Entra ID)\n"
         f"  namespaces ({_relative(settings.namespaces_file)}), refreshed every "
         f"{settings.refresh_interval_seconds:g} s into {database}:\n"
         f"    {DEMO:<13} the bundled demo catalogue\n"
@@ -191,13 +229,16 @@ def _announce(settings: Settings, stack: DevStack, env_file: Path) -> None:
         f"  devstack ({_relative(stack.directory)}; identities and keys are new on every start):\n"
         f"    Entra ID:     {stack.authority_host} (tenant {stack.tenant_id}, "
         f"app 'service' {stack.service.client_id})\n"
-        f"    Key Vault:    {stack.vault_url}\n"
+        f"    Key Vault:    {stack.vault_url} (events delivered to {base}/v1/events/keyvault)\n"
         f"    upstream API: {stack.upstream_url}/v1.0/users\n"
         f"    CA:           {_relative(stack.ca_path)}\n"
         f"    credentials for other commands (never printed): "
         f"set -a; . {_relative(env_file)}; set +a\n"
-        f"  try:  curl '{base}/v1/namespaces'\n"
-        f"{curls}"
+        f"  try (a devstack user's token with the {settings.api_read_scope} scope, valid 1 h):\n"
+        f"    curl -H 'Authorization: Bearer {token}' '{base}/v1/namespaces/{DEMO}/items?limit=3'\n"
+        f"  more tokens:  cache-refresher devstack token [--scope S] [--role R] [--app]\n"
+        f'    e.g. curl -X POST -H "Authorization: Bearer $(cache-refresher devstack token --app '
+        f"--role {settings.api_admin_role})\" '{base}/v1/namespaces/{USERS}/refresh'\n"
         f"        cache-refresher runs {USERS_BY_KEY}   "
         "# the secret versions each run used, as the key rotates\n"
         f"  docs: {base}/docs\n"
@@ -206,10 +247,10 @@ def _announce(settings: Settings, stack: DevStack, env_file: Path) -> None:
         markup=False,
         soft_wrap=True,
     )
-    if not _is_loopback(settings.host):
+    if not is_loopback(settings.host):
         console.print(
-            f"warning: {settings.host} is not a loopback address, and this preview has no "
-            "authentication: only do this inside a container whose port is published on "
+            f"warning: {settings.host} is not a loopback address: this API trusts devstack's "
+            "throwaway issuer; only do this inside a container whose port is published on "
             "127.0.0.1.",
             highlight=False,
             markup=False,
@@ -225,37 +266,6 @@ def _relative(path: Path | None) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so both stop the process the same clean way.
-
-    uvicorn handles both while it serves and re-raises them once it has shut
-    down; this handler is what it re-raises into.
-    """
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:

@@ -13,9 +13,13 @@ Everything here is for local development only; production never reaches it
   ``./.dev/namespaces.toml`` and loads like any other (:func:`write_namespaces`):
   ``demo``, ``users`` (the Graph-like upstream with an app token, OData pages)
   and ``users-by-key`` (the same users with the API key from Key Vault, Link pages).
+- :func:`register_api`: the API's App ID URI (``api://<client id>``: in dev the
+  API is devstack's ``service`` app) as a devstack resource, so tokens can be
+  minted for it; :func:`demo_token` mints the delegated token ``dev`` prints.
 - :func:`write_env_file`: the devstack's throwaway credentials in a private
   file (mode 0600), so other ``cache-refresher`` commands can reach the same
-  devstack from another shell. They are never printed.
+  devstack from another shell (``devstack token`` reads it with
+  :func:`read_env_file`). They are never printed.
 - :class:`KeyRotation`: rotates the upstream API key on a period, so operators
   can watch the source move to new versions (logged by version, never by value).
 - :func:`check_columns`: a database left by an older checkout (there are no
@@ -38,14 +42,15 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from devstack.directory import EVENT_GRID_APP_ID
 from devstack.files import write_private
 from devstack.stack import DevStack
 from devstack.upstream import UPSTREAM_RESOURCE
 from refresher.cli import HTTP_CLIENT_LOGGERS
-from refresher.errors import StoreError
+from refresher.errors import ConfigurationError, StoreError
 from refresher.namespaces import Namespace, load_namespaces
 from refresher.schema import metadata
-from refresher.settings import DEV_DIR, Settings
+from refresher.settings import DEV_DIR, Settings, api_audiences
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ ROTATE_EVERY_INTERVALS = 4
 USER_FIELDS = ("id", "displayName", "mail", "jobTitle", "department")
 """The projection of the ``users`` namespace (``users-by-key`` keeps every field)."""
 DEMO, USERS, USERS_BY_KEY = "demo", "users", "users-by-key"
+DEMO_USER = "developer@devstack.example"
+"""The devstack user of the token ``dev`` prints."""
 JOIN_SECONDS = 5.0
 CHATTY_LOGGERS = HTTP_CLIENT_LOGGERS
 """Log every request (azure-core with all its headers) at INFO: warnings only in dev."""
@@ -87,11 +94,32 @@ def devstack_settings(settings: Settings, stack: DevStack, *, namespaces_file: P
         "send_certificate_chain": False,
         "ca_bundle": stack.ca_path,
         "vault_url": stack.vault_url,
+        "vault_name": stack.vault_name,  # what its events say (its URL is on 127.0.0.1)
         "secrets": [stack.upstream_api_key_secret],
         "vault_verify_challenge_resource": False,  # devstack's vault is on 127.0.0.1
         "namespaces_file": namespaces_file,
+        # The API trusts devstack's issuer for its own audiences (api_audiences' default).
+        "api_audiences": [],
+        "api_tenants": [],
+        "api_event_grid_app_ids": [EVENT_GRID_APP_ID],
     }
     return Settings.model_validate({**settings.model_dump(), **devstack})
+
+
+def register_api(stack: DevStack, settings: Settings) -> str:
+    """Register the API (devstack's ``service`` app) as a resource; its App ID URI."""
+    client_id = settings.azure_client_id
+    assert client_id is not None  # devstack_settings sets it
+    audience = f"api://{client_id}"
+    if stack.entra.directory.find_resource(audience) is None:
+        stack.register_resource(audience, app_id=client_id)
+    return audience
+
+
+def demo_token(stack: DevStack, audience: str, settings: Settings) -> str:
+    """A delegated token of a devstack user with the read scope, for the printed curl."""
+    user = stack.add_user(DEMO_USER, "Developer")
+    return stack.mint_user_token(user, audience=audience, scopes=[settings.api_read_scope])
 
 
 def namespaces_toml(stack: DevStack, interval: float) -> str:
@@ -172,10 +200,12 @@ def write_env_file(settings: Settings, directory: Path) -> Path:
         "AZURE_CLIENT_SECRET": settings.azure_client_secret.get_secret_value(),
         "CACHE_REFRESHER_CA_BUNDLE": settings.ca_bundle,
         "CACHE_REFRESHER_VAULT_URL": settings.vault_url,
+        "CACHE_REFRESHER_VAULT_NAME": settings.vault_name,
         "CACHE_REFRESHER_SECRETS": ",".join(settings.secrets),
         "CACHE_REFRESHER_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
         "CACHE_REFRESHER_NAMESPACES_FILE": settings.namespaces_file,
         "CACHE_REFRESHER_DATABASE_URL": settings.database_url,
+        "CACHE_REFRESHER_API_AUDIENCES": ",".join(api_audiences(settings)),
     }
     lines = [
         "# cache-refresher dev: devstack's throwaway credentials, valid while that dev runs.",
@@ -185,6 +215,20 @@ def write_env_file(settings: Settings, directory: Path) -> Path:
     path = directory / ENV_FILE_NAME
     write_private(path, "\n".join(lines) + "\n")
     return path
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables :func:`write_env_file` wrote (ConfigurationError if there is no file)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read {path} ({exc.strerror}): start `cache-refresher dev` in this "
+            "directory (it writes that file while it runs), or pass --env-file"
+        ) from None
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    pairs = (shlex.split(line)[0].split("=", 1) for line in lines)
+    return {name: value for name, value in pairs}
 
 
 def check_columns(engine: Engine) -> None:

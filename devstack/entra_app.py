@@ -1,9 +1,10 @@
 """The Entra ID server: :class:`~devstack.entra.Entra` over HTTP (a Starlette app).
 
 Route names are the counter keys: ``openid_configuration``, ``instance_discovery``,
-``jwks``, ``token``, and the external issuers' ``external_openid_configuration`` and
-``external_jwks``. Fault injection answers in Entra's error shape with
-``Retry-After`` when one is set.
+``jwks``, ``token``, the external issuers' ``external_openid_configuration`` and
+``external_jwks``, and devstack's own ``mint`` (:mod:`devstack.mint`: tokens for
+trying an API by hand, for loopback clients with an app's credentials). Fault
+injection answers in Entra's error shape with ``Retry-After`` when one is set.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.routing import Route
 from devstack import aadsts
 from devstack.aadsts import EntraError
 from devstack.entra import Entra
+from devstack.mint import Minter
 from devstack.traffic import Counters, Fault, Faults, TrafficMiddleware
 
 NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
@@ -70,6 +72,7 @@ def create_entra_app(entra: Entra, *, counters: Counters, faults: Faults) -> Sta
         Route("/{tenant}/discovery/v2.0/keys", jwks, name="jwks"),
         Route("/{tenant}/discovery/keys", jwks, name="jwks"),
         Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"], name="token"),
+        Route("/{tenant}/devstack/mint", Minter(entra), methods=["POST"], name="mint"),
     ]
     app = Starlette(routes=routes)
     app.add_middleware(

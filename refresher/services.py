@@ -78,7 +78,10 @@ def _secret_store(
         )
     )
     store = KeyVaultSecretStore(
-        client, settings.secrets, poll_interval=settings.secret_poll_seconds
+        client,
+        settings.secrets,
+        poll_interval=settings.secret_poll_seconds,
+        vault_name=settings.vault_name,
     )
     if background:
         stack.enter_context(store)

@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     vault_url: str | None = Field(
         default=None, description="Key Vault URL, e.g. https://my-vault.vault.azure.net/."
     )
+    vault_name: str | None = Field(
+        default=None,
+        max_length=127,
+        description="The vault's name in Key Vault events (default: the first label of the "
+        "vault URL's host, which is the name for every *.vault.azure.net vault).",
+    )
     secrets: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Names of the Key Vault secrets the service uses."
     )

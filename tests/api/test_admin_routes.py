@@ -47,9 +47,10 @@ def client(store: CacheStore, db_url: str, namespaces: list[Namespace]) -> Itera
     resources = build_resources(
         settings, store=store, validator=FakeValidator(issuers=[ISSUER]), namespaces=namespaces
     )
-    with serving(create_app(settings, resources=resources)) as url, httpx.Client(
-        base_url=url, headers=bearer("admin")
-    ) as client:
+    with (
+        serving(create_app(settings, resources=resources)) as url,
+        httpx.Client(base_url=url, headers=bearer("admin")) as client,
+    ):
         yield client
 
 

@@ -1,0 +1,83 @@
+"""Serving the app from a command with uvicorn: ``cache-refresher api`` and ``dev``.
+
+The listening socket is bound before anything is announced (a port in use is
+a clear error, not a traceback from inside uvicorn), and SIGTERM stops the
+process like Ctrl-C: uvicorn handles both while it serves, shuts down
+gracefully, then re-raises the signal into :func:`sigterm_interrupts`'s
+handler, so the command's ``with`` blocks close everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from refresher.errors import ConfigurationError
+from refresher.settings import Settings
+
+GRACEFUL_SHUTDOWN_SECONDS = 5
+BACKLOG = 128
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (ConfigurationError saying why not)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP
+    # (without it every keep-alive response waits ~40 ms for a delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port} ({exc.strerror}): stop whatever uses it, "
+            "or pass another --port"
+        ) from None
+    return sock
+
+
+def serve(app: FastAPI, settings: Settings, listener: socket.socket) -> None:
+    """Serve ``app`` on ``listener`` until a signal stops uvicorn."""
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def base_url(host: str, port: int) -> str:
+    """Where a client on this machine reaches ``host:port``."""
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so both stop the process the same clean way."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
