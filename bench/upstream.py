@@ -41,15 +41,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import io
 import pstats
-import random
 import ssl
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,11 +71,12 @@ from refresh import (
 )
 from sqlalchemy.engine import Engine
 
-from devstack.stack import DevStack
 from devstack.upstream import UPSTREAM_RESOURCE
 from refresher.cache import CacheStore
 from refresher.identity import AppIdentity
 from refresher.identity.msal_client import MsalTokenRequest, RecordingSession
+from refresher.namespaces import Namespace, Readers, Schedule
+from refresher.refresh import SourceServices, refresh_now
 from refresher.sources import FetchContext
 from refresher.sources.http_json import HttpJsonSource
 from refresher.sources.http_options import parse_options
@@ -91,10 +92,11 @@ REFRESH_MAX_TIME_RATIO = 2.0
 BARE = "bare fetch (httpx + orjson)"
 SOURCE = "http_json fetch only"
 HAND_WRITTEN = "bare fetch + raw executemany"
+SEQUENTIAL = "full load, one thread (apply(fetch()))"
 FULL = "refresh, full load"
 UNCHANGED = "refresh, unchanged"
 CHANGED = "refresh, 1% changed"
-SCENARIOS = (BARE, SOURCE, HAND_WRITTEN, FULL, UNCHANGED, CHANGED)
+SCENARIOS = (BARE, SOURCE, HAND_WRITTEN, SEQUENTIAL, FULL, UNCHANGED, CHANGED)
 
 
 # -- the upstream --------------------------------------------------------------------
@@ -102,16 +104,18 @@ SCENARIOS = (BARE, SOURCE, HAND_WRITTEN, FULL, UNCHANGED, CHANGED)
 
 @dataclass
 class Upstream:
-    """The running devstack, the service's identity and what a fetch needs."""
+    """The devstack in its own process (``upstream_server.py``), the service's identity."""
 
-    stack: DevStack
+    server: subprocess.Popen[str]
     identity: AppIdentity
+    base_url: str
+    ca_path: Path
     users: int
     page_size: int
 
     @property
     def url(self) -> str:
-        return f"{self.stack.upstream_url}/v1.0/users"
+        return f"{self.base_url}/v1.0/users"
 
     def source(self) -> HttpJsonSource:
         options = {
@@ -120,53 +124,73 @@ class Upstream:
             "scope": SCOPE,
             "pagination": "odata",
             "page_size": self.page_size,
-            "ca_bundle": str(self.stack.ca_path),
+            "ca_bundle": str(self.ca_path),
         }
         return HttpJsonSource(parse_options(NAMESPACE, options), namespace=NAMESPACE)
+
+    def namespace(self) -> Namespace:
+        """The namespace the running service would refresh from this upstream."""
+        schedule = Schedule(60.0, None, 0.0)
+        return Namespace(NAMESPACE, self.source(), "id", None, None, schedule, 180.0, Readers())
 
     def context(self) -> FetchContext:
         return FetchContext(credential=self.identity)
 
+    def ask(self, command: str) -> dict[str, Any]:
+        """Send one command to the server process; its JSON answer."""
+        assert self.server.stdin is not None and self.server.stdout is not None
+        self.server.stdin.write(command + "\n")
+        self.server.stdin.flush()
+        answer: dict[str, Any] = orjson.loads(self.server.stdout.readline())
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def cpu(self) -> float:
+        """CPU seconds the upstream's process has used so far."""
+        return float(self.ask("cpu")["cpu"])
+
     def change_users(self, seed: int) -> Callable[[], None]:
         """Change 1% of the users upstream; returns what restores them."""
-        api = self.stack.upstream
-        rng = random.Random(seed)
-        ids = [user["id"] for user in api.users()]
-        chosen = rng.sample(ids, max(1, round(len(ids) * CHANGED_FRACTION)))
-        originals = [api.directory.user(user_id) for user_id in chosen]
-        for n, user_id in enumerate(chosen):
-            api.update_user(
-                user_id, jobTitle=f"Benchmark {seed}-{n}", officeLocation=rng.choice("ABCDEF")
-            )
+        self.ask(f"change {seed}")
 
         def restore() -> None:
-            for original in originals:
-                changes = {key: value for key, value in original.items() if key != "id"}
-                api.update_user(original["id"], **changes)
+            self.ask("restore")
 
         return restore
 
 
 @contextlib.contextmanager
 def running_upstream(users: int, pages: int, log: Callable[[str], None]) -> Iterator[Upstream]:
+    """The devstack upstream in a process of its own (on 127.0.0.1), stopped by its PID."""
     page_size = -(-users // pages)
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-upstream-") as directory,
-        DevStack(directory=Path(directory)) as stack,
-    ):
-        log(f"devstack: {users:,} users, pages of {page_size:,}...")
-        stack.upstream.set_users(users, seed=SEED)
-        stack.upstream.options.max_page_size = max(page_size, stack.upstream.options.max_page_size)
-        service = stack.service
-        assert service.client_secret is not None
+    log(f"devstack (own process): {users:,} users, pages of {page_size:,}...")
+    command = [sys.executable, str(Path(__file__).with_name("upstream_server.py"))]
+    command += ["--users", str(users), "--page-size", str(page_size), "--seed", str(SEED)]
+    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        info = orjson.loads(server.stdout.readline() or "{}")
+        if "upstream_url" not in info:
+            raise RuntimeError("the upstream server process did not start; see its output")
         request = MsalTokenRequest(
-            authority=stack.authority,
-            client_id=service.client_id,
-            secret=service.client_secret,
-            session=RecordingSession(ca_bundle=stack.ca_path),
+            authority=info["authority"],
+            client_id=info["client_id"],
+            secret=info["client_secret"],
+            session=RecordingSession(ca_bundle=Path(info["ca_path"])),
         )
-        with AppIdentity([request], tenant_id=stack.tenant_id, client_id=service.client_id) as me:
-            yield Upstream(stack, me, users, page_size)
+        identity = AppIdentity([request], tenant_id=info["tenant_id"], client_id=info["client_id"])
+        with identity as me:
+            yield Upstream(
+                server, me, info["upstream_url"], Path(info["ca_path"]), users, page_size
+            )
+    finally:
+        server.terminate()  # by its PID; it stops its servers and removes its directory
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 # -- the steps -----------------------------------------------------------------------
@@ -183,7 +207,7 @@ def bare_pages(upstream: Upstream) -> Callable[[], Iterator[list[dict[str, Any]]
     """The floor: plain httpx, the same token, orjson, ``@odata.nextLink``; each page's items."""
     token = upstream.identity.get_token(SCOPE).token
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-    verify = ssl.create_default_context(cafile=str(upstream.stack.ca_path))
+    verify = ssl.create_default_context(cafile=str(upstream.ca_path))
 
     def pages() -> Iterator[list[dict[str, Any]]]:
         url: str | None = f"{upstream.url}?$top={upstream.page_size}"
@@ -240,14 +264,38 @@ def source_fetch(upstream: Upstream) -> Callable[[], Outcome]:
 
 
 def refresh(upstream: Upstream, store: CacheStore) -> Callable[[], Outcome]:
+    """The service's path: ``refresh_now`` (lease kept, pages fetched ahead, apply)."""
+
+    def step() -> Outcome:
+        namespace = upstream.namespace()
+        counted = Counted(namespace.source)
+        namespace = dataclasses.replace(namespace, source=counted)
+        try:
+            outcome = refresh_now(
+                store, namespace, services=SourceServices(credential=upstream.identity)
+            )
+        finally:
+            counted.close()
+        if outcome.result is None:
+            raise RuntimeError(f"the refresh failed: {outcome.error!r}")
+        return Outcome(counted.count, written=outcome.result.written)
+
+    return step
+
+
+def refresh_sequential(upstream: Upstream, store: CacheStore) -> Callable[[], Outcome]:
+    """For comparison: ``store.apply(ns, source.fetch(context))`` in one thread, as before
+    pages were fetched ahead (no lease keeper either)."""
+
     def step() -> Outcome:
         source = upstream.source()
         context = upstream.context()
-        counted = Counted(source.fetch(context))
+        counted = Counted(source)
         try:
             result = store.apply(
-                NAMESPACE, counted, key_field="id", secret_versions=context.secret_versions
-            )
+                NAMESPACE, counted.fetch(context), key_field="id",
+                secret_versions=context.secret_versions,
+            )  # fmt: skip
         finally:
             source.close()
         return Outcome(counted.count, written=result.written)
@@ -256,16 +304,23 @@ def refresh(upstream: Upstream, store: CacheStore) -> Callable[[], Outcome]:
 
 
 class Counted:
-    """The items, counted as they pass (the store's result counts rows, not items)."""
+    """A source whose items are counted as they pass (the store's result counts rows)."""
 
-    def __init__(self, items: Iterable[Any]) -> None:
-        self._items = items
+    def __init__(self, source: HttpJsonSource) -> None:
+        self._source = source
+        self.kind = source.kind
         self.count = 0
 
-    def __iter__(self) -> Iterator[Any]:
-        for item in self._items:
+    def fetch(self, context: FetchContext) -> Iterator[Any]:
+        for item in self._source.fetch(context):
             self.count += 1
             yield item
+
+    def secret_names(self) -> frozenset[str]:
+        return self._source.secret_names()
+
+    def close(self) -> None:
+        self._source.close()
 
 
 # -- measuring -----------------------------------------------------------------------
@@ -311,12 +366,14 @@ class EngineResults:
         return self.median(scenario) / self.median(BARE)
 
 
-def timed(step: Callable[[], Outcome], expected: int) -> Sample:
-    wall, thread, process = time.perf_counter(), time.thread_time(), time.process_time()
+def timed(step: Callable[[], Outcome], expected: int, upstream: Upstream) -> Sample:
+    """Wall time, this process's CPU (every thread), the upstream process's CPU."""
+    upstream_cpu = upstream.cpu()
+    wall, process = time.perf_counter(), time.process_time()
     outcome = step()
     seconds = time.perf_counter() - wall
-    client = time.thread_time() - thread
-    other = time.process_time() - process - client
+    client = time.process_time() - process
+    other = upstream.cpu() - upstream_cpu
     if outcome.items != expected:
         raise RuntimeError(f"fetched {outcome.items} items, expected {expected}")
     return Sample(seconds, client, other, outcome)
@@ -339,6 +396,7 @@ def run(
                 (BARE, bare),
                 (SOURCE, source_fetch(upstream)),
                 (HAND_WRITTEN, bare_load(upstream, engine, baseline)),
+                (SEQUENTIAL, refresh_sequential(upstream, CacheStore(engine))),
                 (FULL, refresh(upstream, store)),
                 (UNCHANGED, refresh(upstream, store)),
                 (CHANGED, refresh(upstream, store)),
@@ -349,7 +407,7 @@ def run(
                     if scenario == CHANGED:
                         restore = upstream.change_users(SEED + 1 + repeat)
                     settle(engine)
-                    sample = timed(step, upstream.users)
+                    sample = timed(step, upstream.users, upstream)
                     results[name].samples[scenario].append(sample)
                     written = sample.outcome.written
                     log(
@@ -357,6 +415,8 @@ def run(
                         f"{sample.seconds:.3f} s"
                         + ("" if written is None else f", {written:,} rows written")
                     )
+                    if scenario == SEQUENTIAL:
+                        reset_tables(engine)  # the next full load into empty tables too
             finally:
                 if restore is not None:
                     restore()
@@ -368,7 +428,8 @@ def run(
 def profile(
     upstream: Upstream, engines: dict[str, Engine], top: int, out: Callable[[str], None]
 ) -> None:
-    """One sequence under cProfile (client thread): bare fetch, source, full, 1% refresh."""
+    """One sequence under cProfile (the main thread only; the thread fetching pages ahead
+    is not profiled): bare fetch, source, full, 1% refresh."""
     for name, engine in engines.items():
         reset_tables(engine)
         store = CacheStore(engine)
@@ -444,7 +505,7 @@ def targets(r: EngineResults) -> list[tuple[str, bool | None, str]]:
             f"{full:.2f}x",
         )
     ]
-    for scenario in (UNCHANGED, CHANGED, SOURCE, HAND_WRITTEN):
+    for scenario in (UNCHANGED, CHANGED, SOURCE, HAND_WRITTEN, SEQUENTIAL):
         checks.append(
             (f"(not a target) {scenario} vs the bare fetch", None, f"{r.ratio(scenario):.2f}x")
         )
@@ -546,7 +607,7 @@ def render_markdown(
 def transferred(upstream: Upstream) -> int:
     """Bytes of JSON one complete listing carries (measured once, outside the timings)."""
     token = upstream.identity.get_token(SCOPE).token
-    verify = ssl.create_default_context(cafile=str(upstream.stack.ca_path))
+    verify = ssl.create_default_context(cafile=str(upstream.ca_path))
     total, url = 0, f"{upstream.url}?$top={upstream.page_size}"
     with httpx.Client(verify=verify, headers={"Authorization": f"Bearer {token}"}) as client:
         while url:
