@@ -10,6 +10,10 @@ its own (so every full load goes into an empty table):
   engine's raw connection, so with the same connection settings) of the
   precomputed rows into an empty table with ``cache_entries``' DDL under another
   name, in one transaction, commit included;
+- ``raw COPY`` (PostgreSQL only; for comparison, not the baseline): the same
+  rows with psycopg's ``COPY ... FROM STDIN`` into the same table, emptied
+  after the baseline (untimed); the store uses ``COPY`` for large writes on
+  PostgreSQL (``refresher.bulk.copy_rows``);
 - ``full load``: ``store.apply(ns, items)`` into the empty namespace
   (serialisation and hashing included: that is the real cost);
 - ``1% changed``: the same store, 1% of the items modified (a different 1% on
@@ -74,6 +78,7 @@ REFRESH_MAX_TIME_RATIO = 0.10  # 1%-changed refresh <= 10% of the full load's ti
 WRITTEN_TOLERANCE = 0.5  # "~1%": within +-50% of 1% of the items
 
 BASELINE = "raw executemany baseline"
+RAW_COPY = "raw COPY (not the baseline)"
 FULL = "full load (empty namespace)"
 CHANGED = "1% changed"
 UNCHANGED = "unchanged"
@@ -82,7 +87,7 @@ CHANGED_COLD = "1% changed, cold process"
 # (CacheStore.apply(version_field=...)): unchanged items are not serialised.
 V = " [by version]"
 SCENARIOS = (
-    BASELINE, FULL, CHANGED, UNCHANGED, CHANGED_COLD,
+    BASELINE, RAW_COPY, FULL, CHANGED, UNCHANGED, CHANGED_COLD,
     FULL + V, CHANGED + V, UNCHANGED + V, CHANGED_COLD + V,
 )  # fmt: skip
 
@@ -232,6 +237,27 @@ def settle(engine: Engine) -> None:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+def raw_copy(engine: Engine, table: sa.Table, rows: Sequence[tuple[Any, ...]]) -> None:
+    """For comparison on PostgreSQL (not the baseline): the same rows with psycopg's
+    ``COPY ... FROM STDIN`` (``write_row``), one transaction, commit included."""
+    columns = ", ".join(f'"{column.name}"' for column in table.columns)
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        with cursor.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row(row)
+        raw.commit()
+        cursor.close()
+    finally:
+        raw.close()
+
+
+def empty(engine: Engine, table: sa.Table) -> None:
+    with engine.begin() as conn:
+        conn.execute(table.delete())
+
+
 def raw_insert(engine: Engine, table: sa.Table, rows: Sequence[tuple[Any, ...]]) -> None:
     """The baseline: one transaction of plain DBAPI executemany, commit included."""
     mark = "?" if engine.dialect.name == "sqlite" else "%s"
@@ -266,6 +292,11 @@ class EngineResults:
     engine: str
     items: int
     samples: dict[str, list[Sample]] = field(default_factory=lambda: {s: [] for s in SCENARIOS})
+
+    @property
+    def scenarios(self) -> list[str]:
+        """The scenarios this engine ran (COPY only on PostgreSQL)."""
+        return [scenario for scenario in SCENARIOS if self.samples[scenario]]
 
     def median(self, scenario: str) -> float:
         return statistics.median(s.seconds for s in self.samples[scenario])
@@ -318,10 +349,15 @@ def run_engine(
             raw_insert(engine, table, rows)
             return len(rows)
 
+        def copy_step(table: sa.Table = baseline) -> int:
+            raw_copy(engine, table, rows)
+            return len(rows)
+
         store = CacheStore(engine)
         versioned = f"{namespace}-by-version"
         steps = [
             (BASELINE, baseline_step),
+            *([(RAW_COPY, copy_step)] if name == "postgresql" else []),
             (FULL, applied(store, namespace, items)),
             (CHANGED, applied(store, namespace, changed)),
             (UNCHANGED, applied(store, namespace, changed)),
@@ -332,6 +368,8 @@ def run_engine(
             (CHANGED_COLD + V, applied(CacheStore(engine), versioned, changed_again, "version")),
         ]
         for scenario, step in steps:
+            if scenario == RAW_COPY:
+                empty(engine, baseline)  # after the baseline, untimed: the same empty table
             settle(engine)
             sample = timed(step)
             results.samples[scenario].append(sample)
@@ -441,7 +479,7 @@ def machine_info(engines: dict[str, Engine]) -> list[tuple[str, str]]:
 def table_rows(r: EngineResults) -> list[list[str]]:
     base_rate = r.rate(BASELINE)
     rows = []
-    for scenario in SCENARIOS:
+    for scenario in r.scenarios:
         low, high = r.spread(scenario)
         rows.append(
             [
@@ -453,7 +491,7 @@ def table_rows(r: EngineResults) -> list[list[str]]:
                 f"{r.written(scenario):,}",
                 f"{r.rate(scenario) / base_rate:.2f}",
                 ""
-                if scenario in (BASELINE, FULL, FULL + V)
+                if scenario in (BASELINE, RAW_COPY, FULL, FULL + V)
                 else f"{r.median(scenario) / r.median(full_load_of(scenario)):.3f}",
             ]
         )
