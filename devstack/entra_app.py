@@ -72,7 +72,7 @@ def create_entra_app(entra: Entra, *, counters: Counters, faults: Faults) -> Sta
         Route("/{tenant}/discovery/v2.0/keys", jwks, name="jwks"),
         Route("/{tenant}/discovery/keys", jwks, name="jwks"),
         Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"], name="token"),
-        Route("/{tenant}/devstack/mint", Minter(entra), methods=["POST"], name="mint"),
+        Route("/{tenant}/devstack/mint", Minter(entra).mint, methods=["POST"], name="mint"),
     ]
     app = Starlette(routes=routes)
     app.add_middleware(

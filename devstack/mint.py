@@ -75,7 +75,8 @@ class Minter:
     entra: Entra
     users: dict[tuple[str, str], User] = field(default_factory=dict)
 
-    async def __call__(self, request: Request) -> Response:
+    async def mint(self, request: Request) -> Response:
+        """The route: mint what the form asks for, for an authenticated app."""
         tenant = request.path_params["tenant"]
         if not _loopback(request.client.host if request.client else ""):
             return _refused(403, "access_denied", "devstack mints for loopback clients only")

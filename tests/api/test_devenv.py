@@ -15,17 +15,22 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from api.auth import open_validator
 from api.devenv import (
     CHATTY_LOGGERS,
     DEMO,
+    DEMO_USER,
     USERS,
     USERS_BY_KEY,
     UVICORN_LOGGERS,
     KeyRotation,
     check_columns,
+    demo_token,
     devstack_settings,
     namespaces_toml,
     quiet_logs,
+    read_env_file,
+    register_api,
     write_env_file,
 )
 from devstack.stack import DevStack
@@ -85,7 +90,30 @@ def test_env_file_is_private_and_sources_back_to_the_same_values(
     env = dict(shlex.split(line)[0].split("=", 1) for line in lines)
     assert env["AZURE_CLIENT_SECRET"] == stack.service.client_secret
     assert env["CACHE_REFRESHER_VAULT_URL"] == settings.vault_url
+    assert env["CACHE_REFRESHER_VAULT_NAME"] == stack.vault_name
     assert env["CACHE_REFRESHER_VAULT_VERIFY_CHALLENGE_RESOURCE"] == "false"
+    client_id = stack.service.client_id
+    assert env["CACHE_REFRESHER_API_AUDIENCES"] == f"{client_id},api://{client_id}"
+    assert read_env_file(path) == env
+
+
+def test_reading_a_missing_env_file_says_to_start_dev(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="start `cache-refresher dev`"):
+        read_env_file(tmp_path / "service.env")
+
+
+def test_dev_api_accepts_the_demo_token_whatever_audiences_the_environment_sets(
+    stack: DevStack, tmp_path: Path
+) -> None:
+    configured = load_settings(api_audiences="api://production", api_tenants="prod-tenant")
+    settings = devstack_settings(configured, stack, namespaces_file=tmp_path / "ns.toml")
+    audience = register_api(stack, settings)
+    assert audience == f"api://{stack.service.client_id}"
+    assert register_api(stack, settings) == audience  # once is enough
+    with open_validator(settings) as validator:
+        principal = validator.validate(demo_token(stack, audience, settings))
+    assert (principal.kind, principal.name) == ("user", DEMO_USER)
+    assert principal.scopes == {"Cache.Read"}
 
 
 def test_key_rotation_adds_a_version_per_period_and_logs_no_value(
