@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from api.auth import open_validator
 from api.cli import app
 from api.devenv import devstack_settings, register_api, write_env_file
-
-from api.auth import open_validator
 from api.principal import TokenValidator
 from devstack.ca import ssl_context
 from devstack.mint import MintRefusedError, MintRequest, is_devstack_authority, request_token
@@ -84,6 +83,14 @@ def test_a_lifetime_out_of_range_is_refused(
         _mint(stack, MintRequest(audience=api_registration.audience, expires_in=10**6))
 
 
+def _mint_from(authority: str, stack: DevStack) -> str:
+    wanted = MintRequest(audience="api://x")
+    verify = ssl_context(stack.ca_path)
+    return request_token(
+        authority, stack.tenant_id, wanted, client_id="c", client_secret="s", verify=verify
+    )
+
+
 @pytest.mark.parametrize(
     "authority", ["https://login.microsoftonline.com", "http://127.0.0.1:1", "https://10.0.0.8"]
 )
@@ -92,14 +99,12 @@ def test_an_authority_that_is_not_a_loopback_devstack_is_refused_before_any_requ
 ) -> None:
     assert not is_devstack_authority(authority)
     with pytest.raises(MintRefusedError, match="is not a devstack"):
-        request_token(authority, stack.tenant_id, MintRequest(audience="api://x"),
-                      client_id="c", client_secret="s", verify=ssl_context(stack.ca_path))  # fmt: skip
+        _mint_from(authority, stack)
 
 
 def test_a_devstack_that_is_not_running_is_named(stack: DevStack) -> None:
     with pytest.raises(MintRefusedError, match="is `cache-refresher dev` still running"):
-        request_token("https://127.0.0.1:9", stack.tenant_id, MintRequest(audience="api://x"),
-                      client_id="c", client_secret="s", verify=ssl_context(stack.ca_path))  # fmt: skip
+        _mint_from("https://127.0.0.1:9", stack)
 
 
 # -- the command ------------------------------------------------------------------------
