@@ -51,8 +51,10 @@ Clock = Callable[[], float]
 ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 )
-MAX_TOKEN_CHARS = 16_384
-"""Entra's tokens stay far below this, even with 200 groups (beyond, it sends an overage)."""
+MAX_TOKEN_CHARS = 14_336
+"""Entra's tokens stay below this even with 200 groups (~12 kB; beyond, it sends an
+overage claim), and it is under the 16 kB request head uvicorn's h11 reads, so an oversized
+token still gets our 401 and not a bare 400."""
 CACHE_ENTRIES = 10_000
 V1_ISSUER = "https://sts.windows.net/{tenant}/"
 """Entra's v1.0 issuer, the same for every authority host of the public cloud."""
@@ -114,7 +116,7 @@ class EntraTokenValidator:
         self.accept_v1 = accept_v1
         self.leeway = leeway
         self._clock = clock
-        self.cache = cache or ValidatedTokens(clock=clock)
+        self.cache = cache if cache is not None else ValidatedTokens(clock=clock)
 
     def cached(self, token: str) -> Principal | None:
         return self.cache.get(token)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -217,10 +217,15 @@ class ServedApi:
 
 @contextmanager
 def serve_api(
-    settings: Settings, store: CacheStore, *, namespaces: Sequence[Namespace] = ()
+    settings: Settings,
+    store: CacheStore,
+    *,
+    namespaces: Sequence[Namespace] = (),
+    clock: Callable[[], float] = time.time,
 ) -> Iterator[ServedApi]:
-    """Serve the real app for ``settings`` over ``store`` with a real validator."""
-    with open_validator(settings) as validator:
+    """Serve the real app for ``settings`` over ``store`` with a real validator (whose
+    clock is ``clock``: tests shift it to pass the validator's intervals)."""
+    with open_validator(settings, clock=clock) as validator:
         resources = build_resources(
             settings, store=store, validator=validator, namespaces=list(namespaces)
         )
