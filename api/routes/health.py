@@ -52,8 +52,8 @@ def readyz(resources: ResourcesDep) -> Readiness | Response:
     readiness = check_readiness(resources)
     if readiness.status == "ready":
         return readiness
-    return problem(503, _why(readiness), kind="NotReady", instance="/readyz",
-                   **readiness.model_dump())  # fmt: skip
+    checks = readiness.model_dump(exclude={"status"})  # a problem's status is the HTTP one
+    return problem(503, _why(readiness), kind="NotReady", instance="/readyz", **checks)
 
 
 def check_readiness(resources: ApiResources) -> Readiness:
