@@ -77,10 +77,11 @@ def write_changes(
     for rows, new in ((changes.inserts, True), (changes.updates, False)):
         write, size = _writer(conn, new=new, count=len(rows), copy_min_rows=copy_min_rows)
         for batch in _batches(list(rows.items()), size):
+            # Unpacking beats three NamedTuple attribute lookups per row.
             write(
                 [
-                    (namespace, key, row.payload, row.etag, generation, changed_at, row.version)
-                    for key, row in batch
+                    (namespace, key, payload, etag, generation, changed_at, version)
+                    for key, (payload, etag, version) in batch
                 ]
             )
             report.add(len(batch))

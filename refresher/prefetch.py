@@ -25,6 +25,7 @@ What stays as it was in one thread:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -73,11 +74,27 @@ def prefetched(
     Close the returned iterator (``contextlib.closing``) when stopping early,
     so the thread stops without waiting to be garbage-collected.
     """
+    batches = prefetched_batches(items, depth=depth, batch=batch, check=check, name=name)
+    with contextlib.closing(batches):
+        for chunk in batches:
+            yield from chunk
+
+
+def prefetched_batches(
+    items: Iterable[_T],
+    *,
+    depth: int = DEPTH,
+    batch: int = BATCH,
+    check: Callable[[], None] | None = None,
+    name: str = "prefetch",
+) -> Generator[list[_T], None, None]:
+    """:func:`prefetched`, handed over as the lists the thread queued (at most ``batch``
+    items each): a consumer that works per batch pays nothing per item for the handover."""
     fetcher = _Fetcher(items, depth=depth, batch=batch, name=name)
     fetcher.start()
     try:
         while (chunk := fetcher.next_batch(check)) is not None:
-            yield from chunk
+            yield chunk
     finally:
         fetcher.stop()
 

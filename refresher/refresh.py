@@ -11,7 +11,8 @@ so the store diffs one page while the next ones arrive; a source's error
 still fails the refresh, after the items before it.
 
 A refresh asked to stop (shutdown past its grace period) raises
-:class:`RefreshInterrupted` at the next item or written batch: the store
+:class:`RefreshInterrupted` at the next batch of fetched items (or while it
+waits for one) or written batch: the store
 rolls the refresh back and records the run as abandoned.
 
 :func:`log_outcome` logs what happened: counts, class names and our scrubbed
@@ -37,7 +38,7 @@ from refresher.cache import CacheStore, RefreshResult, describe_error, lease_nam
 from refresher.errors import CacheRefresherError, LeaseHeldError, LeaseLostError
 from refresher.lease import Lease, LeaseKeeper
 from refresher.namespaces import Namespace
-from refresher.prefetch import prefetched
+from refresher.prefetch import prefetched_batches
 from refresher.secrets.base import SecretStore
 from refresher.sources.base import FetchContext
 
@@ -159,14 +160,15 @@ def _items(
     namespace: Namespace, context: FetchContext, check: Callable[[], None]
 ) -> Generator[Mapping[str, Any], None, None]:
     # A generator: the source is only asked once the store has recorded the run.
-    # Its pages are fetched ahead in a thread while the store diffs earlier ones.
-    fetched = prefetched(
+    # Its pages are fetched ahead in a thread while the store diffs earlier ones;
+    # the stop and lease checks run once per batch handed over (at most BATCH items).
+    batches = prefetched_batches(
         namespace.source.fetch(context), check=check, name=f"fetch-{namespace.name}"
     )
-    with contextlib.closing(fetched):
-        for item in fetched:
+    with contextlib.closing(batches):
+        for batch in batches:
             check()
-            yield namespace.project(item)
+            yield from batch if namespace.fields is None else map(namespace.project, batch)
 
 
 def _checker(
