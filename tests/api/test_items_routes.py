@@ -1,5 +1,5 @@
-"""Pages of items and single items under real uvicorn on SQLite and PostgreSQL; callers
-from a fake validator (the real one is tested in test_auth*)."""
+"""Pages of items and single items under real uvicorn on SQLite and PostgreSQL, with the
+real validator and tokens minted by the devstack issuer."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import io
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -18,21 +19,27 @@ import orjson
 import pytest
 
 from api.app import create_app
+from api.auth import open_validator
 from api.pages import PageRequest, read_page
 from api.query import JSON, parse_filters
-from api.resources import ApiResources, build_resources
+from api.resources import build_resources
+from devstack.stack import DevStack
 from refresher.cache import CacheStore
 from refresher.db import create_engine
 from refresher.namespaces import Namespace, parse_namespaces
 from refresher.settings import Settings
 from refresher.sources.demo import DemoSource
-from tests.api.conftest import serving
-from tests.api.fakes import ADMIN, READER, FakeValidator, bearer
+from tests.api.conftest import (
+    ApiRegistration,
+    ApiTokens,
+    api_settings_for,
+    bearer,
+    serve_api,
+    serving,
+)
 
 PROBLEM = "application/problem+json"
 GROUP = "0b5f3c2e-0000-4000-8000-00000000000a"
-MEMBER = replace(READER, subject="member-oid", groups=frozenset({GROUP}))
-PRINCIPALS = {"reader": READER, "member": MEMBER, "admin": ADMIN}
 CHECK_MS = 50.0
 DEADLINE_SECONDS = 10.0
 ITEM = "/v1/namespaces/demo/items/sku-000003"
@@ -55,24 +62,41 @@ def namespaces() -> list[Namespace]:
     return parse_namespaces(document, configured_secrets=[])
 
 
-def _resources(store: CacheStore, db_url: str, namespaces: list[Namespace]) -> ApiResources:
-    settings = Settings(database_url=db_url, api_generation_check_ms=CHECK_MS)
-    return build_resources(
-        settings, store=store, validator=FakeValidator(PRINCIPALS), namespaces=namespaces
+@pytest.fixture(scope="module")
+def tokens(api_tokens: ApiTokens) -> dict[str, str]:
+    """Tokens by who holds them: a reading user, one in the group, an admin app that is
+    no reader."""
+    return {
+        "reader": api_tokens.user(),
+        "member": api_tokens.user(groups=[GROUP]),
+        "admin": api_tokens.app(roles=["Cache.Admin"]),
+    }
+
+
+@pytest.fixture
+def settings(stack: DevStack, api_registration: ApiRegistration, db_url: str) -> Settings:
+    return api_settings_for(
+        stack, api_registration, database_url=db_url, api_generation_check_ms=CHECK_MS
     )
 
 
-def _serve(resources: ApiResources) -> Iterator[httpx.Client]:
+@contextmanager
+def _client(
+    settings: Settings, store: CacheStore, namespaces: list[Namespace], token: str
+) -> Iterator[httpx.Client]:
     with (
-        serving(create_app(resources.settings, resources=resources)) as url,
-        httpx.Client(base_url=url, headers=bearer("reader")) as client,
+        serve_api(settings, store, namespaces=namespaces) as served,
+        httpx.Client(base_url=served.url, headers=bearer(token)) as client,
     ):
         yield client
 
 
 @pytest.fixture
-def client(store: CacheStore, db_url: str, namespaces: list[Namespace]) -> Iterator[httpx.Client]:
-    yield from _serve(_resources(store, db_url, namespaces))
+def client(
+    settings: Settings, store: CacheStore, namespaces: list[Namespace], tokens: dict[str, str]
+) -> Iterator[httpx.Client]:
+    with _client(settings, store, namespaces, tokens["reader"]) as client:
+        yield client
 
 
 @pytest.fixture
@@ -302,20 +326,20 @@ def test_without_a_token_both_routes_are_401(
 
 @pytest.mark.parametrize("path", ["/v1/namespaces/demo/items", ITEM])
 def test_a_caller_who_is_no_reader_is_403(
-    client: httpx.Client, demo: list[dict[str, Any]], path: str
+    client: httpx.Client, demo: list[dict[str, Any]], path: str, tokens: dict[str, str]
 ) -> None:
-    _problem(client.get(path, headers=bearer("admin")), 403, mentions="Cache.Read.All")
+    _problem(client.get(path, headers=bearer(tokens["admin"])), 403, mentions="Cache.Read.All")
 
 
 @pytest.mark.parametrize(
     "path", ["/v1/namespaces/restricted/items", "/v1/namespaces/restricted/items/a"]
 )
 def test_a_namespace_requiring_a_group_is_403_naming_it_to_others(
-    client: httpx.Client, store: CacheStore, path: str
+    client: httpx.Client, store: CacheStore, path: str, tokens: dict[str, str]
 ) -> None:
     store.apply("restricted", [{"id": "a"}])
     _problem(client.get(path), 403, mentions=f"membership of group {GROUP!r}")
-    assert client.get(path, headers=bearer("member")).status_code == 200
+    assert client.get(path, headers=bearer(tokens["member"])).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -427,24 +451,37 @@ def test_a_refreshed_item_is_served_within_the_staleness_bound(
 
 
 def test_without_a_read_layer_items_come_straight_from_the_store(
-    store: CacheStore, db_url: str, namespaces: list[Namespace]
+    settings: Settings, store: CacheStore, namespaces: list[Namespace], tokens: dict[str, str]
 ) -> None:
-    resources = replace(_resources(store, db_url, namespaces), reads=None)
     store.apply("demo", [{"id": "k", "v": 1}])
-    for client in _serve(resources):
-        assert client.get("/v1/namespaces/demo/items/k").json() == {"id": "k", "v": 1}
-        store.apply("demo", [{"id": "k", "v": 2}])
-        assert client.get("/v1/namespaces/demo/items/k").json() == {"id": "k", "v": 2}
-        _problem(client.get("/v1/namespaces/demo/items/nope"), 404)
+    with open_validator(settings) as validator:
+        resources = build_resources(
+            settings, store=store, validator=validator, namespaces=namespaces
+        )
+        app = create_app(settings, resources=replace(resources, reads=None))
+        with (
+            serving(app) as url,
+            httpx.Client(base_url=url, headers=bearer(tokens["reader"])) as client,
+        ):
+            assert client.get("/v1/namespaces/demo/items/k").json() == {"id": "k", "v": 1}
+            store.apply("demo", [{"id": "k", "v": 2}])
+            assert client.get("/v1/namespaces/demo/items/k").json() == {"id": "k", "v": 2}
+            _problem(client.get("/v1/namespaces/demo/items/nope"), 404)
 
 
 @pytest.mark.parametrize("path", ["/v1/namespaces/demo/items", "/v1/namespaces/demo/items/k"])
 def test_a_database_without_tables_is_503_with_retry_after(
-    sqlite_url: str, namespaces: list[Namespace], path: str
+    stack: DevStack,
+    api_registration: ApiRegistration,
+    sqlite_url: str,
+    namespaces: list[Namespace],
+    tokens: dict[str, str],
+    path: str,
 ) -> None:
+    settings = api_settings_for(stack, api_registration, database_url=sqlite_url)
     engine = create_engine(sqlite_url)
     try:
-        for client in _serve(_resources(CacheStore(engine), sqlite_url, namespaces)):
+        with _client(settings, CacheStore(engine), namespaces, tokens["reader"]) as client:
             response = client.get(path)
             _problem(response, 503, mentions="db init")
             assert response.headers["retry-after"] == "5"

@@ -1,18 +1,17 @@
-"""GET /v1/namespaces under real uvicorn on SQLite and PostgreSQL; callers from a fake
-validator (the real one is tested in test_auth*)."""
+"""GET /v1/namespaces under real uvicorn on SQLite and PostgreSQL, with the real validator
+and tokens minted by the devstack issuer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from api.app import create_app
 from api.problems import status_for
-from api.resources import build_resources
+from devstack.stack import DevStack
 from refresher.cache import CacheStore
 from refresher.db import create_engine
 from refresher.errors import (
@@ -25,14 +24,28 @@ from refresher.errors import (
 )
 from refresher.namespaces import Namespace, parse_namespaces
 from refresher.settings import Settings
-from tests.api.conftest import serving
-from tests.api.fakes import ADMIN, READER, FakeValidator, bearer
+from tests.api.conftest import (
+    ApiRegistration,
+    ApiTokens,
+    api_settings_for,
+    bearer,
+    serve_api,
+)
 
 PROBLEM = "application/problem+json"
 GROUP = "0b5f3c2e-0000-4000-8000-00000000000a"
-MEMBER = replace(READER, subject="member-oid", groups=frozenset({GROUP}))
-APP_READER = replace(ADMIN, subject="reader-app", roles=frozenset({"Cache.Read.All"}))
-PRINCIPALS = {"reader": READER, "member": MEMBER, "admin": ADMIN, "app-reader": APP_READER}
+
+
+@pytest.fixture(scope="module")
+def tokens(api_tokens: ApiTokens) -> dict[str, str]:
+    """Tokens by who holds them: a reading user, one in the group, an admin app that is
+    no reader, an app with the read role."""
+    return {
+        "reader": api_tokens.user(),
+        "member": api_tokens.user(groups=[GROUP]),
+        "admin": api_tokens.app(roles=["Cache.Admin"]),
+        "app-reader": api_tokens.app(),
+    }
 
 
 @pytest.fixture
@@ -50,25 +63,32 @@ def namespaces() -> list[Namespace]:
     return parse_namespaces(document, configured_secrets=[])
 
 
-def _client(store: CacheStore, db_url: str, namespaces: list[Namespace]) -> Iterator[httpx.Client]:
-    settings = Settings(database_url=db_url)
-    resources = build_resources(
-        settings, store=store, validator=FakeValidator(PRINCIPALS), namespaces=namespaces
-    )
+@pytest.fixture
+def settings(stack: DevStack, api_registration: ApiRegistration, db_url: str) -> Settings:
+    return api_settings_for(stack, api_registration, database_url=db_url)
+
+
+@contextmanager
+def _client(
+    settings: Settings, store: CacheStore, namespaces: list[Namespace], token: str
+) -> Iterator[httpx.Client]:
     with (
-        serving(create_app(settings, resources=resources)) as url,
-        httpx.Client(base_url=url, headers=bearer("reader")) as client,
+        serve_api(settings, store, namespaces=namespaces) as served,
+        httpx.Client(base_url=served.url, headers=bearer(token)) as client,
     ):
         yield client
 
 
 @pytest.fixture
-def client(store: CacheStore, db_url: str, namespaces: list[Namespace]) -> Iterator[httpx.Client]:
-    yield from _client(store, db_url, namespaces)
+def client(
+    settings: Settings, store: CacheStore, namespaces: list[Namespace], tokens: dict[str, str]
+) -> Iterator[httpx.Client]:
+    with _client(settings, store, namespaces, tokens["reader"]) as client:
+        yield client
 
 
-def _listed(client: httpx.Client, token: str = "reader") -> dict[str, dict[str, Any]]:
-    response = client.get("/v1/namespaces", headers=bearer(token))
+def _listed(client: httpx.Client, token: str | None = None) -> dict[str, dict[str, Any]]:
+    response = client.get("/v1/namespaces", headers=None if token is None else bearer(token))
     assert response.status_code == 200, response.text
     return {entry["namespace"]: entry for entry in response.json()["namespaces"]}
 
@@ -130,14 +150,16 @@ def test_a_failed_attempt_is_flagged_without_its_error_details(
 
 
 def test_a_namespace_requiring_a_group_is_listed_only_to_its_members(
-    client: httpx.Client,
+    client: httpx.Client, tokens: dict[str, str]
 ) -> None:
-    assert "restricted" not in _listed(client, "reader")
-    assert "restricted" in _listed(client, "member")
+    assert "restricted" not in _listed(client)
+    assert "restricted" in _listed(client, tokens["member"])
 
 
-def test_an_app_with_the_read_role_is_a_reader(client: httpx.Client) -> None:
-    assert set(_listed(client, "app-reader")) == {"demo", "fleeting", "pending"}
+def test_an_app_with_the_read_role_is_a_reader(
+    client: httpx.Client, tokens: dict[str, str]
+) -> None:
+    assert set(_listed(client, tokens["app-reader"])) == {"demo", "fleeting", "pending"}
 
 
 def test_namespaces_in_the_database_but_not_configured_are_not_listed(
@@ -148,11 +170,11 @@ def test_namespaces_in_the_database_but_not_configured_are_not_listed(
 
 
 def test_without_a_namespaces_file_every_stored_namespace_is_listed(
-    store: CacheStore, db_url: str
+    settings: Settings, store: CacheStore, tokens: dict[str, str]
 ) -> None:
     store.apply("b", [{"id": "a"}])
     store.apply("a", [{"id": "a"}])
-    for client in _client(store, db_url, []):
+    with _client(settings, store, [], tokens["reader"]) as client:
         listed = client.get("/v1/namespaces").json()["namespaces"]
         assert [entry["namespace"] for entry in listed] == ["a", "b"]
         assert listed[0]["max_staleness_seconds"] is None
@@ -172,17 +194,22 @@ def test_an_invalid_token_is_401(client: httpx.Client) -> None:
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
-def test_a_caller_without_the_read_role_is_403(client: httpx.Client) -> None:
-    response = client.get("/v1/namespaces", headers=bearer("admin"))
+def test_a_caller_without_the_read_role_is_403(
+    client: httpx.Client, tokens: dict[str, str]
+) -> None:
+    response = client.get("/v1/namespaces", headers=bearer(tokens["admin"]))
     body = _problem(response, 403)
     assert "Cache.Read.All" in body["detail"]
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
 
 
-def test_a_database_without_tables_is_503_with_retry_after(sqlite_url: str) -> None:
+def test_a_database_without_tables_is_503_with_retry_after(
+    stack: DevStack, api_registration: ApiRegistration, sqlite_url: str, tokens: dict[str, str]
+) -> None:
+    settings = api_settings_for(stack, api_registration, database_url=sqlite_url)
     engine = create_engine(sqlite_url)
     try:
-        for client in _client(CacheStore(engine), sqlite_url, []):
+        with _client(settings, CacheStore(engine), [], tokens["reader"]) as client:
             response = client.get("/v1/namespaces")
             _problem(response, 503)
             assert response.headers["retry-after"] == "5"
