@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import secrets
@@ -201,6 +203,8 @@ DATA_SECONDS = 15.0
 ROTATION_SECONDS = 10.0
 """dev --interval 1 rotates the upstream API key every 4 s."""
 JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+ROTATED = re.compile(r"rotated the upstream API key: .* is now at version (\w+)")
+CURL = re.compile(r"curl -H 'Authorization: Bearer (?P<token>[\w.-]+)' '(?P<url>[^']+)'")
 
 
 def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
@@ -212,9 +216,47 @@ def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
     return True
 
 
-def _row_counts(base_url: str) -> dict[str, int]:
-    listed = httpx.get(f"{base_url}/v1/namespaces").json()["namespaces"]
-    return {info["namespace"]: info["row_count"] for info in listed}
+def _row_counts(base_url: str, token: str) -> dict[str, int]:
+    listed = httpx.get(f"{base_url}/v1/namespaces", headers=_bearer(token)).json()["namespaces"]
+    return {info["namespace"]: info["item_count"] for info in listed}
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _claims(token: str) -> dict[str, object]:
+    payload = token.split(".")[1]
+    claims: dict[str, object] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return claims
+
+
+def _devstack_token(cwd: Path, *args: str) -> str:
+    """``cache-refresher devstack token`` run where dev runs (it finds dev's env file)."""
+    command = [str(SCRIPT), "devstack", "token", *args]
+    done = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=STOP_SECONDS, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _follow(base_url: str, location: str, token: str) -> dict[str, object]:
+    """The refresh request at ``location`` once finished (or as it is after DATA_SECONDS)."""
+    deadline = time.monotonic() + DATA_SECONDS
+    while True:
+        body: dict[str, object] = httpx.get(f"{base_url}{location}", headers=_bearer(token)).json()
+        if body["status"] in ("done", "failed") or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
+def _secret_version_in_use(base_url: str, token: str) -> object:
+    status = httpx.get(f"{base_url}/v1/status", headers=_bearer(token)).json()
+    (secret,) = status["secrets"]
+    return secret["version"]
 
 
 def _devstack_secrets(env_file: Path) -> dict[str, str]:
@@ -249,22 +291,33 @@ def test_dev_serves_three_namespaces_from_its_devstack_and_stops_cleanly(
 ) -> None:
     process, output, base_url = dev_process
     assert output.ready.wait(READY_SECONDS), f"dev printed no address:\n{output.text}"
+    assert _wait_for(lambda: CURL.search("".join(output.lines)) is not None, READY_SECONDS)
     printed = "".join(output.lines)
-    for name in DEV_ROWS:
-        assert f"curl '{base_url}/v1/namespaces/{name}/items?limit=3'" in printed
+    match = CURL.search(printed)
+    assert match is not None
+    token = match["token"]
+    assert match["url"] == f"{base_url}/v1/namespaces/demo/items?limit=3"
+    assert _claims(token)["scp"] == "Cache.Read"
     assert "cache-refresher runs users-by-key" in printed
     env_file = tmp_path / ".dev" / "devstack" / "service.env"
     secrets_of_run = _devstack_secrets(env_file)
     leak_checked(secrets_of_run.values())
 
-    assert _wait_for(lambda: _row_counts(base_url) == DEV_ROWS, DATA_SECONDS), _row_counts(base_url)
+    assert _wait_for(lambda: _row_counts(base_url, token) == DEV_ROWS, DATA_SECONDS)
     for name in DEV_ROWS:
-        page = httpx.get(f"{base_url}/v1/namespaces/{name}/items", params={"limit": 3}).json()
+        page = httpx.get(f"{base_url}/v1/namespaces/{name}/items", params={"limit": 3},
+                         headers=_bearer(token)).json()  # fmt: skip
         key = page["items"][0]["key"]
-        item = httpx.get(f"{base_url}/v1/namespaces/{name}/items/{key}")
+        item = httpx.get(f"{base_url}/v1/namespaces/{name}/items/{key}", headers=_bearer(token))
         assert item.status_code == 200
         assert item.json()["id"] == key
         assert item.headers["etag"]
+    assert httpx.get(f"{base_url}/v1/namespaces").status_code == 401  # no anonymous reads
+    admin = _devstack_token(tmp_path, "--app", "--role", "Cache.Admin")
+    accepted = httpx.post(f"{base_url}/v1/namespaces/users/refresh", headers=_bearer(admin))
+    assert accepted.status_code == 202
+    served = _follow(base_url, accepted.headers["location"], admin)
+    assert served["status"] == "done"
     assert (tmp_path / ".dev" / "cache.db").exists()
     assert 'kind = "http_json"' in (tmp_path / ".dev" / "namespaces.toml").read_text()
     metrics = httpx.get(f"{base_url}/metrics")
@@ -274,6 +327,9 @@ def test_dev_serves_three_namespaces_from_its_devstack_and_stops_cleanly(
     rotated = _wait_for(lambda: "rotated the upstream API key" in "".join(output.lines),
                         ROTATION_SECONDS)  # fmt: skip
     assert rotated, "dev logged no API key rotation"
+    # Key Vault's event reaches the webhook: the API's secret store follows each rotation.
+    assert _wait_for(lambda: _secret_version_in_use(base_url, admin)
+                     == ROTATED.findall("".join(output.lines))[-1], ROTATION_SECONDS)  # fmt: skip
     secrets_of_run.update(_devstack_secrets(env_file))  # with the rotated versions
     leak_checked(secrets_of_run.values())
     assert len(secrets_of_run) >= 3  # the client secret and at least two key versions
@@ -286,8 +342,7 @@ def test_dev_serves_three_namespaces_from_its_devstack_and_stops_cleanly(
     assert not env_file.exists()  # its credentials died with the devstack
     leaked = sorted(name for name, value in secrets_of_run.items() if value in text)
     assert not leaked, f"devstack secrets in dev's output: {leaked}"
-    tokens = len(JWT.findall(text))
-    assert tokens == 0, f"{tokens} access token(s) in dev's output"
+    assert JWT.findall(text) == [token], "an access token other than the printed one in the output"
 
 
 # -- refresh, namespaces, runs, secrets status ---------------------------------------------
