@@ -1,0 +1,180 @@
+"""``cache-refresher api``: the API standalone in its own process, against the session
+devstack (its own identity, secret store and validator) and a SQLite file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from api.cli import app
+from devstack.stack import DevStack
+from refresher.cache import CacheStore
+from refresher.db import create_engine, init_schema
+from refresher.sources.demo import DemoSource
+from tests.api.conftest import ApiRegistration, ApiTokens, bearer
+
+SCRIPT = Path(sys.executable).with_name("cache-refresher")
+READY_SECONDS = 20.0
+STOP_SECONDS = 10.0
+runner = CliRunner()
+
+NAMESPACES = """\
+[namespaces.demo]
+key_field = "id"
+every = 3600
+source = { kind = "demo", size = 10 }
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def secret_name(stack: DevStack) -> str:
+    name = f"api-{uuid.uuid4().hex[:8]}"
+    stack.vault.set(name, secrets.token_urlsafe(24))
+    return name
+
+
+@pytest.fixture
+def api_env(
+    stack: DevStack, api_registration: ApiRegistration, tmp_path: Path, secret_name: str
+) -> dict[str, str]:
+    """The environment of an API on the session devstack, its tables created."""
+    database = f"sqlite:///{tmp_path}/cache.db"
+    engine = create_engine(database)
+    init_schema(engine)
+    engine.dispose()
+    (tmp_path / "namespaces.toml").write_text(NAMESPACES)
+    identity = api_registration.identity
+    assert identity.client_secret is not None
+    return {
+        "AZURE_TENANT_ID": stack.tenant_id, "AZURE_CLIENT_ID": identity.client_id,
+        "AZURE_CLIENT_SECRET": identity.client_secret, "AZURE_AUTHORITY_HOST": stack.authority_host,
+        "CACHE_REFRESHER_CA_BUNDLE": str(stack.ca_path), "CACHE_REFRESHER_DATABASE_URL": database,
+        "CACHE_REFRESHER_NAMESPACES_FILE": str(tmp_path / "namespaces.toml"),
+        "CACHE_REFRESHER_VAULT_URL": stack.vault_url, "CACHE_REFRESHER_SECRETS": secret_name,
+        "CACHE_REFRESHER_VAULT_NAME": stack.vault_name,
+        "CACHE_REFRESHER_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
+        "CACHE_REFRESHER_REPLICA_ID": "api-cli-test",
+    }  # fmt: skip
+
+
+class Output:
+    """Reads a process's output in a thread; ``ready`` once it printed ``marker``."""
+
+    def __init__(self, process: subprocess.Popen[str], marker: str) -> None:
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self._marker = marker
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line)
+            if self._marker in line:
+                self.ready.set()
+
+    @property
+    def text(self) -> str:
+        self._thread.join(STOP_SECONDS)
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def api_process(
+    api_env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], Output, str]]:
+    port = _free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
+    process = subprocess.Popen(
+        [str(SCRIPT), "api", "--port", str(port)], cwd=tmp_path, env={**base, **api_env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    output = Output(process, f"serving on {url}")
+    try:
+        yield process, output, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(STOP_SECONDS)
+        output.text  # noqa: B018 - waits for the reader to reach the end
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_api_serves_standalone_with_its_own_services_and_stops_on_sigterm(
+    api_process: tuple[subprocess.Popen[str], Output, str], api_env: dict[str, str],
+    api_tokens: ApiTokens, secret_name: str, stack: DevStack,
+) -> None:  # fmt: skip
+    process, output, url = api_process
+    assert output.ready.wait(READY_SECONDS), output.text
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{url}/readyz").json()["stale_namespaces"] == ["demo"]  # no data yet
+    engine = create_engine(api_env["CACHE_REFRESHER_DATABASE_URL"])
+    CacheStore(engine).apply("demo", DemoSource(size=10).fetch())  # as a refresher would
+    engine.dispose()
+    assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
+
+    reader = bearer(api_tokens.user())
+    assert httpx.get(f"{url}/v1/namespaces/demo/items", headers=reader).status_code == 200
+    admin = bearer(api_tokens.admin())
+    status = httpx.get(f"{url}/v1/status", headers=admin).json()
+    assert status["replica_id"] == "api-cli-test"
+    (secret,) = status["secrets"]
+    assert (secret["name"], secret["state"]) == (secret_name, "current")
+    assert secret["version"] == stack.vault.versions(secret_name)[-1].version
+    assert [token["scope"] for token in status["tokens"]] == ["https://vault.azure.net/.default"]
+    assert status["issuers"][0]["keys"] >= 1
+    accepted = httpx.post(f"{url}/v1/namespaces/demo/refresh", headers=admin)
+    assert accepted.status_code == 202  # queued for whichever `cache-refresher run` is free
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "cache_refresher_database_up 1.0" in metrics
+    assert (
+        'cache_refresher_token_requests_total{scope="https://vault.azure.net/.default"}' in metrics
+    )
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(STOP_SECONDS) == 0
+    text = output.text
+    assert "Stopped." in text
+    assert "Traceback" not in text
+    assert api_env["AZURE_CLIENT_SECRET"] not in text
+    assert "eyJ" not in text  # no token
+
+
+def test_api_refuses_a_port_in_use(api_env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["api", "--port", str(port)], env=api_env)
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_api_without_the_tables_exits_1_pointing_at_db_init(
+    api_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**api_env, "CACHE_REFRESHER_DATABASE_URL": f"sqlite:///{tmp_path}/empty.db"}
+    result = runner.invoke(app, ["api", "--port", str(_free_port())], env=env)
+    assert result.exit_code == 1
+    assert "cache-refresher db init" in result.stderr
