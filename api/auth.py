@@ -117,6 +117,7 @@ class EntraTokenValidator:
         self.leeway = leeway
         self._clock = clock
         self.cache = cache if cache is not None else ValidatedTokens(clock=clock)
+        issuers.when_keys_removed(self.cache.forget_kids)
 
     def cached(self, token: str) -> Principal | None:
         return self.cache.get(token)
@@ -348,7 +349,6 @@ def open_validator(
         if source is None:
             ca_bundle = str(settings.ca_bundle) if settings.ca_bundle else None
             source = HttpMetadataSource(client=stack.enter_context(metadata_http_client(ca_bundle)))
-        cache = ValidatedTokens(clock=clock)
         issuers = Issuers(
             authority_host=settings.azure_authority_host,
             tenants=tenants,
@@ -356,15 +356,14 @@ def open_validator(
             refresh_seconds=settings.api_metadata_refresh_seconds,
             kid_refetch_seconds=settings.api_kid_refetch_seconds,
             clock=clock,
-            on_keys_removed=cache.forget_kids,
         )
-        issuers.refresh_due()
-        stack.enter_context(refreshed_in_background(issuers))
-        yield EntraTokenValidator(
+        validator = EntraTokenValidator(
             issuers=issuers,
             audiences=audiences,
             accept_v1=settings.api_accept_v1_tokens,
             leeway=settings.api_token_leeway_seconds,
             clock=clock,
-            cache=cache,
         )
+        issuers.refresh_due()
+        stack.enter_context(refreshed_in_background(issuers))
+        yield validator

@@ -215,15 +215,18 @@ class Issuers:
         refresh_seconds: float,
         kid_refetch_seconds: float,
         clock: Clock = time.time,
-        on_keys_removed: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.authority_host = authority_host
         self._source = source
         self._refresh_seconds = refresh_seconds
         self._kid_refetch_seconds = kid_refetch_seconds
         self._clock = clock
-        self._on_keys_removed = on_keys_removed
+        self._removal_listeners: list[Callable[[set[str]], None]] = []
         self._tenants = {tenant: _TenantState(tenant) for tenant in tenants}
+
+    def when_keys_removed(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener`` with the kids a read found no longer published."""
+        self._removal_listeners.append(listener)
 
     @property
     def tenants(self) -> frozenset[str]:
@@ -298,8 +301,8 @@ class Issuers:
         state.metadata, state.last_error, state.last_error_at = fresh, None, None
         if scheduled:
             state.next_refresh_at, state.miss_allowed = now + self._refresh_seconds, True
-        if removed and self._on_keys_removed is not None:
-            self._on_keys_removed(removed)
+        for listener in self._removal_listeners if removed else ():
+            listener(removed)
         return True
 
     def _failed(

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from api.jwks import (
     NEVER_FETCHED_RETRY_SECONDS,
@@ -211,7 +211,8 @@ def test_keys_no_longer_published_are_reported(clock: FakeClock) -> None:
     old = keys.active_kid
     source = FakeSource(keys)
     removed: list[set[str]] = []
-    issuers = make_issuers(source, clock, on_keys_removed=removed.append)
+    issuers = make_issuers(source, clock)
+    issuers.when_keys_removed(removed.append)
     issuers.refresh_due()
     keys.rotate()
     keys.retire(old)
@@ -270,9 +271,11 @@ def test_unusable_metadata_is_refused_and_recorded(
 def test_jwks_parsing_keeps_signature_keys_and_skips_the_rest(keys: SigningKeys) -> None:
     ec_key = json.loads(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key()))
     rsa_key = keys.jwks()["keys"][0]
+    private = json.loads(RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 2048)))
     document = {
         "keys": [
             rsa_key,
+            {**private, "kid": "private-1"},
             {**ec_key, "kid": "ec-1"},
             {**rsa_key, "kid": "enc-1", "use": "enc"},
             {**rsa_key, "kid": "broken", "n": "!!"},
@@ -282,7 +285,8 @@ def test_jwks_parsing_keeps_signature_keys_and_skips_the_rest(keys: SigningKeys)
         ]
     }
     parsed = parse_jwks(document)
-    assert set(parsed) == {rsa_key["kid"], "ec-1"}
+    assert set(parsed) == {rsa_key["kid"], "ec-1", "private-1"}
+    assert isinstance(parsed["private-1"].key, rsa.RSAPublicKey)
     assert parsed["ec-1"].fits("ES384")
     assert not parsed["ec-1"].fits("ES256")
     assert not parsed["ec-1"].fits("RS256")
@@ -344,6 +348,23 @@ def test_http_failures_become_metadata_unavailable(
     url = stack.authority_host + path.format(tenant=stack.tenant_id)
     with pytest.raises(IssuerMetadataUnavailableError, match=message):
         http_source.get_json(url)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"<html>", "did not answer JSON"),
+        (b"[1, 2]", "did not answer a JSON object"),
+        (b" " * 1_000_001, "more than 1 MB"),
+    ],
+    ids=["not-json", "json-array", "oversized"],
+)
+def test_an_answer_that_is_not_a_json_object_is_unavailable(content: bytes, message: str) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=content))
+    with httpx.Client(transport=transport) as client:
+        source = HttpMetadataSource(client=client)
+        with pytest.raises(IssuerMetadataUnavailableError, match=message):
+            source.get_json("https://login.test/keys")
 
 
 def test_an_untrusted_certificate_or_a_server_down_is_unreachable(stack: DevStack) -> None:

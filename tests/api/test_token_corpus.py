@@ -217,6 +217,7 @@ UNAUTHENTICATED: dict[str, Build] = {
     "expired": with_times(exp=-3600),
     "expired-just-past-the-leeway": with_times(exp=-61),
     "not-valid-yet": with_times(nbf=3600),
+    "nbf-beyond-the-calendar": claims_of(nbf=10**20),
     "exp-a-string": claims_of(exp="9999999999"),
     "exp-infinite": claims_of(exp=float("inf")),
     "exp-a-boolean": claims_of(exp=True),
