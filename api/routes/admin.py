@@ -41,7 +41,9 @@ ADMIN_NOTE = " Requires the admin app role (`Cache.Admin` unless configured othe
 NamespacePath = Annotated[
     str, Path(description="A namespace of this service's namespaces file.", max_length=200)
 ]
-RequestId = Annotated[int, Path(description="The id a refresh request returned.", ge=1)]
+ID_MAX = 2**63 - 1
+"""The largest id a BIGINT holds (larger ones cannot exist, and drivers refuse them)."""
+RequestId = Annotated[int, Path(description="The id a refresh request returned.", ge=1, le=ID_MAX)]
 
 
 @router.post(
