@@ -3,9 +3,9 @@
 This module holds the typer app and the commands that need only this package:
 ``run`` (the refresh loop), ``refresh`` (one namespace now, with progress),
 ``namespaces``, ``runs``, ``secrets status``, ``db init`` and ``db sql``. What
-they print is built in :mod:`refresher.tables`. ``api.cli`` adds ``dev`` (it
-serves the web app, and this package never imports ``api``) and is the
-console script's entry point.
+they print is built in :mod:`refresher.tables`. ``api.cli`` adds ``api``,
+``dev`` and ``devstack token`` (they serve or call the web app, and this
+package never imports ``api``) and is the console script's entry point.
 
 Every command builds its :class:`~refresher.settings.Settings` with
 :func:`~refresher.settings.load_settings`, so ``CACHE_REFRESHER_*`` variables

@@ -107,7 +107,8 @@ def test_namespaces_says_when_there_are_none(sqlite_url: str) -> None:
     "args", [["--help"], ["db", "--help"], ["db", "init", "--help"], ["db", "sql", "--help"],
              ["namespaces", "--help"], ["dev", "--help"], ["run", "--help"],
              ["refresh", "--help"], ["runs", "--help"], ["secrets", "--help"],
-             ["secrets", "status", "--help"]]
+             ["secrets", "status", "--help"], ["api", "--help"], ["devstack", "--help"],
+             ["devstack", "token", "--help"]]
 )  # fmt: skip
 def test_every_command_has_help(args: list[str]) -> None:
     result = runner.invoke(app, args)
