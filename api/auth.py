@@ -166,11 +166,10 @@ class EntraTokenValidator:
                 f"the token is from tenant {_shown(tenant_id)}, which this API does not "
                 "accept (CACHE_REFRESHER_API_TENANTS): sign in to one of its tenants"
             )
-        if not isinstance(claims.get("oid", claims.get("sub")), str):
+        if _subject(claims) is None:
             raise _missing("oid")
-        client = "azp" if claims["ver"] == "2.0" else "appid"
-        if not isinstance(claims.get(client), str):
-            raise _missing(client)
+        if _client(claims) is None:
+            raise _missing("azp" if claims["ver"] == "2.0" else "appid")
 
     def _check_version(self, version: object) -> None:
         if version == "2.0" or (version == "1.0" and self.accept_v1):
@@ -231,7 +230,7 @@ def _parse(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
         )
     header, claims = _json_part(parts[0], "header"), _json_part(parts[1], "payload")
     algorithm = header.get("alg")
-    if algorithm not in ALLOWED_ALGORITHMS:
+    if not isinstance(algorithm, str) or algorithm not in ALLOWED_ALGORITHMS:
         raise _refused(
             f"the token's algorithm {_shown(algorithm)} is not accepted (only "
             f"{', '.join(sorted(ALLOWED_ALGORITHMS))}): send an Entra ID access token"
@@ -276,9 +275,9 @@ def _principal(claims: Mapping[str, Any], issuer: str) -> Principal:
     tenant_id = claims["tid"]
     return Principal(
         kind="user" if isinstance(scopes, str) else "app",
-        subject=claims.get("oid") or claims["sub"],
+        subject=_subject(claims) or "",
         tenant_id=tenant_id,
-        app_id=claims.get("azp") or claims["appid"],
+        app_id=_client(claims) or "",
         scopes=frozenset(scopes.split()) if isinstance(scopes, str) else frozenset(),
         roles=_strings(claims.get("roles")),
         groups=_strings(claims.get("groups")),
@@ -287,6 +286,16 @@ def _principal(claims: Mapping[str, Any], issuer: str) -> Principal:
         expires_at=float(claims["exp"]),
         version=claims["ver"],
     )
+
+
+def _subject(claims: Mapping[str, Any]) -> str | None:
+    """``oid``, or ``sub`` when there is no oid (both non-empty strings)."""
+    return _string(claims.get("oid")) or _string(claims.get("sub"))
+
+
+def _client(claims: Mapping[str, Any]) -> str | None:
+    """The client app: ``azp`` of a v2.0 token, ``appid`` of a v1.0 one."""
+    return _string(claims.get("azp" if claims["ver"] == "2.0" else "appid"))
 
 
 def _is_guest(claims: Mapping[str, Any], home: set[str]) -> bool:
@@ -302,7 +311,7 @@ def _strings(value: object) -> frozenset[str]:
 
 
 def _string(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _is_time(value: object) -> bool:

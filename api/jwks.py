@@ -222,7 +222,8 @@ class Issuers:
         self._kid_refetch_seconds = kid_refetch_seconds
         self._clock = clock
         self._removal_listeners: list[Callable[[set[str]], None]] = []
-        self._tenants = {tenant: _TenantState(tenant) for tenant in tenants}
+        # Entra writes tenant ids in lower case (tid, issuers); settings may not.
+        self._tenants = {tenant.lower(): _TenantState(tenant.lower()) for tenant in tenants}
 
     def when_keys_removed(self, listener: Callable[[set[str]], None]) -> None:
         """Call ``listener`` with the kids a read found no longer published."""

@@ -31,6 +31,7 @@ from refresher.errors import IssuerMetadataUnavailableError
 AUTHORITY = "https://login.test"
 TENANT = "11111111-1111-1111-1111-111111111111"
 OTHER_TENANT = "22222222-2222-2222-2222-222222222222"
+MIXED_CASE_TENANT = "AbCdEf00-1111-2222-3333-444455556666"
 REFRESH = 3600.0
 KID_REFETCH = 300.0
 
@@ -220,6 +221,14 @@ def test_keys_no_longer_published_are_reported(clock: FakeClock) -> None:
     issuers.refresh_due()
     assert removed == [{old}]
     assert issuers.key(TENANT, old) is None
+
+
+def test_tenant_ids_are_compared_in_lower_case(source: FakeSource, clock: FakeClock) -> None:
+    issuers = make_issuers(source, clock, (MIXED_CASE_TENANT,))
+    issuers.refresh_due()
+    lower = MIXED_CASE_TENANT.lower()
+    assert issuers.tenants == {lower}
+    assert issuers.metadata(lower).issuer == f"{AUTHORITY}/{lower}/v2.0"
 
 
 def test_a_multi_tenant_issuer_template_is_filled_with_the_tenant(

@@ -171,6 +171,9 @@ UNAUTHENTICATED: dict[str, Build] = {
     # the algorithm
     "alg-none": bearer_of(lambda f: f.raw({"alg": "none", "typ": "JWT"}, f.claims())),
     "alg-none-capitalised": bearer_of(lambda f: f.raw({"alg": "None", "kid": f.kid}, f.claims())),
+    "alg-a-list": bearer_of(
+        lambda f: f.raw({"alg": ["RS256"], "kid": f.kid}, f.claims(), b"\x01" * 256)
+    ),
     "alg-missing": bearer_of(lambda f: f.raw({"typ": "JWT", "kid": f.kid}, f.claims(), b"x")),
     "alg-hs256-signed-with-the-rsa-public-key": bearer_of(
         lambda f: f.hmac_signed(f.public_key_pem())
@@ -236,6 +239,8 @@ UNAUTHENTICATED: dict[str, Build] = {
     "missing-tid": missing("tid"),
     "missing-ver": missing("ver"),
     "missing-oid-and-sub": missing("oid", "sub"),
+    "oid-empty-and-no-sub": bearer_of(lambda f: f.signed(f.claims(oid="", sub=None))),
+    "azp-empty": claims_of(azp=""),
     "missing-azp": missing("azp"),
     # versions
     "version-3": claims_of(ver="3.0"),
