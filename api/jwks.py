@@ -261,20 +261,25 @@ class Issuers:
 
     def key(self, tenant_id: str, kid: str) -> SigningKey | None:
         """The published key ``kid`` of ``tenant_id``, re-reading the keys once if it is
-        unknown and the policy allows; None if it is still unknown."""
+        unknown and the policy allows; None if it is still unknown. While the keys cannot
+        be read, an unknown kid raises :class:`IssuerMetadataUnavailableError`: it may be
+        a key the issuer rolled over to."""
         state = self._tenants[tenant_id]
         known = self.metadata(tenant_id).keys.get(kid)
         if known is not None:
             return known
         with state.lock:
             assert state.metadata is not None
-            if kid not in state.metadata.keys and self._may_refetch(state):
+            if kid in state.metadata.keys:
+                return state.metadata.keys[kid]
+            if self._may_refetch(state):
                 state.miss_allowed = False
-                if not self._read(state, scheduled=False):
-                    raise IssuerMetadataUnavailableError(
-                        f"the token's signing key is not among tenant {tenant_id}'s known keys "
-                        f"and they could not be read again ({state.last_error}): try again shortly"
-                    )
+                self._read(state, scheduled=False)
+            if kid not in state.metadata.keys and state.last_error is not None:
+                raise IssuerMetadataUnavailableError(
+                    f"the token's signing key is not among tenant {tenant_id}'s known keys "
+                    f"and they cannot be read now ({state.last_error}): try again shortly"
+                )
             return state.metadata.keys.get(kid)
 
     def status(self) -> list[IssuerStatus]:

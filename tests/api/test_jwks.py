@@ -183,11 +183,18 @@ def test_an_unknown_kid_that_cannot_be_looked_up_is_unavailable_not_unknown(
     issuers = make_issuers(source, clock)
     issuers.refresh_due()
     source.down = True
-    with pytest.raises(IssuerMetadataUnavailableError, match="could not be read again"):
+    with pytest.raises(IssuerMetadataUnavailableError, match="cannot be read now"):
         issuers.key(TENANT, "rolled-over")
     (status,) = issuers.status()
     assert status.last_error is not None
     assert status.keys > 0
+    reads = source.jwks_reads()
+    with pytest.raises(IssuerMetadataUnavailableError):
+        issuers.key(TENANT, "rolled-over")  # not re-read (rate-limited), still unavailable
+    assert source.jwks_reads() == reads
+    source.down = False
+    clock.advance(KID_REFETCH)
+    assert issuers.key(TENANT, "rolled-over") is None  # read: simply unknown
 
 
 def test_a_tenant_never_read_is_unavailable_and_retried_by_requests_only_now_and_then(
