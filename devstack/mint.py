@@ -132,7 +132,8 @@ def _parse(form: Mapping[str, str]) -> MintRequest:
         raise ValueError("name the token's audience (audience=<the API's App ID URI>)")
     if kind not in ("user", "app"):
         raise ValueError("kind must be user (a delegated token) or app")
-    lifetime = int(form.get("expires_in") or DEFAULT_LIFETIME)
+    text = form.get("expires_in") or str(DEFAULT_LIFETIME)
+    lifetime = int(text) if text.isdigit() else 0
     if not 1 <= lifetime <= MAX_LIFETIME:
         raise ValueError(f"expires_in must be 1 to {MAX_LIFETIME} seconds")
     return MintRequest(
