@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from api.app import create_app
 from api.principal import IssuerStatus
 from api.resources import build_resources
 from refresher.cache import CacheStore
+from refresher.db import create_engine
 from refresher.namespaces import Namespace, parse_namespaces
 from refresher.refresh_requests import request_refresh
 from refresher.scheduler import Scheduler
@@ -151,3 +153,25 @@ def test_status_shows_namespaces_last_runs_issuers_and_replica(
     assert 29 <= issuer["age_seconds"] < 60
     assert issuer["last_error"] == "the metadata endpoint answered 503"
     assert (status["secrets"], status["tokens"]) == ([], [])  # no vault, no identity here
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/namespaces/demo/refresh"), ("GET", "/v1/runs/1"), ("GET", "/v1/status")],
+)
+def test_admin_routes_answer_503_with_retry_after_while_the_database_is_down(
+    tmp_path: Path, namespaces: list[Namespace], method: str, path: str
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/missing/dir/cache.db")
+    settings = Settings(database_url=str(engine.url))
+    resources = build_resources(
+        settings, store=CacheStore(engine), validator=FakeValidator(), namespaces=namespaces
+    )
+    try:
+        with serving(create_app(settings, resources=resources)) as url:
+            response = httpx.request(method, f"{url}{path}", headers=bearer("admin"))
+    finally:
+        engine.dispose()
+    body = _problem(response, 503)
+    assert "check that the database is reachable" in body["detail"]
+    assert response.headers["retry-after"]
