@@ -23,7 +23,6 @@ import base64
 import binascii
 import hashlib
 import json
-import math
 import re
 import threading
 import time
@@ -59,6 +58,8 @@ CACHE_ENTRIES = 10_000
 V1_ISSUER = "https://sts.windows.net/{tenant}/"
 """Entra's v1.0 issuer, the same for every authority host of the public cloud."""
 REQUIRED_CLAIMS = ("ver", "aud", "iss", "tid", "exp", "nbf", "iat")
+LAST_TIME = 253_402_300_799
+"""9999-12-31T23:59:59Z: a later exp, nbf or iat is not a time."""
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _JWS = PyJWS()
 
@@ -113,6 +114,8 @@ class EntraTokenValidator:
     ) -> None:
         self.issuers = issuers
         self.audiences = tuple(audiences)
+        if not self.audiences:
+            raise ValueError("a token validator needs at least one audience")
         self.accept_v1 = accept_v1
         self.leeway = leeway
         self._clock = clock
@@ -315,14 +318,15 @@ def _string(value: object) -> str | None:
 
 
 def _is_time(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A number of seconds since 1970 up to the year 9999 (not NaN, infinity, a boolean
+    or an integer too large for a float)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return 0 <= value <= LAST_TIME
 
 
 def _iso(seconds: float) -> str:
-    try:
-        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-    except (OverflowError, ValueError, OSError):
-        return f"{seconds!r} (seconds since 1970)"
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def _shown(value: object) -> str:

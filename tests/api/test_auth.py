@@ -232,6 +232,19 @@ def test_exp_and_nbf_allow_the_leeway_and_no_more(
             validator.validate(token)
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["9999999999", 10**400, float("nan"), float("inf"), True, -1, None],
+    ids=["string", "huge-integer", "nan", "infinity", "boolean", "negative", "null"],
+)
+def test_a_time_claim_that_is_not_a_time_is_refused(
+    validator: EntraTokenValidator, keys: SigningKeys, clock: FakeClock, value: object
+) -> None:
+    claims = {**user_claims(clock), "exp": value}
+    with pytest.raises(UnauthenticatedError, match="exp claim is not a time"):
+        validator.validate(keys.sign(claims))
+
+
 def test_a_validated_token_is_remembered_until_it_expires(
     validator: EntraTokenValidator, keys: SigningKeys, clock: FakeClock
 ) -> None:
