@@ -125,12 +125,11 @@ def api_resources(settings: Settings) -> Iterator[ApiResources]:
 
 def _announce_api(settings: Settings, resources: ApiResources) -> None:
     names = ", ".join(sorted(resources.namespaces)) or "none configured"
-    console.print(
+    _say(
         f"cache-refresher api: serving on {base_url(settings.host, settings.port)} "
         f"(audiences {', '.join(api_audiences(settings)) or '-'}; namespaces: {names}; "
-        f"replica {resources.replica_id})",
-        highlight=False, markup=False, soft_wrap=True,
-    )  # fmt: skip
+        f"replica {resources.replica_id})"
+    )
 
 
 @app.command()
@@ -216,46 +215,64 @@ def _start_refreshing(running: ExitStack, settings: Settings, stack: DevStack) -
 
 def _announce(settings: Settings, stack: DevStack, env_file: Path, token: str) -> None:
     base = base_url(settings.host, settings.port)
-    database = make_url(settings.database_url).render_as_string(hide_password=True)
-    secret = stack.upstream_api_key_secret
-    console.print(
-        f"cache-refresher dev: serving the API on {base} (tokens from devstack's Entra ID)\n"
-        f"  namespaces ({_relative(settings.namespaces_file)}), refreshed every "
-        f"{settings.refresh_interval_seconds:g} s into {database}:\n"
-        f"    {DEMO:<13} the bundled demo catalogue\n"
-        f"    {USERS:<13} devstack upstream /v1.0/users as app 'service' (app token)\n"
-        f"    {USERS_BY_KEY:<13} devstack upstream /v1.0/users-link with the API key in Key "
-        f"Vault secret '{secret}', rotated every {rotation_period(settings):g} s\n"
-        f"  devstack ({_relative(stack.directory)}; identities and keys are new on every start):\n"
-        f"    Entra ID:     {stack.authority_host} (tenant {stack.tenant_id}, "
-        f"app 'service' {stack.service.client_id})\n"
-        f"    Key Vault:    {stack.vault_url} (events delivered to {base}/v1/events/keyvault)\n"
-        f"    upstream API: {stack.upstream_url}/v1.0/users\n"
-        f"    CA:           {_relative(stack.ca_path)}\n"
-        f"    credentials for other commands (never printed): "
-        f"set -a; . {_relative(env_file)}; set +a\n"
-        f"  try (a devstack user's token with the {settings.api_read_scope} scope, valid 1 h):\n"
-        f"    curl -H 'Authorization: Bearer {token}' '{base}/v1/namespaces/{DEMO}/items?limit=3'\n"
-        f"  more tokens:  cache-refresher devstack token [--scope S] [--role R] [--app]\n"
-        f'    e.g. curl -X POST -H "Authorization: Bearer $(cache-refresher devstack token --app '
-        f"--role {settings.api_admin_role})\" '{base}/v1/namespaces/{USERS}/refresh'\n"
-        f"        cache-refresher runs {USERS_BY_KEY}   "
-        "# the secret versions each run used, as the key rotates\n"
-        f"  docs: {base}/docs\n"
+    lines = [
+        f"cache-refresher dev: serving the API on {base} (tokens from devstack's Entra ID)",
+        *_namespace_lines(settings, stack),
+        *_devstack_lines(stack, env_file, base),
+        *_try_lines(settings, base, token),
+        f"  docs: {base}/docs",
         "  Ctrl-C stops it.",
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
-    )
+    ]
+    _say("\n".join(lines))
     if not is_loopback(settings.host):
-        console.print(
+        _say(
             f"warning: {settings.host} is not a loopback address: this API trusts devstack's "
             "throwaway issuer; only do this inside a container whose port is published on "
-            "127.0.0.1.",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
+            "127.0.0.1."
         )
+
+
+def _namespace_lines(settings: Settings, stack: DevStack) -> list[str]:
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
+    return [
+        f"  namespaces ({_relative(settings.namespaces_file)}), refreshed every "
+        f"{settings.refresh_interval_seconds:g} s into {database}:",
+        f"    {DEMO:<13} the bundled demo catalogue",
+        f"    {USERS:<13} devstack upstream /v1.0/users as app 'service' (app token)",
+        f"    {USERS_BY_KEY:<13} devstack upstream /v1.0/users-link with the API key in Key "
+        f"Vault secret '{stack.upstream_api_key_secret}', rotated every "
+        f"{rotation_period(settings):g} s",
+    ]
+
+
+def _devstack_lines(stack: DevStack, env_file: Path, base: str) -> list[str]:
+    return [
+        f"  devstack ({_relative(stack.directory)}; identities and keys are new on every start):",
+        f"    Entra ID:     {stack.authority_host} (tenant {stack.tenant_id}, "
+        f"app 'service' {stack.service.client_id})",
+        f"    Key Vault:    {stack.vault_url} (events delivered to {base}/v1/events/keyvault)",
+        f"    upstream API: {stack.upstream_url}/v1.0/users",
+        f"    CA:           {_relative(stack.ca_path)}",
+        "    credentials for other commands (never printed): "
+        f"set -a; . {_relative(env_file)}; set +a",
+    ]
+
+
+def _try_lines(settings: Settings, base: str, token: str) -> list[str]:
+    admin = f"$(cache-refresher devstack token --app --role {settings.api_admin_role})"
+    return [
+        f"  try (a devstack user's token with the {settings.api_read_scope} scope, valid 1 h):",
+        f"    curl -H 'Authorization: Bearer {token}' '{base}/v1/namespaces/{DEMO}/items?limit=3'",
+        "  more tokens:  cache-refresher devstack token [--scope S] [--role R] [--app]",
+        f'    e.g. curl -X POST -H "Authorization: Bearer {admin}" '
+        f"'{base}/v1/namespaces/{USERS}/refresh'",
+        f"        cache-refresher runs {USERS_BY_KEY}   "
+        "# the secret versions each run used, as the key rotates",
+    ]
+
+
+def _say(text: str) -> None:
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def _relative(path: Path | None) -> str:
