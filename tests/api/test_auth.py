@@ -4,6 +4,8 @@ outages, the unknown-kid re-read limit, v1 tokens, tenants, guests)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +15,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from api.auth import EntraTokenValidator, ValidatedTokens, open_validator
 from api.jwks import NEVER_FETCHED_RETRY_SECONDS, Issuers
@@ -511,3 +516,47 @@ def test_guests_are_refused_only_when_the_setting_says_so(
     with serve_api(settings, store) as served:
         assert get_namespaces(served.url, api_tokens.user(guest=True)).status_code == status
         assert get_namespaces(served.url, api_tokens.user()).status_code == 200
+
+
+# -- whatever arrives, the answer is a 401 -------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=6,
+)
+
+
+FUZZ_CLOCK = FakeClock()
+FUZZ_KEYS = SigningKeys()
+FUZZ_VALIDATOR = make_validator(FakeSource(FUZZ_KEYS), FUZZ_CLOCK)
+VALID_CLAIMS = user_claims(FUZZ_CLOCK)
+
+
+def _b64json(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+@given(
+    header=st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "b64"]), JSON),
+    algorithm=st.sampled_from(["RS256", "PS384", "ES256", "HS256", "none", None]),
+    changes=st.dictionaries(st.sampled_from(sorted(VALID_CLAIMS)), JSON),
+    signature=st.binary(max_size=300),
+)
+@examples(max_examples=300, deadline=None, database=None)
+def test_any_forged_token_is_a_401_and_never_an_unexpected_error(
+    header: dict[str, Any], algorithm: str | None, changes: dict[str, Any], signature: bytes
+) -> None:
+    if algorithm is not None:
+        header = {**header, "alg": algorithm, "kid": FUZZ_KEYS.active_kid}
+    claims = {**VALID_CLAIMS, **changes}
+    token = f"{_b64json(header)}.{_b64json(claims)}.{base64.urlsafe_b64encode(signature).decode()}"
+    with pytest.raises(UnauthenticatedError):
+        FUZZ_VALIDATOR.validate(token.rstrip("="))
+
+
+@given(token=st.text(max_size=200))
+@examples(max_examples=300, deadline=None, database=None)
+def test_any_text_is_a_401(token: str) -> None:
+    with pytest.raises(UnauthenticatedError):
+        FUZZ_VALIDATOR.validate(token)
