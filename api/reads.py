@@ -102,7 +102,8 @@ class ReadLayer:
         self._next_check = float("-inf")
         self._check_lock = threading.Lock()
 
-    def __len__(self) -> int:
+    @property
+    def held(self) -> int:
         """Items held in memory (including ones of an old generation not yet replaced)."""
         return len(self._items)
 

@@ -17,7 +17,10 @@ last attempt failed, operators see why in ``/v1/status``.
 Pages (``GET .../items``) are plain ``def`` routes over the synchronous store.
 The item route is ``async``: it serves from the in-process layer
 (:mod:`api.reads`), falling back to the store in the thread pool, and returns
-the stored payload bytes as they are.
+the stored payload bytes as they are. It takes only the request and calls the
+same dependency functions itself (its parameters and security are declared in
+``openapi_extra``): FastAPI's dependency solving cost as much as the rest of
+the request, about 70 of 135 microseconds of CPU.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from api import query
-from api.deps import Caller, ResourcesDep
+from api.deps import Caller, ResourcesDep, bearer_scheme, current_principal, get_resources
 from api.pages import PageRequest, page_request, read_page, render_page
 from api.reads import ReadLayer, cache_headers
 from api.resources import ApiResources
@@ -41,6 +44,8 @@ from refresher.cache import NamespaceInfo, check_namespace
 from refresher.errors import ConfigurationError, ItemNotFoundError, NamespaceNotFoundError
 
 router = APIRouter(prefix="/v1/namespaces", tags=["reads"])
+
+BEARER = bearer_scheme.scheme_name
 
 
 class NamespaceOut(BaseModel):
@@ -185,25 +190,35 @@ def list_items(
             },
         },
         304: {"description": "Not modified: the `If-None-Match` tag is current."},
-        **problem_responses(401, 403, 404, 422, 503),
+        **problem_responses(401, 403, 404, 503),
     },
-)
-async def get_item(
-    namespace: str,
-    key: str,
-    caller: Caller,
-    resources: ResourcesDep,
-    if_none_match: Annotated[str | None, Header(description="ETags held.")] = None,
-) -> Response:
+    openapi_extra={
+        "parameters": [
+            {"name": "namespace", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "key", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "The item's key (it may contain '/')."},
+            {"name": "If-None-Match", "in": "header", "required": False,
+             "schema": {"type": "string"}, "description": "ETags held (RFC 9110)."},
+        ],
+        "security": [{BEARER: []}],
+    },
+)  # fmt: skip
+async def get_item(request: Request) -> Response:
+    """The hot path: parameters and caller resolved by hand (as the declared dependencies
+    would), since FastAPI's dependency solving costs about as much as the rest of it."""
+    resources = await get_resources(request)
+    caller = await current_principal(resources, await bearer_scheme(request))
+    namespace, key = request.path_params["namespace"], request.path_params["key"]
     resources.policy.require_reader(caller, namespace)
     _require_served(resources, namespace)
     if "\x00" in key:
         raise ItemNotFoundError(namespace, key.replace("\x00", "?"))
-    layer = resources.reads or _direct(resources)
+    layer = _direct(resources) if resources.reads is None else resources.reads
     entry, state = await layer.item(namespace, key)
     headers = cache_headers(state, time.time())
     headers["ETag"] = entry.etag
     headers["Last-Modified"] = entry.last_modified
+    if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and etag_matches(if_none_match, entry.etag):
         return Response(status_code=304, headers=headers)
     return Response(entry.payload, media_type=query.JSON, headers=headers)
@@ -234,12 +249,14 @@ def _direct(resources: ApiResources) -> ReadLayer:
 
 def _require_served(resources: ApiResources, namespace: str) -> None:
     """Not found unless ``namespace`` is a valid name this server serves (no query)."""
+    if resources.namespaces:
+        if namespace not in resources.namespaces:
+            raise NamespaceNotFoundError(namespace[:80])
+        return
     try:
         check_namespace(namespace)
     except ConfigurationError:
         raise NamespaceNotFoundError(namespace[:80]) from None
-    if resources.namespaces and namespace not in resources.namespaces:
-        raise NamespaceNotFoundError(namespace)
 
 
 def _namespace_out(

@@ -469,6 +469,33 @@ def test_without_a_read_layer_items_come_straight_from_the_store(
             _problem(client.get("/v1/namespaces/demo/items/nope"), 404)
 
 
+def test_items_are_served_from_memory_until_the_next_generation_check(
+    stack: DevStack,
+    api_registration: ApiRegistration,
+    db_url: str,
+    store: CacheStore,
+    namespaces: list[Namespace],
+    tokens: dict[str, str],
+) -> None:
+    settings = api_settings_for(
+        stack, api_registration, database_url=db_url, api_generation_check_ms=60_000
+    )
+    store.apply("demo", [{"id": "k", "v": 1}])
+    with open_validator(settings) as validator:
+        resources = build_resources(
+            settings, store=store, validator=validator, namespaces=namespaces
+        )
+        assert resources.reads is not None
+        with (
+            serving(create_app(settings, resources=resources)) as url,
+            httpx.Client(base_url=url, headers=bearer(tokens["reader"])) as client,
+        ):
+            assert client.get("/v1/namespaces/demo/items/k").json() == {"id": "k", "v": 1}
+            assert resources.reads.held == 1
+            store.apply("demo", [{"id": "k", "v": 2}])
+            assert client.get("/v1/namespaces/demo/items/k").json() == {"id": "k", "v": 1}
+
+
 @pytest.mark.parametrize("path", ["/v1/namespaces/demo/items", "/v1/namespaces/demo/items/k"])
 def test_a_database_without_tables_is_503_with_retry_after(
     stack: DevStack,

@@ -57,7 +57,7 @@ def test_an_item_is_read_once_then_served_from_memory(layer: ReadLayer, store: C
     assert entry.payload == b'{"id":"a","v":1}'
     assert entry.etag == f'"{store.get_item("ns", "a").etag}"'
     assert state.generation == 1
-    assert len(layer) == 1
+    assert layer.held == 1
     assert read(layer, "ns", "a")[0] is entry
 
 
@@ -112,7 +112,7 @@ def test_an_unknown_key_is_not_found_and_not_kept(layer: ReadLayer, store: Cache
     store.apply("ns", [{"id": "a"}])
     with pytest.raises(ItemNotFoundError):
         read(layer, "ns", "nope")
-    assert len(layer) == 0
+    assert layer.held == 0
 
 
 def test_memory_holds_at_most_capacity_items_first_in_first_out(
@@ -123,16 +123,16 @@ def test_memory_holds_at_most_capacity_items_first_in_first_out(
     first, _ = read(layer, "ns", "a")
     read(layer, "ns", "b")
     read(layer, "ns", "c")
-    assert len(layer) == 2
+    assert layer.held == 2
     assert read(layer, "ns", "a")[0] is not first  # evicted, read again
-    assert len(layer) == 2
+    assert layer.held == 2
 
 
 def test_capacity_zero_keeps_nothing(store: CacheStore, clock: Clock) -> None:
     layer = ReadLayer(store, capacity=0, check_seconds=CHECK_SECONDS, clock=clock)
     store.apply("ns", [{"id": "a"}])
     assert payload(layer, "ns", "a") == {"id": "a"}
-    assert len(layer) == 0
+    assert layer.held == 0
 
 
 def test_a_failed_check_is_a_store_error_not_unchecked_data(sqlite_url: str, clock: Clock) -> None:
