@@ -32,6 +32,9 @@ from api.query import Filter
 from refresher.cache import PAGE_LIMIT_MAX, CacheStore, Item
 from refresher.cursor import encode_cursor
 
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
+"""Cursors are unpadded URL-safe base64 (:mod:`refresher.cursor`)."""
+
 SCAN_CHUNK = PAGE_LIMIT_MAX
 """Items read per query while filtering."""
 
@@ -53,10 +56,22 @@ class PageRequest:
 def page_request(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX, description="Items per page.")] = 100,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            description="`next_cursor` of the previous page (opaque: only cursors this "
+            "service issued are accepted, anything else is a 422).",
+            pattern=CURSOR_PATTERN,
+        ),
+    ] = None,
     filters: Annotated[
         list[str] | None,
-        Query(alias="filter", description="`field:operator:value`, repeatable (all must hold)."),
+        Query(
+            alias="filter",
+            description="`field:operator:value`, repeatable (all must hold).",
+            max_length=query.MAX_FILTERS,
+            json_schema_extra={"items": {"type": "string", "pattern": query.FILTER_PATTERN}},
+        ),
     ] = None,
     fields: Annotated[
         str | None, Query(description="Comma-separated payload fields to keep.")

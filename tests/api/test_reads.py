@@ -250,8 +250,9 @@ def test_fields_project_in_the_order_asked_and_skip_missing_ones() -> None:
     fields = query.parse_fields("name, id,missing,id")
     assert fields == ("name", "id", "missing")
     assert list(query.project(ITEM, fields)) == ["name", "id"]
-    with pytest.raises(ValueError, match="comma-separated"):
-        query.parse_fields("a,,b")
+    assert query.parse_fields("a,, b,") == ("a", "b")
+    assert query.parse_fields("") == ()
+    assert query.parse_fields(None) is None
 
 
 @pytest.mark.parametrize(
