@@ -53,7 +53,7 @@ class PageRequest:
     media_type: str
 
 
-def page_request(
+async def page_request(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX, description="Items per page.")] = 100,
     cursor: Annotated[
@@ -77,8 +77,8 @@ def page_request(
         str | None, Query(description="Comma-separated payload fields to keep.")
     ] = None,
 ) -> PageRequest:
-    """The page parameters, parsed: 422 for a bad filter or projection, 406 for an
-    ``Accept`` naming no format served."""
+    """The page parameters, parsed: 422 for a bad filter, 406 for an ``Accept`` naming
+    no format served (``async``: nothing blocks, no thread-pool hop)."""
     media_type = query.negotiate(request.headers.get("accept"))
     if media_type is None:
         raise HTTPException(

@@ -36,7 +36,7 @@ from starlette.responses import Response
 
 from api import query
 from api.deps import Caller, ResourcesDep, bearer_scheme, current_principal, get_resources
-from api.pages import PageRequest, page_request, read_page, render_page
+from api.pages import SCAN_MAX_ITEMS, PageRequest, page_request, read_page, render_page
 from api.reads import ReadLayer, cache_headers
 from api.resources import ApiResources
 from api.responses import problem_responses
@@ -122,7 +122,7 @@ last key seen, so every key present throughout is seen exactly once.
 top-level payload field, operators {", ".join(f"`{op}`" for op in query.OPERATORS)}
 (`in` takes comma-separated values; values compare as text with the field's JSON
 scalar). Filters run in the server over chunks of keys: one request reads at most
-{{scan}} items, so a filtered page may hold fewer than `limit` items, even none, and
+{SCAN_MAX_ITEMS:,} items, so a filtered page may hold fewer than `limit` items, even none, and
 still have a `next`.
 
 **Projection**: `fields=a,b,c` keeps those payload fields.
@@ -136,7 +136,7 @@ of the page's items in order of appearance; objects and arrays as JSON).
 @router.get(
     "/{namespace}/items",
     summary="Page through a namespace's items",
-    description=PAGE_DESCRIPTION.replace("{scan}", "10,000"),
+    description=PAGE_DESCRIPTION,
     response_model=ItemPage,
     responses={
         200: {
