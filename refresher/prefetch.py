@@ -18,9 +18,15 @@ What stays as it was in one thread:
   is only called once the store has recorded its run;
 - **stopping**: closing the iterator (the store stopped early: a bad item, a
   lost lease, a stop request) tells the thread to stop at the next item, or
-  after the page it is fetching, discards what it fetched and closes the source's iterator in its
-  own thread. While it waits for the next batch the consumer calls ``check``
-  every :data:`POLL_SECONDS`, so a stop request is seen during a slow page.
+  after the page it is fetching; what it fetched is discarded and the source's
+  iterator closed in that thread. While it waits for the next batch the
+  consumer calls ``check`` every :data:`POLL_SECONDS`, so a stop request is
+  seen during a slow page.
+
+Items are handed over in batches of :data:`BATCH` (the last one smaller), so
+up to ``BATCH - 1`` fetched items may wait for the source's next page: with
+pages of about a batch the store works one page behind the source, which
+costs a refresh at most the store's time for one batch at the end.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ DEPTH = 4
 
 BATCH = 1000
 """Items handed over at a time at most: a queue operation per item would cost more than
-it hides. A smaller batch goes when the consumer has nothing left to work on."""
+it hides."""
 
 POLL_SECONDS = 0.1
 """How often a waiting consumer runs its ``check`` and a blocked producer looks for a stop."""
@@ -109,6 +115,7 @@ class _Fetcher(Generic[_T]):
         self._batch = batch
         self._queue: queue.Queue[list[_T] | _End | _Failure] = queue.Queue(maxsize=depth)
         self._stopped = threading.Event()
+        self._stopping = False  # read for every item: cheaper than the Event
         self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
 
     def start(self) -> None:
@@ -116,19 +123,25 @@ class _Fetcher(Generic[_T]):
 
     def next_batch(self, check: Callable[[], None] | None) -> list[_T] | None:
         """The next batch in order; ``None`` after the last; raises what the source raised."""
+        try:
+            got = self._queue.get_nowait()
+        except queue.Empty:
+            got = self._wait(check)
+        if isinstance(got, _Failure):
+            raise got.error
+        return None if isinstance(got, _End) else got
+
+    def _wait(self, check: Callable[[], None] | None) -> list[_T] | _End | _Failure:
         while True:
             try:
-                got = self._queue.get(timeout=POLL_SECONDS)
+                return self._queue.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 if check is not None:
                     check()
-                continue
-            if isinstance(got, _Failure):
-                raise got.error
-            return None if isinstance(got, _End) else got
 
     def stop(self) -> None:
         """Stop the producer, drop what it fetched ahead, wait for its current page."""
+        self._stopping = True
         self._stopped.set()
         self._drain()
         self._thread.join(JOIN_SECONDS)
@@ -159,11 +172,10 @@ class _Fetcher(Generic[_T]):
         chunk: list[_T] = []
         try:
             for item in iterator:
-                if self._stopped.is_set():
+                if self._stopping:
                     return
                 chunk.append(item)
-                # A full batch, or what there is when the consumer has nothing to do.
-                if len(chunk) >= self._batch or self._queue.empty():
+                if len(chunk) >= self._batch:
                     if not self._put(chunk):
                         return
                     chunk = []

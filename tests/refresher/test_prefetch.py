@@ -96,7 +96,7 @@ def test_check_runs_while_waiting_for_a_slow_page() -> None:
         if stop.is_set():
             raise Stop
 
-    items = prefetched(slow(), check=check, name="slow")
+    items = prefetched(slow(), check=check, batch=1, name="slow")  # every item handed over
     assert next(items) == 1
     stop.set()
     threading.Timer(0.3, release.set).start()  # the slow page ends after a while
