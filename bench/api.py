@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import api_profile
 import httpx
 from api_refresh_loop import fill
 
@@ -270,8 +271,12 @@ def start_issuer(procs: Processes, work: Path, count: int) -> Issuer:
     return Issuer(**json.loads(out.read_text()))
 
 
-def api_env(issuer: Issuer, database_url: str, namespaces_file: Path) -> dict[str, str]:
-    """The settings of the api target: our store on the file, callers' tokens from devstack."""
+def api_env(
+    issuer: Issuer, database_url: str, namespaces_file: Path, overrides: Sequence[str] = ()
+) -> dict[str, str]:
+    """The settings of the api target: our store on the file, callers' tokens from devstack
+    (and ``NAME=VALUE`` overrides of other settings)."""
+    extra = dict(f"CACHE_REFRESHER_{item}".split("=", 1) for item in overrides)
     return {
         **base_env(),
         "CACHE_REFRESHER_DATABASE_URL": database_url,
@@ -281,6 +286,7 @@ def api_env(issuer: Issuer, database_url: str, namespaces_file: Path) -> dict[st
         "CACHE_REFRESHER_API_TENANTS": issuer.tenant_id,
         "CACHE_REFRESHER_API_AUDIENCES": ",".join(issuer.audiences),
         "CACHE_REFRESHER_LOG_LEVEL": "WARNING",
+        **extra,
     }
 
 
@@ -376,7 +382,7 @@ def run_wrk(
         "--",
         template,
         str(tokens_file),
-        str(args.items),
+        str(args.key_space or args.items),
         str(seed),
     ]
     cpu, wall = cpu_seconds(server.process.pid), time.monotonic()
@@ -647,6 +653,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--tokens", type=int, default=300, help="distinct bearer tokens")
     parser.add_argument(
+        "--key-space",
+        type=int,
+        default=0,
+        help="diagnosis: draw keys from the first N items only (default: all)",
+    )
+    parser.add_argument(
         "--changed-fraction",
         type=float,
         default=1.0,
@@ -657,6 +669,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--loop", default="asyncio", help="uvicorn --loop, for every target")
     parser.add_argument("--http", default="h11", help="uvicorn --http, for every target")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="instead of the rounds: load the api this long under py-spy, print where its "
+        "time goes",
+    )
+    parser.add_argument(
+        "--api-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a CACHE_REFRESHER_ setting of the api target (repeatable), e.g. "
+        "API_READ_CACHE_ITEMS=100000",
+    )
+    parser.add_argument(
+        "--profile-output", type=Path, help="also keep py-spy's collapsed stacks in this file"
+    )
     return parser
 
 
@@ -667,7 +698,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown targets {sorted(unknown)}: choose from {', '.join(TARGETS)}")
     targets = [TARGETS[name] for name in args.targets.split(",")]
+    if args.profile > 0:
+        targets = [TARGETS["api"]]
     missing = missing_tools(targets)
+    if args.profile > 0 and api_profile.py_spy() is None:
+        missing.append(f"{sys.executable} -m {api_profile.PY_SPY_INSTALL}")
     if missing:
         print("bench/api.py needs tools that are missing; install them with:", file=sys.stderr)
         print("\n".join(f"  {command}" for command in missing), file=sys.stderr)
@@ -679,6 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs = Processes(work)
         running.callback(procs.stop_all)
         results, sizes = run(procs, work, targets, args)
+    if args.profile > 0:
+        return 0
     lines = report(results, targets, sizes)
     print("\n".join([*machine(args), "", *lines]))
     return 0
@@ -703,7 +740,7 @@ def run(
     namespaces_file.write_text(NAMESPACES_TOML)
     extra = {
         "ceiling": (base_env(), ["--body-file", str(body)]),
-        "api": (api_env(issuer, database_url, namespaces_file), []),
+        "api": (api_env(issuer, database_url, namespaces_file, args.api_setting), []),
         "datasette": (base_env(), ["--database", str(database)]),
     }
     servers: dict[str, Server] = {}
@@ -717,7 +754,30 @@ def run(
                 f"{target.server} serving on port {servers[target.server].port}, "
                 f"{sizes[target.server]} bytes per body"
             )
+    if args.profile > 0:
+        profile(servers["api"], TARGETS["api"], args, tokens_file, work)
+        return Results(), sizes
     return measure(procs, servers, targets, args, tokens_file, database_url), sizes
+
+
+def profile(
+    server: Server, target: Target, args: argparse.Namespace, tokens_file: Path, work: Path
+) -> None:
+    """Warm the api up, then load it for ``--profile`` seconds under py-spy; print where the
+    server's time went."""
+    run_wrk(server, target, args, tokens_file, args.warmup or 3.0, seed=0)
+    out = work / "profile.txt"
+    recorder = api_profile.record(server.process.pid, args.profile, out, cpu=LOAD_CPU)
+    summary, cpu = run_wrk(server, target, args, tokens_file, args.profile, seed=1)
+    _, errors = recorder.communicate(timeout=args.profile + 60)
+    sample = sample_of(summary, cpu)
+    log(f"under py-spy: {sample.rps:.0f} req/s, p99 {sample.p99_ms:.2f} ms, CPU {cpu:.2f}")
+    if recorder.returncode != 0 or not out.exists():
+        raise SystemExit(f"py-spy failed: {errors.decode(errors='replace')[-2000:]}")
+    if args.profile_output is not None:
+        shutil.copyfile(out, args.profile_output)
+        log(f"collapsed stacks (flamegraph.pl, speedscope) in {args.profile_output}")
+    print("\n".join(api_profile.summarize(out)))
 
 
 def median_payload(database: Path) -> bytes:
