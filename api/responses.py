@@ -31,6 +31,7 @@ class Problem(BaseModel):
 
 
 DESCRIPTIONS = {
+    400: "The body cannot be parsed at all (e.g. it is not UTF-8).",
     401: "No bearer token, or one this API does not accept (see WWW-Authenticate).",
     403: "A valid token without the role, scope or group the route requires.",
     404: "The namespace, request or route does not exist.",

@@ -65,7 +65,7 @@ class ValidationAnswer(BaseModel):
     "for this API issued to an app of `CACHE_REFRESHER_API_EVENT_GRID_APP_IDS` "
     "(Event Grid's Entra-protected delivery).",
     response_model=EventsAccepted | ValidationAnswer,
-    responses=problem_responses(401, 403, 422, 503),
+    responses=problem_responses(400, 401, 403, 422, 503),
 )
 def keyvault_events(
     events: Events, caller: Caller, resources: ResourcesDep

@@ -186,3 +186,13 @@ def test_a_body_that_is_not_events_is_a_422_problem(
                            headers={"Content-Type": "application/json"})  # fmt: skip
     assert response.status_code == 422
     assert response.headers["content-type"] == PROBLEM
+
+
+def test_a_body_that_is_not_utf8_is_a_400_problem(
+    served: tuple[httpx.Client, KeyVaultSecretStore],
+) -> None:
+    client, _ = served
+    response = client.post("/v1/events/keyvault", content=b'[{"eventType": "\xff"}]',
+                           headers={"Content-Type": "application/json"})  # fmt: skip
+    assert response.status_code == 400
+    assert response.headers["content-type"] == PROBLEM
