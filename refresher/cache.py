@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from refresher.bulk import COPY_MIN_ROWS, Progress, positional_dialect, write_changes
+from refresher.collector import relaxed_collector
 from refresher.cursor import decode_cursor, encode_cursor
 from refresher.db import IMMEDIATE, db_now, utcnow
 from refresher.errors import (
@@ -223,11 +224,12 @@ class CacheStore:
             try:
                 on_item = None if progress is None else (lambda n: progress("fetch", n, None))
                 known = self._known(namespace, version_field or "")
-                changes = _diff(items, key_field, version_field, known, on_item)
-                return self._commit(
-                    namespace, changes, known, held, run_id, source_version, secret_versions,
-                    progress,
-                )  # fmt: skip
+                with relaxed_collector():  # many short-lived objects: see refresher.collector
+                    changes = _diff(items, key_field, version_field, known, on_item)
+                    return self._commit(
+                        namespace, changes, known, held, run_id, source_version,
+                        secret_versions, progress,
+                    )  # fmt: skip
             except BaseException as exc:
                 self._finish_failed_run(namespace, run_id, exc, secret_versions)
                 if isinstance(exc, SQLAlchemyError):
