@@ -13,6 +13,14 @@ miss: it is read again from the store (in the thread pool) and kept anew. A
 check is made lazily, by the first request that finds the last one older than
 ``check_seconds``; requests arriving meanwhile wait for it.
 
+When a check sees a namespace's generation change (or the namespace for the
+first time), the layer drops that namespace's items and **warms** it: a
+background task reads the namespace into memory page by page, in the thread
+pool, as far as there is room, and swaps it in at the end (one full read per
+change per process, so random keys are hits from then on rather than misses
+filling the memory one by one). A warm superseded by a newer generation is
+thrown away; the tags keep a late one harmless in any case.
+
 **Staleness bound.** Once the database has committed a new generation, the
 layer serves the old item for at most ``api_generation_check_ms`` plus the time
 of one check query: every item is served after a check that *started* less
@@ -24,14 +32,16 @@ If a check fails (the database is down), the request fails with the store's
 error (503): the bound is kept rather than serving unchecked data.
 
 The memory holds at most ``capacity`` items (0: none, every read goes to the
-store), first in first out: a hit costs two dict lookups and no reordering.
-Items of an old generation are not swept; they are replaced when read again or
-evicted in their turn. The layer's memory is touched only from the event loop;
-threads run the queries and hand their results back.
+store), in one dict per namespace: a hit costs three dict lookups and no
+reordering. When it is full, the namespace holding the most items gives up its
+oldest. The memory is touched only from the event loop; threads run the
+queries and hand their results back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import threading
 import time
@@ -39,12 +49,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
+from functools import lru_cache
 
 from starlette.concurrency import run_in_threadpool
 
 from refresher.cache import CacheStore, Item, NamespaceInfo
-from refresher.errors import NamespaceNotFoundError
+from refresher.errors import CacheRefresherError, NamespaceNotFoundError
 from refresher.namespaces import Namespace, Schedule
+
+logger = logging.getLogger(__name__)
+
+WARM_PAGE = 1000
+"""Items read per query while warming a namespace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,32 +106,40 @@ class ReadLayer:
         namespaces: Mapping[str, Namespace] | None = None,
         capacity: int = 50_000,
         check_seconds: float = 0.25,
+        warm: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.capacity = capacity
         self.check_seconds = check_seconds
+        self.warm = warm and capacity > 0
         self._namespaces = dict(namespaces or {})
         self._clock = clock
-        self._items: dict[tuple[str, str], CachedItem] = {}
+        self._items: dict[str, dict[str, CachedItem]] = {}
+        self._count = 0
         self._states: dict[str, Freshness] = {}
+        self._adopted: dict[str, int] = {}
+        """The generation each namespace's memory was last reset (and warmed) for."""
         self._next_check = float("-inf")
         self._check_lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def held(self) -> int:
         """Items held in memory (including ones of an old generation not yet replaced)."""
-        return len(self._items)
+        return self._count
 
     async def item(self, namespace: str, key: str) -> tuple[CachedItem, Freshness]:
         """The item ``key`` of ``namespace`` and the namespace's freshness; not-found
         errors as :meth:`CacheStore.get_item` raises them."""
         if self._clock() >= self._next_check:
             await run_in_threadpool(self.check_if_due)
+            self._adopt()
         state = self._states.get(namespace)
         if state is None:
             raise NamespaceNotFoundError(namespace)
-        entry = self._items.get((namespace, key))
+        held = self._items.get(namespace)
+        entry = None if held is None else held.get(key)
         if entry is None or entry.generation != state.generation:
             item = await run_in_threadpool(self.store.get_item, namespace, key)
             entry = CachedItem.from_item(item, state.generation)
@@ -137,14 +161,72 @@ class ReadLayer:
             }
             self._next_check = started + self.check_seconds
 
+    async def settle(self) -> None:
+        """Wait for the warm-ups under way (for tests and orderly shutdowns)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    def _adopt(self) -> None:
+        """After a check: forget the items of each namespace whose generation changed
+        (their tags would make them misses anyway) and warm it again."""
+        for name, state in self._states.items():
+            if self._adopted.get(name) == state.generation:
+                continue
+            self._adopted[name] = state.generation
+            self._count -= len(self._items.pop(name, {}))
+            if self.warm:
+                task = asyncio.get_running_loop().create_task(self._warm(name, state.generation))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _warm(self, namespace: str, generation: int) -> None:
+        """Read ``namespace`` into memory (in a thread, as much as there is room for)."""
+        room = self.capacity - self._count
+        if room <= 0:
+            return
+        try:
+            read = await run_in_threadpool(self._read_all, namespace, generation, room)
+        except CacheRefresherError as exc:  # misses still read items one by one
+            logger.warning("could not warm namespace %r: %s", namespace, exc)
+            return
+        if self._adopted.get(namespace) != generation:
+            return  # a newer generation was adopted meanwhile
+        held = self._items.get(namespace, {})
+        read.update(held)  # items kept by misses meanwhile are as fresh
+        self._count += len(read) - len(held)
+        self._items[namespace] = read
+        while self._count > self.capacity and self._evict():
+            pass
+
+    def _read_all(self, namespace: str, generation: int, room: int) -> dict[str, CachedItem]:
+        read: dict[str, CachedItem] = {}
+        cursor = None
+        while len(read) < room:
+            page = self.store.page(namespace, limit=min(WARM_PAGE, room - len(read)), cursor=cursor)
+            read.update((item.key, CachedItem.from_item(item, generation)) for item in page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return read
+
     def _keep(self, namespace: str, key: str, entry: CachedItem) -> None:
         if self.capacity <= 0:
             return
-        items = self._items
-        items.pop((namespace, key), None)
-        while len(items) >= self.capacity:
-            del items[next(iter(items))]
-        items[(namespace, key)] = entry
+        held = self._items.setdefault(namespace, {})
+        if key not in held:
+            while self._count >= self.capacity and self._evict():
+                pass
+            self._count += 1
+        held[key] = entry
+
+    def _evict(self) -> bool:
+        """Drop the oldest item of the namespace holding the most (``False``: none held)."""
+        fullest = max(self._items.values(), key=len, default=None)
+        if not fullest:
+            return False
+        del fullest[next(iter(fullest))]
+        self._count -= 1
+        return True
 
 
 class _Earliest(random.Random):
@@ -173,6 +255,7 @@ def freshness(info: NamespaceInfo, namespace: Namespace | None) -> Freshness:
     )
 
 
+@lru_cache(maxsize=4096)
 def http_date(when: datetime) -> str:
     """``when`` as an HTTP date (RFC 9110 IMF-fixdate)."""
     return format_datetime(when, usegmt=True)

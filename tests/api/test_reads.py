@@ -40,7 +40,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def layer(store: CacheStore, clock: Clock) -> ReadLayer:
-    return ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
+    return ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, warm=False, clock=clock)
 
 
 def read(layer: ReadLayer, namespace: str, key: str) -> tuple[CachedItem, Freshness]:
@@ -118,7 +118,7 @@ def test_an_unknown_key_is_not_found_and_not_kept(layer: ReadLayer, store: Cache
 def test_memory_holds_at_most_capacity_items_first_in_first_out(
     store: CacheStore, clock: Clock
 ) -> None:
-    layer = ReadLayer(store, capacity=2, check_seconds=CHECK_SECONDS, clock=clock)
+    layer = ReadLayer(store, capacity=2, check_seconds=CHECK_SECONDS, warm=False, clock=clock)
     store.apply("ns", [{"id": key} for key in "abc"])
     first, _ = read(layer, "ns", "a")
     read(layer, "ns", "b")
@@ -126,6 +126,52 @@ def test_memory_holds_at_most_capacity_items_first_in_first_out(
     assert layer.held == 2
     assert read(layer, "ns", "a")[0] is not first  # evicted, read again
     assert layer.held == 2
+
+
+def test_memory_is_shared_fairly_the_fullest_namespace_gives_way(
+    store: CacheStore, clock: Clock
+) -> None:
+    layer = ReadLayer(store, capacity=3, check_seconds=CHECK_SECONDS, warm=False, clock=clock)
+    store.apply("big", [{"id": key} for key in "abc"])
+    store.apply("small", [{"id": "x"}])
+    first_small, _ = read(layer, "small", "x")
+    for key in "abc":
+        read(layer, "big", key)
+    assert layer.held == 3
+    assert read(layer, "small", "x")[0] is first_small  # "big" gave way
+
+
+async def _warmed(layer: ReadLayer, namespace: str, key: str) -> CachedItem:
+    entry, _ = await layer.item(namespace, key)
+    await layer.settle()
+    return entry
+
+
+def test_a_namespace_is_read_into_memory_when_a_check_first_sees_it(
+    store: CacheStore, clock: Clock
+) -> None:
+    layer = ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(30)])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        assert layer.held == 30
+        store.apply("ns", [{"id": str(n), "v": 2} for n in range(30)])
+        entry, _ = await layer.item("ns", "17")  # never asked for, no check due yet
+        assert orjson.loads(entry.payload) == {"id": "17", "v": 1}
+        clock.advance(CHECK_SECONDS)
+        entry = await _warmed(layer, "ns", "17")
+        assert orjson.loads(entry.payload) == {"id": "17", "v": 2}
+        assert layer.held == 30
+
+    asyncio.run(scenario())
+
+
+def test_warming_stops_at_capacity(store: CacheStore, clock: Clock) -> None:
+    layer = ReadLayer(store, capacity=7, check_seconds=CHECK_SECONDS, clock=clock)
+    store.apply("ns", [{"id": str(n)} for n in range(30)])
+    asyncio.run(_warmed(layer, "ns", "0"))
+    assert layer.held == 7
 
 
 def test_capacity_zero_keeps_nothing(store: CacheStore, clock: Clock) -> None:
