@@ -189,6 +189,9 @@ class ReadLayer:
         except CacheRefresherError as exc:  # misses still read items one by one
             logger.warning("could not warm namespace %r: %s", namespace, exc)
             return
+        except Exception:  # a background task: say so in the log, never crash the app
+            logger.exception("warming namespace %r failed unexpectedly", namespace)
+            return
         if self._adopted.get(namespace) != generation:
             return  # a newer generation was adopted meanwhile
         held = self._items.get(namespace, {})
