@@ -164,10 +164,16 @@ def diff_by_etag(
     etags: Mapping[str, str],
     *,
     on_item: Callable[[int], None] | None = None,
+    inserts: dict[str, Row] | None = None,
 ) -> Diff:
-    """Compare a refresh with the etags the table holds for the namespace."""
+    """Compare a refresh with the etags the table holds for the namespace.
+
+    New rows go into ``inserts`` (a new dict unless given) in the items' order,
+    and are never taken out again: a writer that ``on_item`` calls may stream
+    them to the database while the diff runs (see :mod:`refresher.streaming`).
+    """
     scan, unchanged = _Scan(key_field), 0
-    inserts: dict[str, Row] = {}
+    inserts = {} if inserts is None else inserts
     updates: dict[str, Row] = {}
     memo: dict[str, Hashable] = {}
     # The hot loop: locals, and rows built by tuple.__new__ (in C; Row(...)
