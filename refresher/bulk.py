@@ -22,7 +22,9 @@ than the database's own work.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -30,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
-from refresher.items import Diff
+from refresher.items import Diff, Row
 from refresher.schema import entries
 
 WRITE_BATCH = 2000
@@ -60,13 +62,15 @@ def write_changes(
     progress: Progress | None,
     *,
     copy_min_rows: int | None = COPY_MIN_ROWS,
+    streamed: int = 0,
 ) -> None:
     """Write ``changes`` to ``namespace`` in the caller's transaction, reporting progress.
 
     On PostgreSQL, inserts or updates of at least ``copy_min_rows`` rows go
-    through ``COPY`` (see :func:`copy_rows`); ``None`` never copies.
+    through ``COPY`` (see :func:`copy_rows`); ``None`` never copies. The first
+    ``streamed`` inserts were written already (:mod:`refresher.streaming`).
     """
-    report = _Counter(progress, changes.written)
+    report = _Counter(progress, changes.written, streamed)
     delete = entries.delete().where(
         entries.c.namespace == sa.bindparam("ns"), entries.c.key == sa.bindparam("k")
     )
@@ -74,9 +78,10 @@ def write_changes(
         conn.execute(delete, [{"ns": namespace, "k": key} for key in keys])
         report.add(len(keys))
     changed_at = _bind_value(conn, entries.c.changed_at, now)
-    for rows, new in ((changes.inserts, True), (changes.updates, False)):
+    inserts = list(itertools.islice(changes.inserts.items(), streamed, None))
+    for rows, new in ((inserts, True), (list(changes.updates.items()), False)):
         write, size = _writer(conn, new=new, count=len(rows), copy_min_rows=copy_min_rows)
-        for batch in _batches(list(rows.items()), size):
+        for batch in _batches(rows, size):
             # Unpacking beats three NamedTuple attribute lookups per row.
             write(
                 [
@@ -100,8 +105,8 @@ def _writer(
 class _Counter:
     """Reports write progress, if anyone listens."""
 
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
+    def __init__(self, progress: Progress | None, total: int, done: int = 0) -> None:
+        self.progress, self.total, self.done = progress, total, done
         self.add(0)
 
     def add(self, count: int) -> None:
@@ -171,31 +176,60 @@ def copy_rows(conn: Connection, rows: list[tuple[Any, ...]], *, new: bool) -> No
     newlines and backslashes for ``COPY``'s text format; a NUL character, which
     PostgreSQL's text cannot hold, is refused as ``executemany`` refuses it.
     """
-    driver_error = conn.dialect.loaded_dbapi.Error
-    try:
-        _copy(conn, rows, new=new)
-    except driver_error as exc:  # as SQLAlchemy would have wrapped it (the store's errors)
-        raise sa.exc.DBAPIError.instance("COPY", None, exc, driver_error) from exc
+    with copy_errors(conn.dialect), ExitStack() as stack:
+        if not new:
+            _stage(conn)
+        copy = open_copy(stack, conn, copy_statement(conn, None if new else _STAGING))
+        for row in rows:
+            copy.write_row(row)
     if not new:
         conn.execute(_merge_staged())
 
 
-def _copy(conn: Connection, rows: list[tuple[Any, ...]], *, new: bool) -> None:
-    driver = conn.connection.driver_connection
+def _stage(conn: Connection) -> None:
+    """An empty temporary table shaped like ``cache_entries``, for this transaction."""
     target = conn.dialect.identifier_preparer.format_table(entries)
-    columns = ", ".join(conn.dialect.identifier_preparer.quote(name) for name in _ROW_COLUMNS)
-    with driver.cursor() as cursor:  # type: ignore[union-attr]
-        if not new:
-            cursor.execute(
-                f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} "
-                f"(LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP"
-            )
-            cursor.execute(f"TRUNCATE {_STAGING}")
-        into = target if new else _STAGING
-        with cursor.copy(f"COPY {into} ({columns}) FROM STDIN") as copy:
-            copy.set_types(_COPY_TYPES)
-            for row in rows:
-                copy.write_row(row)
+    with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} "
+            f"(LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        cursor.execute(f"TRUNCATE {_STAGING}")
+
+
+def copy_statement(conn: Connection, into: str | None = None) -> str:
+    """``COPY`` into ``cache_entries`` (or the table ``into``), columns in row order."""
+    preparer = conn.dialect.identifier_preparer
+    target = preparer.format_table(entries) if into is None else into
+    columns = ", ".join(preparer.quote(name) for name in _ROW_COLUMNS)
+    return f"COPY {target} ({columns}) FROM STDIN"
+
+
+def open_copy(stack: ExitStack, conn: Connection, statement: str) -> Any:
+    """A psycopg ``Copy`` on ``conn`` for ``statement``, ended when ``stack`` closes."""
+    cursor = stack.enter_context(conn.connection.driver_connection.cursor())  # type: ignore[union-attr]
+    copy = stack.enter_context(cursor.copy(statement))
+    copy.set_types(_COPY_TYPES)
+    return copy
+
+
+@contextmanager
+def copy_errors(dialect: Dialect) -> Iterator[None]:
+    """The driver's errors during a ``COPY`` as SQLAlchemy's, as its statements raise them
+    (so the store reports them the same way)."""
+    driver_error = dialect.loaded_dbapi.Error
+    try:
+        yield
+    except driver_error as exc:
+        raise sa.exc.DBAPIError.instance("COPY", None, exc, driver_error) from exc
+
+
+def row_values(
+    namespace: str, rows: Iterable[tuple[str, Row]], generation: int, changed_at: Any
+) -> Iterator[tuple[Any, ...]]:
+    """``(key, row)`` pairs as tuples in ``_ROW_COLUMNS`` order."""
+    for key, (payload, etag, version) in rows:
+        yield (namespace, key, payload, etag, generation, changed_at, version)
 
 
 def _merge_staged() -> sa.Executable:

@@ -4,14 +4,17 @@ Design (one transaction, change-proportional writes):
 
 1. :meth:`CacheStore.apply` takes the namespace's lease (unless the caller
    already holds it), records a ``running`` run, and consumes and validates
-   *all* items before touching the entries: bad input is refused whole.
+   *all* items before it commits anything: bad input is refused whole.
 2. In **one transaction** it compares the items' content hashes with the
    stored etags, writes only inserted and changed rows (``INSERT ... ON
    CONFLICT DO UPDATE`` on PostgreSQL and SQLite, ``COPY`` for many rows on
    PostgreSQL, ``UPDATE`` + ``INSERT`` with ``fast_executemany`` on Azure
-   SQL), deletes vanished keys, bumps the
-   namespace's generation if anything changed, records the run's outcome, and
-   re-confirms the lease (fencing) before it commits.
+   SQL), deletes vanished keys, bumps the namespace's generation if anything
+   changed, records the run's outcome, and re-confirms the lease (fencing)
+   before it commits. On PostgreSQL, many new rows are copied into that
+   transaction while the items still arrive (:mod:`refresher.streaming`);
+   elsewhere the transaction starts once the diff is complete, so that it is
+   short (SQLite has one writer at a time).
 3. Readers therefore see the previous refresh or the next one, never a mix:
    PostgreSQL and Azure SQL (read committed snapshot, on by default) serve the
    last committed version of each row without waiting; SQLite runs in WAL
@@ -31,7 +34,7 @@ store falls back to comparing with the stored etags.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +59,7 @@ from refresher.errors import (
 from refresher.items import Diff, diff_by_etag, diff_by_fingerprint, diff_by_version
 from refresher.lease import Lease, LeaseManager
 from refresher.schema import ERROR_MESSAGE_MAX, NAMESPACE_MAX, entries, namespaces, refresh_runs
+from refresher.streaming import InsertStream
 
 PAGE_LIMIT_MAX = 1000
 
@@ -158,13 +162,30 @@ def _diff(
     version_field: str | None,
     known: _Known,
     on_item: Callable[[int], None] | None,
+    stream: InsertStream | None,
 ) -> Diff:
     if version_field:
         versions = known.stored if known.remembered is None else known.remembered
         return diff_by_version(items, key_field, version_field, versions, on_item=on_item)
     if known.remembered is not None:
         return diff_by_fingerprint(items, key_field, known.remembered, on_item=on_item)
-    return diff_by_etag(items, key_field, known.stored, on_item=on_item)
+    inserts = None if stream is None else stream.inserts
+    return diff_by_etag(items, key_field, known.stored, on_item=on_item, inserts=inserts)
+
+
+def _feeding(
+    on_item: Callable[[int], None] | None, stream: InsertStream | None
+) -> Callable[[int], None] | None:
+    """``on_item``, and then the stream fed (every thousand items, as the diff reports)."""
+    if stream is None:
+        return on_item
+
+    def report(count: int) -> None:
+        if on_item is not None:
+            on_item(count)
+        stream.feed()
+
+    return report
 
 
 class CacheStore:
@@ -224,11 +245,14 @@ class CacheStore:
             try:
                 on_item = None if progress is None else (lambda n: progress("fetch", n, None))
                 known = self._known(namespace, version_field or "")
-                with relaxed_collector():  # many short-lived objects: see refresher.collector
-                    changes = _diff(items, key_field, version_field, known, on_item)
+                stream = self._stream(namespace, known, version_field)
+                # Many short-lived objects: see refresher.collector.
+                with relaxed_collector(), stream or contextlib.nullcontext():
+                    report = _feeding(on_item, stream)
+                    changes = _diff(items, key_field, version_field, known, report, stream)
                     return self._commit(
                         namespace, changes, known, held, run_id, source_version,
-                        secret_versions, progress,
+                        secret_versions, progress, stream,
                     )  # fmt: skip
             except BaseException as exc:
                 self._finish_failed_run(namespace, run_id, exc, secret_versions)
@@ -268,6 +292,31 @@ class CacheStore:
             stored = {key: value or "" for key, value in stored.items()}
         return _Known(current, mode, None, stored)
 
+    def _stream(
+        self, namespace: str, known: _Known, version_field: str | None
+    ) -> InsertStream | None:
+        """A stream for the new rows where they can be copied while the diff runs:
+        PostgreSQL, COPY allowed, compared by content against the stored etags (a full
+        load, or the first refresh of this process)."""
+        if (
+            self.engine.dialect.name != "postgresql"
+            or self._copy_min_rows is None
+            or version_field
+            or known.remembered is not None
+        ):
+            return None
+        return InsertStream(self.engine, namespace, known.generation + 1)
+
+    @contextlib.contextmanager
+    def _writing(self, stream: InsertStream | None) -> Iterator[Connection]:
+        """The refresh's write transaction: the stream's if it copied rows, else a new one."""
+        if stream is not None and stream.started:
+            with stream.committing() as conn:
+                yield conn
+        else:
+            with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
+                yield conn
+
     def _commit(
         self,
         namespace: str,
@@ -278,9 +327,10 @@ class CacheStore:
         source_version: str | None,
         secret_versions: Mapping[str, Sequence[str]] | None,
         progress: Progress | None,
+        stream: InsertStream | None = None,
     ) -> RefreshResult:
         generation = known.generation + 1 if changes.changed else known.generation
-        with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
+        with self._writing(stream) as conn:
             current = conn.execute(
                 sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
             ).scalar()
@@ -289,7 +339,7 @@ class CacheStore:
             now = db_now(conn)  # one clock for every replica's run times
             write_changes(
                 conn, namespace, changes, generation, now, progress,
-                copy_min_rows=self._copy_min_rows,
+                copy_min_rows=self._copy_min_rows, streamed=stream.streamed if stream else 0,
             )  # fmt: skip
             self._save_state(
                 conn, namespace, current is not None, generation, len(changes.memo), now,
