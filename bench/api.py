@@ -117,7 +117,7 @@ TARGETS = {
     "datasette": Target("datasette", "datasette (SQL JSON)", "datasette",
                         "/cache.json?sql=select+payload+from+cache_entries+where+namespace"
                         f"+%3D+%3Ans+and+key+%3D+%3Akey&ns={NAMESPACE}&key={{key}}&_shape=array"),
-    "refresh": Target("refresh", "api during 100k refreshes", "api", ITEM_PATH),
+    "refresh": Target("refresh", "api during refreshes", "api", ITEM_PATH),
     # Other ways to ask Datasette for one row (run only when named in --targets):
     "datasette-row": Target("datasette-row", "datasette (row JSON)", "datasette",
                             f"/cache/cache_entries/{NAMESPACE},{{key}}.json?_shape=array"),
@@ -446,6 +446,8 @@ def refreshing(
         str(args.changed_fraction),
         "--first",
         str(first),
+        "--pause",
+        str(args.refresh_pause),
     ]
     process = procs.start("refresh", argv, cpu=LOAD_CPU, env=base_env(), stdout_pipe=True)
     summary: dict[str, float] = {}
@@ -615,7 +617,8 @@ def machine(args: argparse.Namespace) -> list[str]:
         f"CPU {SERVER_CPU}, wrk (-t1) and the refresh loop on CPU {LOAD_CPU}",
         f"- {args.items:,} items, {args.tokens} tokens, {args.connections} connections, "
         f"{args.duration:g} s per run, {args.rounds} rounds (after {args.warmup:g} s of warm-up "
-        f"per target), refresh loop changing {args.changed_fraction:.0%} of the items each apply",
+        f"per target), refresh loop changing {args.changed_fraction:.0%} of the items each apply, "
+        f"{args.refresh_pause:g} s apart",
         f"- load average at start/end: {args.load_start} / {_load()}",
     ]
 
@@ -667,6 +670,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="share of the items each refresh under load changes",
+    )
+    parser.add_argument(
+        "--refresh-pause",
+        type=float,
+        default=0.0,
+        help="seconds between two refreshes under load (0: back to back)",
     )
     parser.add_argument(
         "--targets",

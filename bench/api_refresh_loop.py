@@ -7,15 +7,15 @@
 Run as a process (by ``bench/api.py``, pinned to the load generator's core)::
 
     python bench/api_refresh_loop.py --database-url URL --namespace NS --items N \
-        [--changed-fraction 1.0] [--first 0]
+        [--changed-fraction 1.0] [--first 0] [--pause 0]
 
 it builds two versions of the items (the filled ones, and a copy with
 ``--changed-fraction`` of them given new content), prints ``ready``, then
-applies them in turn (changed, original, changed, ...) with one
-:class:`CacheStore` until SIGTERM; the refresh in progress then completes (a
-killed one would leave its lease behind for the next round), and the process
-prints one JSON line: refreshes completed, rows written, seconds spent in
-``apply``.
+applies them in turn (changed, original, changed, ..., ``--pause`` seconds
+apart) with one :class:`CacheStore` until SIGTERM; the refresh in progress then
+completes (a killed one would leave its lease behind for the next round), and
+the process prints one JSON line: refreshes completed, rows written, seconds
+spent in ``apply``.
 """
 
 from __future__ import annotations
@@ -71,12 +71,15 @@ def refresh_until(
     stop: threading.Event,
     *,
     first: int = 0,
+    pause: float = 0.0,
 ) -> dict[str, float]:
-    """Apply ``versions`` in turn, from index ``first``, until ``stop`` is set (each apply
-    runs to its end)."""
+    """Apply ``versions`` in turn, from index ``first``, ``pause`` seconds apart, until
+    ``stop`` is set (each apply runs to its end)."""
     refreshes = written = 0
     busy = 0.0
     while not stop.is_set():
+        if refreshes and stop.wait(pause):
+            break
         started = time.perf_counter()
         version = versions[(first + refreshes) % len(versions)]
         written += store.apply(namespace, version).written
@@ -91,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--items", type=int, required=True)
     parser.add_argument("--changed-fraction", type=float, default=1.0)
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds between applies")
     parser.add_argument(
         "--first",
         type=int,
@@ -112,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = CacheStore(engine)
         print("ready", flush=True)
-        summary = refresh_until(store, args.namespace, (changed, original), stop, first=args.first)
+        summary = refresh_until(
+            store, args.namespace, (changed, original), stop, first=args.first, pause=args.pause
+        )
     finally:
         engine.dispose()
     print(json.dumps(summary), flush=True)
