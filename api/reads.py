@@ -10,8 +10,11 @@ namespace's generation as of its last **check** (one query reading every
 namespace's row), and tags each item it keeps with the generation it was read
 under. An item whose tag differs from the namespace's checked generation is a
 miss: it is read again from the store (in the thread pool) and kept anew. A
-check is made lazily, by the first request that finds the last one older than
-``check_seconds``; requests arriving meanwhile wait for it.
+check is made lazily, in a task started by the first request that finds the
+last one started more than half of ``check_seconds`` ago; requests go on being
+served meanwhile, and wait for it only once a whole ``check_seconds`` has
+passed (under load, then, nobody waits; after an idle spell the first request
+does).
 
 When a check sees a namespace's generation change (or the namespace for the
 first time), the layer drops that namespace's items and **warms** it: a
@@ -22,11 +25,12 @@ filling the memory one by one). A warm superseded by a newer generation is
 thrown away; the tags keep a late one harmless in any case.
 
 **Staleness bound.** Once the database has committed a new generation, the
-layer serves the old item for at most ``api_generation_check_ms`` plus the time
-of one check query: every item is served after a check that *started* less
-than ``check_seconds`` earlier, and a check that starts after the commit sees
-it. A namespace's first refresh becomes readable within the same bound; until
-a check has seen it, the namespace is not found.
+layer serves the old item for at most ``api_generation_check_ms``: every item
+is served under the states of a check that *started* less than
+``check_seconds`` earlier, and a check that starts after the commit sees it.
+(A request that has to wait for a check waits one query's time more.) A
+namespace's first refresh becomes readable within the same bound; until a
+check has seen it, the namespace is not found.
 
 If a check fails (the database is down), the request fails with the store's
 error (503): the bound is kept rather than serving unchecked data.
@@ -43,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -120,8 +123,8 @@ class ReadLayer:
         self._states: dict[str, Freshness] = {}
         self._adopted: dict[str, int] = {}
         """The generation each namespace's memory was last reset (and warmed) for."""
-        self._next_check = float("-inf")
-        self._check_lock = threading.Lock()
+        self._renew_at = self._expires_at = float("-inf")
+        self._checking: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -132,9 +135,8 @@ class ReadLayer:
     async def item(self, namespace: str, key: str) -> tuple[CachedItem, Freshness]:
         """The item ``key`` of ``namespace`` and the namespace's freshness; not-found
         errors as :meth:`CacheStore.get_item` raises them."""
-        if self._clock() >= self._next_check:
-            await run_in_threadpool(self.check_if_due)
-            self._adopt()
+        if self._clock() >= self._renew_at:
+            await self._checked()
         state = self._states.get(namespace)
         if state is None:
             raise NamespaceNotFoundError(namespace)
@@ -146,20 +148,34 @@ class ReadLayer:
             self._keep(namespace, key, entry)
         return entry, state
 
-    def check_if_due(self) -> None:
-        """Read the namespaces' generations unless a check started less than
-        ``check_seconds`` ago (blocking: run it in a thread)."""
-        with self._check_lock:
-            started = self._clock()
-            if started < self._next_check:
-                return  # another request checked while this one waited
-            infos = self.store.namespaces()
-            self._states = {
-                info.namespace: freshness(info, self._namespaces.get(info.namespace))
-                for info in infos
-                if info.refreshed_at is not None
-            }
-            self._next_check = started + self.check_seconds
+    async def _checked(self) -> None:
+        """Start a check when half the interval has passed since the last one started;
+        wait for it once the whole interval has."""
+        task = self._checking
+        if task is None:
+            task = self._checking = asyncio.get_running_loop().create_task(self._check())
+            task.add_done_callback(self._check_done)
+        if self._clock() >= self._expires_at:
+            await asyncio.shield(task)
+
+    async def _check(self) -> None:
+        """Read every namespace's generation and freshness (the query in a thread)."""
+        started = self._clock()
+        infos = await run_in_threadpool(self.store.namespaces)
+        self._states = {
+            info.namespace: freshness(info, self._namespaces.get(info.namespace))
+            for info in infos
+            if info.refreshed_at is not None
+        }
+        self._renew_at = started + self.check_seconds / 2
+        self._expires_at = started + self.check_seconds
+        self._adopt()
+
+    def _check_done(self, task: asyncio.Task[None]) -> None:
+        self._checking = None
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # Requests past the interval get the error themselves; this one only ran ahead.
+            logger.debug("a generation check failed: %s", type(error).__name__)
 
     async def settle(self) -> None:
         """Wait for the warm-ups under way (for tests and orderly shutdowns)."""
