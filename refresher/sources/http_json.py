@@ -91,7 +91,7 @@ from refresher.sources.http_pages import (
     decode_json,
     describe_url,
     items_at,
-    same_origin,
+    origin,
     with_params,
 )
 from refresher.sources.http_retry import (
@@ -105,6 +105,9 @@ from refresher.sources.http_retry import (
 __all__ = ["HttpJsonOptions", "HttpJsonSource", "from_options"]
 
 REDACTED = "[redacted]"
+
+_DESCRIBED_MAX = 64
+"""URL paths whose description a source keeps (its pages usually share one)."""
 
 
 class QueryRedaction(logging.Filter):
@@ -179,6 +182,8 @@ class HttpJsonSource:
         policy = retry or RetryPolicy(attempts=options.retries + 1)
         self._retrier = Retrier(policy, sleep=sleep, clock=clock, rng=rng)
         self._wall_clock = wall_clock
+        self._home = origin(options.url)
+        self._described: dict[str, str] = {}
 
     def secret_names(self) -> frozenset[str]:
         return self.auth.secret_names()
@@ -214,7 +219,7 @@ class HttpJsonSource:
             following = self.paging.next(url=url, headers=page.links, body=page.body)
         except PageError as exc:
             raise UpstreamDataError(f"{self._what(number, url)} {exc}") from None
-        if following is not None and not same_origin(following, self.options.url):
+        if following is not None and origin(following) != self._home:
             raise UpstreamDataError(
                 f"{self._what(number, url)} points to its next page at "
                 f"{describe_url(following)}, which is not on {describe_url(self.options.url)}: "
@@ -223,7 +228,15 @@ class HttpJsonSource:
         return following, items
 
     def _what(self, number: int, url: str) -> str:
-        return f"page {number} of {describe_url(url)}"
+        # Every page's request and errors are named by it: parse each path once,
+        # not three times per page (the pages differ only in their query).
+        base = url.partition("?")[0]
+        described = self._described.get(base)
+        if described is None:
+            if len(self._described) >= _DESCRIBED_MAX:
+                self._described.clear()
+            described = self._described[base] = describe_url(base)
+        return f"page {number} of {described}"
 
     # -- one request ------------------------------------------------------------------------
 

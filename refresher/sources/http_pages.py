@@ -232,8 +232,9 @@ def describe_url(url: str | httpx.URL) -> str:
 
 def with_params(url: str | httpx.URL, params: Mapping[str, str]) -> str:
     """``url`` with ``params`` set in its query (replacing any of the same name)."""
-    parsed = httpx.URL(url)
-    return str(parsed.copy_merge_params(dict(params))) if params else str(parsed)
+    if not params:
+        return str(url)  # the client parses it anyway
+    return str(httpx.URL(url).copy_merge_params(dict(params)))
 
 
 # -- pagination -------------------------------------------------------------------------------
