@@ -7,22 +7,21 @@ namespace's generation changes.
 Every refresh that changes a namespace bumps its generation in the same
 transaction as the data (:mod:`refresher.cache`). The layer remembers each
 namespace's generation as of its last **check** (one query reading every
-namespace's row), and tags each item it keeps with the generation it was read
-under. An item whose tag differs from the namespace's checked generation is a
-miss: it is read again from the store (in the thread pool) and kept anew. A
-check is made lazily, in a task started by the first request that finds the
-last one started more than half of ``check_seconds`` ago; requests go on being
-served meanwhile, and wait for it only once a whole ``check_seconds`` has
-passed (under load, then, nobody waits; after an idle spell the first request
-does).
+namespace's row), and the generation its items in memory are valid for; it
+serves an item from memory only when the two agree. Otherwise the item is
+read from the store (in the thread pool). A check is made lazily, in a task
+started by the first request that finds the last one started more than half
+of ``check_seconds`` ago; requests go on being served meanwhile, and wait for
+it only once a whole ``check_seconds`` has passed (under load, then, nobody
+waits; after an idle spell the first request does).
 
-When a check sees a namespace's generation change (or the namespace for the
-first time), the layer drops that namespace's items and **warms** it: a
-background task reads the namespace into memory page by page, in the thread
-pool, as far as there is room, and swaps it in at the end (one full read per
-change per process, so random keys are hits from then on rather than misses
-filling the memory one by one). A warm superseded by a newer generation is
-thrown away; the tags keep a late one harmless in any case.
+Background work after a check (``warm``): a namespace seen for the first time
+is read into memory page by page, as far as there is room; a namespace whose
+generation changed is **revalidated**: one query reads its keys and etags, the
+items whose etag is still the stored one are kept (a 1% refresh keeps 99% of
+them), the others dropped, and the memory is declared valid for the new
+generation. Until then every read of that namespace goes to the store. Without
+background work, a changed namespace's items are simply dropped.
 
 **Staleness bound.** Once the database has committed a new generation, the
 layer serves the old item for at most ``api_generation_check_ms``: every item
@@ -36,7 +35,7 @@ If a check fails (the database is down), the request fails with the store's
 error (503): the bound is kept rather than serving unchecked data.
 
 The memory holds at most ``capacity`` items (0: none, every read goes to the
-store), in one dict per namespace: a hit costs three dict lookups and no
+store), in one dict per namespace: a hit costs a few dict lookups and no
 reordering. When it is full, the namespace holding the most items gives up its
 oldest. The memory is touched only from the event loop; threads run the
 queries and hand their results back.
@@ -48,17 +47,21 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 from functools import lru_cache
+from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from refresher.cache import CacheStore, Item, NamespaceInfo
-from refresher.errors import CacheRefresherError, NamespaceNotFoundError
+from refresher.errors import CacheRefresherError, NamespaceNotFoundError, StoreError
 from refresher.namespaces import Namespace, Schedule
+from refresher.schema import entries
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +94,20 @@ class CachedItem:
     """The strong ``ETag``: the payload's SHA-256 in quotes."""
     last_modified: str
     """The item's ``changed_at`` as an HTTP date."""
-    generation: int
-    """The namespace's generation the layer knew when the item was read."""
+    sha: str
+    """The stored etag, unquoted (what a revalidation compares)."""
 
     @classmethod
-    def from_item(cls, item: Item, generation: int) -> CachedItem:
-        return cls(item.payload.encode(), f'"{item.etag}"', http_date(item.changed_at), generation)
+    def from_item(cls, item: Item) -> CachedItem:
+        return cls(item.payload.encode(), f'"{item.etag}"', http_date(item.changed_at), item.etag)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A namespace's items in memory, all valid at ``generation``."""
+
+    generation: int
+    items: dict[str, CachedItem]
 
 
 class ReadLayer:
@@ -118,18 +129,18 @@ class ReadLayer:
         self.warm = warm and capacity > 0
         self._namespaces = dict(namespaces or {})
         self._clock = clock
-        self._items: dict[str, dict[str, CachedItem]] = {}
+        self._held: dict[str, _Held] = {}
         self._count = 0
         self._states: dict[str, Freshness] = {}
-        self._adopted: dict[str, int] = {}
-        """The generation each namespace's memory was last reset (and warmed) for."""
+        self._busy: set[str] = set()
+        """Namespaces being warmed or revalidated."""
         self._renew_at = self._expires_at = float("-inf")
         self._checking: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def held(self) -> int:
-        """Items held in memory (including ones of an old generation not yet replaced)."""
+        """Items held in memory."""
         return self._count
 
     async def item(self, namespace: str, key: str) -> tuple[CachedItem, Freshness]:
@@ -140,13 +151,27 @@ class ReadLayer:
         state = self._states.get(namespace)
         if state is None:
             raise NamespaceNotFoundError(namespace)
-        held = self._items.get(namespace)
-        entry = None if held is None else held.get(key)
-        if entry is None or entry.generation != state.generation:
-            item = await run_in_threadpool(self.store.get_item, namespace, key)
-            entry = CachedItem.from_item(item, state.generation)
-            self._keep(namespace, key, entry)
+        held = self._held.get(namespace)
+        if held is not None and held.generation == state.generation:
+            entry = held.items.get(key)
+            if entry is not None:
+                return entry, state
+        item = await run_in_threadpool(self.store.get_item, namespace, key)
+        entry = CachedItem.from_item(item)
+        self._keep(namespace, key, entry, state.generation)
         return entry, state
+
+    async def check(self) -> None:
+        """Check the namespaces' generations now (and start the background work)."""
+        self._expires_at = float("-inf")
+        await self._checked()
+
+    async def settle(self) -> None:
+        """Wait for the background work under way (for tests and orderly shutdowns)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    # -- checks --------------------------------------------------------------------
 
     async def _checked(self) -> None:
         """Start a check when half the interval has passed since the last one started;
@@ -177,70 +202,106 @@ class ReadLayer:
             # Requests past the interval get the error themselves; this one only ran ahead.
             logger.debug("a generation check failed: %s", type(error).__name__)
 
-    async def settle(self) -> None:
-        """Wait for the warm-ups under way (for tests and orderly shutdowns)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks)
-
     def _adopt(self) -> None:
-        """After a check: forget the items of each namespace whose generation changed
-        (their tags would make them misses anyway) and warm it again."""
+        """After a check: warm each namespace seen for the first time, revalidate each
+        whose generation changed (without background work: forget its items)."""
         for name, state in self._states.items():
-            if self._adopted.get(name) == state.generation:
+            held = self._held.get(name)
+            if held is not None and held.generation == state.generation:
                 continue
-            self._adopted[name] = state.generation
-            self._count -= len(self._items.pop(name, {}))
-            if self.warm:
-                task = asyncio.get_running_loop().create_task(self._warm(name, state.generation))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if not self.warm:
+                self._count -= len(held.items) if held else 0
+                self._held[name] = _Held(state.generation, {})
+            elif name not in self._busy:
+                self._busy.add(name)
+                if held is None:
+                    self._held[name] = _Held(state.generation, {})
+                    self._start(name, self._fill(name, state.generation))
+                else:
+                    self._start(name, self._revalidate(name, state.generation))
 
-    async def _warm(self, namespace: str, generation: int) -> None:
-        """Read ``namespace`` into memory (in a thread, as much as there is room for)."""
+    def _start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._background(name, work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _background(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except CacheRefresherError as exc:  # misses read items one by one meanwhile
+            logger.warning("could not refill namespace %r in memory: %s", name, exc)
+        except Exception:  # a background task: say so in the log, never crash the app
+            logger.exception("refilling namespace %r in memory failed unexpectedly", name)
+        finally:
+            self._busy.discard(name)
+
+    # -- filling and revalidating ----------------------------------------------------
+
+    async def _fill(self, namespace: str, generation: int) -> None:
+        """Read a namespace seen for the first time into memory, as far as there is room."""
         room = self.capacity - self._count
         if room <= 0:
             return
-        try:
-            read = await run_in_threadpool(self._read_all, namespace, generation, room)
-        except CacheRefresherError as exc:  # misses still read items one by one
-            logger.warning("could not warm namespace %r: %s", namespace, exc)
-            return
-        except Exception:  # a background task: say so in the log, never crash the app
-            logger.exception("warming namespace %r failed unexpectedly", namespace)
-            return
-        if self._adopted.get(namespace) != generation:
-            return  # a newer generation was adopted meanwhile
-        held = self._items.get(namespace, {})
-        read.update(held)  # items kept by misses meanwhile are as fresh
-        self._count += len(read) - len(held)
-        self._items[namespace] = read
+        read = await run_in_threadpool(self._read_all, namespace, room)
+        self._replace(namespace, generation, read)
+
+    async def _revalidate(self, namespace: str, generation: int) -> None:
+        """Keep the items of a changed namespace whose etag is still the stored one."""
+        snapshot = list(self._held[namespace].items.items())
+        kept = await run_in_threadpool(self._still_stored, namespace, snapshot)
+        self._replace(namespace, generation, kept)
+
+    def _replace(self, namespace: str, generation: int, items: dict[str, CachedItem]) -> None:
+        held = self._held[namespace]
+        if held.generation == generation:
+            items.update(held.items)  # items kept by misses meanwhile are as fresh
+        self._count += len(items) - len(held.items)
+        self._held[namespace] = _Held(generation, items)
         while self._count > self.capacity and self._evict():
             pass
 
-    def _read_all(self, namespace: str, generation: int, room: int) -> dict[str, CachedItem]:
+    def _read_all(self, namespace: str, room: int) -> dict[str, CachedItem]:
         read: dict[str, CachedItem] = {}
         cursor = None
         while len(read) < room:
             page = self.store.page(namespace, limit=min(WARM_PAGE, room - len(read)), cursor=cursor)
-            read.update((item.key, CachedItem.from_item(item, generation)) for item in page.items)
+            read.update((item.key, CachedItem.from_item(item)) for item in page.items)
             cursor = page.next_cursor
             if cursor is None:
                 break
         return read
 
-    def _keep(self, namespace: str, key: str, entry: CachedItem) -> None:
+    def _still_stored(
+        self, namespace: str, snapshot: list[tuple[str, CachedItem]]
+    ) -> dict[str, CachedItem]:
+        """The items of ``snapshot`` whose etag the store still holds (one query)."""
+        query = sa.select(entries.c.key, entries.c.etag).where(entries.c.namespace == namespace)
+        try:
+            with self.store.engine.connect() as conn:
+                stored = {key: etag for key, etag in conn.execute(query)}
+        except SQLAlchemyError as exc:
+            raise StoreError(f"revalidating namespace {namespace!r} failed") from exc
+        return {key: entry for key, entry in snapshot if stored.get(key) == entry.sha}
+
+    # -- memory ----------------------------------------------------------------------
+
+    def _keep(self, namespace: str, key: str, entry: CachedItem, generation: int) -> None:
+        """Keep an item read under ``generation``, unless the namespace's memory is of
+        another one (being revalidated) or there is no memory at all."""
         if self.capacity <= 0:
             return
-        held = self._items.setdefault(namespace, {})
-        if key not in held:
+        held = self._held.get(namespace)
+        if held is None or held.generation != generation:
+            return
+        if key not in held.items:
             while self._count >= self.capacity and self._evict():
                 pass
             self._count += 1
-        held[key] = entry
+        held.items[key] = entry
 
     def _evict(self) -> bool:
         """Drop the oldest item of the namespace holding the most (``False``: none held)."""
-        fullest = max(self._items.values(), key=len, default=None)
+        fullest = max((held.items for held in self._held.values()), key=len, default=None)
         if not fullest:
             return False
         del fullest[next(iter(fullest))]

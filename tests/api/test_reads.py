@@ -159,10 +159,33 @@ def test_a_namespace_is_read_into_memory_when_a_check_first_sees_it(
         store.apply("ns", [{"id": str(n), "v": 2} for n in range(30)])
         entry, _ = await layer.item("ns", "17")  # never asked for, no check due yet
         assert orjson.loads(entry.payload) == {"id": "17", "v": 1}
-        clock.advance(CHECK_SECONDS)
-        entry = await _warmed(layer, "ns", "17")
+        await layer.check()
+        await layer.settle()
+        assert layer.held == 0  # every item changed: none kept
+        entry, _ = await layer.item("ns", "17")
         assert orjson.loads(entry.payload) == {"id": "17", "v": 2}
-        assert layer.held == 30
+
+    asyncio.run(scenario())
+
+
+def test_a_changed_namespace_keeps_the_items_whose_etag_is_unchanged(
+    store: CacheStore, clock: Clock
+) -> None:
+    layer = ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(10)])
+
+    async def scenario() -> None:
+        kept = await _warmed(layer, "ns", "5")
+        store.apply("ns", [{"id": str(n), "v": 2 if n < 3 else 1} for n in range(1, 10)])
+        await layer.check()
+        changed, _ = await layer.item("ns", "1")  # read from the store while revalidating
+        assert orjson.loads(changed.payload) == {"id": "1", "v": 2}
+        await layer.settle()
+        assert 7 <= layer.held <= 8  # "0" deleted, "1" and "2" changed ("1" read again)
+        assert (await layer.item("ns", "5"))[0] is kept
+        with pytest.raises(ItemNotFoundError):
+            await layer.item("ns", "0")
+        assert orjson.loads((await layer.item("ns", "2"))[0].payload) == {"id": "2", "v": 2}
 
     asyncio.run(scenario())
 
