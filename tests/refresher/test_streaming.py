@@ -94,7 +94,7 @@ def failing_after(count: int) -> Iterator[dict[str, Any]]:
     [
         (failing_after(COUNT - 100), UpstreamUnavailableError),
         ([*users(COUNT), {"name": "no key"}], InvalidItemsError),
-        ([*users(COUNT - 100), {"id": "nul\x00key"}, *users(5, tag="x")], StoreError),
+        ([*users(COUNT - 100), {"id": "nul\x00key"}], StoreError),
     ],
     ids=["source-fails", "bad-item", "nul-key-refused-by-the-server"],
 )
