@@ -39,6 +39,10 @@ from refresher.items import Row
 STREAM_MIN_ROWS = 5000
 """New rows that must be waiting before a refresh opens its transaction and starts copying."""
 
+STREAM_BATCH = 10_000
+"""New rows copied at a time once copying: finding where the last batch ended costs a
+walk over the rows before it (a dict has no position index), so not too often."""
+
 
 class InsertStream:
     """The new rows of one refresh, copied while the diff runs (see the module docstring).
@@ -67,11 +71,13 @@ class InsertStream:
     def feed(self) -> None:
         """Copy the rows the diff added since the last call (once enough are waiting)."""
         pending = len(self.inserts) - self.streamed
-        if pending <= 0 or (self._conn is None and pending < STREAM_MIN_ROWS):
+        if pending < (STREAM_MIN_ROWS if self._conn is None else STREAM_BATCH):
             return
         if self._conn is None:
             self._open()
-        added = itertools.islice(self.inserts.items(), self.streamed, None)
+        inserts = self.inserts
+        # Skipping keys is cheap; skipping items would build a pair for each.
+        added = ((key, inserts[key]) for key in itertools.islice(inserts, self.streamed, None))
         values = row_values(self._namespace, added, self._generation, self._changed_at)
         with copy_errors(self._dialect):
             for row in values:
