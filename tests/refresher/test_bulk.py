@@ -120,7 +120,7 @@ def test_a_key_with_a_nul_is_refused_and_nothing_is_written(
     store.apply("users", catalogue(10))
     before = rows(pg_engine, "users")
     bad = [*catalogue(10, changed=10), {"id": "nul\x00key"}]
-    with pytest.raises(StoreError, match="DataError"):
+    with pytest.raises(StoreError, match="the cache is unchanged"):
         store.apply("users", bad)
     assert rows(pg_engine, "users") == before
     run = store.runs("users")[0]
