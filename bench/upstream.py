@@ -531,6 +531,13 @@ def targets(r: EngineResults) -> list[tuple[str, bool | None, str]]:
         )
     checks.append(
         (
+            f"(not a target) {FULL} vs {BARE_RELAXED}",
+            None,
+            f"{r.median(FULL) / r.median(BARE_RELAXED):.2f}x",
+        )
+    )
+    checks.append(
+        (
             f"(not a target) {FULL} vs {HAND_WRITTEN}",
             None,
             f"{r.median(FULL) / r.median(HAND_WRITTEN):.2f}x",
