@@ -700,8 +700,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="instead of the rounds: load the api this long under py-spy (during refreshes "
-        "if --targets names refresh), print where its time goes",
+        help="instead of the rounds: load the api this long under py-spy (or the first of "
+        "--targets if it is an api target: refresh, refresh-all), print where its time goes",
     )
     parser.add_argument(
         "--api-setting",
@@ -725,8 +725,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"unknown targets {sorted(unknown)}: choose from {', '.join(TARGETS)}")
     targets = [TARGETS[name] for name in args.targets.split(",")]
     if args.profile > 0:
-        named = [TARGETS[name] for name in args.targets.split(",")]
-        targets = [next((t for t in named if t.changed is not None), TARGETS["api"])]
+        first = TARGETS[args.targets.split(",")[0]]
+        targets = [first if first.server == "api" else TARGETS["api"]]
     missing = missing_tools(targets)
     if args.profile > 0 and api_profile.py_spy() is None:
         missing.append(f"{sys.executable} -m {api_profile.PY_SPY_INSTALL}")
