@@ -39,10 +39,10 @@ What one run does, everything in a temporary directory, every server on
    target) against each target in turn, ``--rounds`` times, the order rotated
    each round; the **refresh** and **refresh-all** targets are the api again
    while ``bench/api_refresh_loop.py`` (on CPU 1 with wrk: the server's core
-   stays its own) applies the whole namespace back to back (or
-   ``--refresh-pause`` apart), a changed version and back, through
-   ``CacheStore.apply`` in its own process: 1% of the items changed per
-   refresh (the usual case: cost follows change), or all of them;
+   stays its own) applies the whole namespace over and over, ``--refresh-pause``
+   apart (1 s: the shortest interval a namespace may have), a changed version
+   and back, through ``CacheStore.apply`` in its own process: 1% of the items
+   changed per refresh (the usual case: cost follows change), or all of them;
 5. prints (as Markdown, for ``bench/RESULTS.md``) medians over the rounds of
    requests/s, p50 and p99 latency (wrk's), errors (wrk's socket errors plus
    responses >= 400, from its summary in a Lua ``done`` hook), the server's CPU
@@ -78,6 +78,8 @@ from pathlib import Path
 import api_profile
 import httpx
 from api_refresh_loop import fill
+
+from refresher.namespaces import MIN_INTERVAL_SECONDS
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -685,8 +687,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--refresh-pause",
         type=float,
-        default=0.0,
-        help="seconds between two refreshes under load (0: back to back)",
+        default=MIN_INTERVAL_SECONDS,
+        help="seconds between two refreshes under load (the shortest interval a namespace "
+        "may have; 0: back to back)",
     )
     parser.add_argument(
         "--targets",
