@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -34,11 +33,11 @@ from refresher.ddl import DIALECTS
 from refresher.lease import LeaseManager
 from refresher.scheduler import Scheduler
 from refresher.settings import load_settings
+from tests.processes import STOP_SECONDS, Output, free_port
 
 runner = CliRunner()
 SCRIPT = Path(sys.executable).with_name("cache-refresher")
 READY_SECONDS = 20.0
-STOP_SECONDS = 10.0
 
 
 def _env(**values: str) -> dict[str, str]:
@@ -143,39 +142,10 @@ def test_dev_refuses_an_interval_under_a_second_from_the_environment() -> None:
 # -- cache-refresher dev, end to end -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Output:
-    """Reads a process's output in a thread; signals when the address is printed."""
-
-    def __init__(self, process: subprocess.Popen[str], marker: str) -> None:
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self._marker = marker
-        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self._thread.start()
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            self.lines.append(line)
-            if self._marker in line:
-                self.ready.set()
-
-    @property
-    def text(self) -> str:
-        self._thread.join(STOP_SECONDS)
-        return "".join(self.lines)
-
-
 @pytest.fixture
 def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, str]]:
     """``cache-refresher dev`` on a free port in an empty directory; killed if still alive."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHE_REFRESHER_")}
     process = subprocess.Popen(
         [str(SCRIPT), "dev", "--port", str(port), "--interval", "1"],
@@ -376,7 +346,7 @@ connect_timeout = 2
 def configured(tmp_path: Path, sqlite_url: str) -> dict[str, str]:
     """Settings for a SQLite cache with its tables and a namespaces file (catalogue, down)."""
     path = tmp_path / "namespaces.toml"
-    path.write_text(NAMESPACES_TOML.format(staleness="1h", closed_port=_free_port()))
+    path.write_text(NAMESPACES_TOML.format(staleness="1h", closed_port=free_port()))
     engine = create_engine(sqlite_url)
     init_schema(engine)
     engine.dispose()
@@ -464,7 +434,7 @@ def test_namespaces_flags_a_namespace_stale_once_its_max_staleness_passes(
     tmp_path: Path, configured: dict[str, str]
 ) -> None:
     path = Path(configured["CACHE_REFRESHER_NAMESPACES_FILE"])
-    path.write_text(NAMESPACES_TOML.format(staleness="0.5s", closed_port=_free_port()))
+    path.write_text(NAMESPACES_TOML.format(staleness="0.5s", closed_port=free_port()))
     assert runner.invoke(app, ["refresh", "catalogue"], env=configured).exit_code == 0
     fresh = runner.invoke(app, ["namespaces"], env=configured)
     time.sleep(0.6)

@@ -233,6 +233,18 @@ def serve_api(
             yield ServedApi(url=url, validator=validator, settings=settings)
 
 
+@contextmanager
+def served_client(
+    settings: Settings, store: CacheStore, namespaces: Sequence[Namespace], token: str
+) -> Iterator[httpx.Client]:
+    """A client sending ``token`` to the real app served over ``store`` (see serve_api)."""
+    with (
+        serve_api(settings, store, namespaces=namespaces) as served,
+        httpx.Client(base_url=served.url, headers=bearer(token)) as client,
+    ):
+        yield client
+
+
 @pytest.fixture
 def api_server(
     stack: DevStack, api_registration: ApiRegistration, store: CacheStore, db_url: str

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +23,10 @@ from refresher.cache import CacheStore
 from refresher.db import create_engine, init_schema
 from refresher.sources.demo import DemoSource
 from tests.api.conftest import ApiRegistration, ApiTokens, bearer
+from tests.processes import STOP_SECONDS, Output, free_port
 
 SCRIPT = Path(sys.executable).with_name("cache-refresher")
 READY_SECONDS = 20.0
-STOP_SECONDS = 10.0
 runner = CliRunner()
 
 NAMESPACES = """\
@@ -36,12 +35,6 @@ key_field = "id"
 every = 3600
 source = { kind = "demo", size = 10 }
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -75,34 +68,11 @@ def api_env(
     }  # fmt: skip
 
 
-class Output:
-    """Reads a process's output in a thread; ``ready`` once it printed ``marker``."""
-
-    def __init__(self, process: subprocess.Popen[str], marker: str) -> None:
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self._marker = marker
-        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self._thread.start()
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            self.lines.append(line)
-            if self._marker in line:
-                self.ready.set()
-
-    @property
-    def text(self) -> str:
-        self._thread.join(STOP_SECONDS)
-        return "".join(self.lines)
-
-
 @pytest.fixture
 def api_process(
     api_env: dict[str, str], tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[str], Output, str]]:
-    port = _free_port()
+    port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
     process = subprocess.Popen(
         [str(SCRIPT), "api", "--port", str(port)], cwd=tmp_path, env={**base, **api_env},
@@ -175,6 +145,6 @@ def test_api_without_the_tables_exits_1_pointing_at_db_init(
     api_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**api_env, "CACHE_REFRESHER_DATABASE_URL": f"sqlite:///{tmp_path}/empty.db"}
-    result = runner.invoke(app, ["api", "--port", str(_free_port())], env=env)
+    result = runner.invoke(app, ["api", "--port", str(free_port())], env=env)
     assert result.exit_code == 1
     assert "cache-refresher db init" in result.stderr

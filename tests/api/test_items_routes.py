@@ -8,7 +8,6 @@ import hashlib
 import io
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -34,7 +33,7 @@ from tests.api.conftest import (
     ApiTokens,
     api_settings_for,
     bearer,
-    serve_api,
+    served_client,
     serving,
 )
 
@@ -80,22 +79,11 @@ def settings(stack: DevStack, api_registration: ApiRegistration, db_url: str) ->
     )
 
 
-@contextmanager
-def _client(
-    settings: Settings, store: CacheStore, namespaces: list[Namespace], token: str
-) -> Iterator[httpx.Client]:
-    with (
-        serve_api(settings, store, namespaces=namespaces) as served,
-        httpx.Client(base_url=served.url, headers=bearer(token)) as client,
-    ):
-        yield client
-
-
 @pytest.fixture
 def client(
     settings: Settings, store: CacheStore, namespaces: list[Namespace], tokens: dict[str, str]
 ) -> Iterator[httpx.Client]:
-    with _client(settings, store, namespaces, tokens["reader"]) as client:
+    with served_client(settings, store, namespaces, tokens["reader"]) as client:
         yield client
 
 
@@ -513,7 +501,7 @@ def test_a_database_without_tables_is_503_with_retry_after(
     settings = api_settings_for(stack, api_registration, database_url=sqlite_url)
     engine = create_engine(sqlite_url)
     try:
-        with _client(settings, CacheStore(engine), namespaces, tokens["reader"]) as client:
+        with served_client(settings, CacheStore(engine), namespaces, tokens["reader"]) as client:
             response = client.get(path)
             _problem(response, 503, mentions="db init")
             assert response.headers["retry-after"] == "5"

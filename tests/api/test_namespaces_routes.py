@@ -4,7 +4,6 @@ and tokens minted by the devstack issuer."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -29,7 +28,7 @@ from tests.api.conftest import (
     ApiTokens,
     api_settings_for,
     bearer,
-    serve_api,
+    served_client,
 )
 
 PROBLEM = "application/problem+json"
@@ -68,22 +67,11 @@ def settings(stack: DevStack, api_registration: ApiRegistration, db_url: str) ->
     return api_settings_for(stack, api_registration, database_url=db_url)
 
 
-@contextmanager
-def _client(
-    settings: Settings, store: CacheStore, namespaces: list[Namespace], token: str
-) -> Iterator[httpx.Client]:
-    with (
-        serve_api(settings, store, namespaces=namespaces) as served,
-        httpx.Client(base_url=served.url, headers=bearer(token)) as client,
-    ):
-        yield client
-
-
 @pytest.fixture
 def client(
     settings: Settings, store: CacheStore, namespaces: list[Namespace], tokens: dict[str, str]
 ) -> Iterator[httpx.Client]:
-    with _client(settings, store, namespaces, tokens["reader"]) as client:
+    with served_client(settings, store, namespaces, tokens["reader"]) as client:
         yield client
 
 
@@ -174,7 +162,7 @@ def test_without_a_namespaces_file_every_stored_namespace_is_listed(
 ) -> None:
     store.apply("b", [{"id": "a"}])
     store.apply("a", [{"id": "a"}])
-    with _client(settings, store, [], tokens["reader"]) as client:
+    with served_client(settings, store, [], tokens["reader"]) as client:
         listed = client.get("/v1/namespaces").json()["namespaces"]
         assert [entry["namespace"] for entry in listed] == ["a", "b"]
         assert listed[0]["max_staleness_seconds"] is None
@@ -209,7 +197,7 @@ def test_a_database_without_tables_is_503_with_retry_after(
     settings = api_settings_for(stack, api_registration, database_url=sqlite_url)
     engine = create_engine(sqlite_url)
     try:
-        with _client(settings, CacheStore(engine), [], tokens["reader"]) as client:
+        with served_client(settings, CacheStore(engine), [], tokens["reader"]) as client:
             response = client.get("/v1/namespaces")
             _problem(response, 503)
             assert response.headers["retry-after"] == "5"
