@@ -19,8 +19,12 @@ Background work after a check (``warm``): a namespace seen for the first time
 is read into memory page by page, as far as there is room; a namespace whose
 generation changed is **revalidated**: one query reads its keys and etags, the
 items whose etag is still the stored one are kept (a 1% refresh keeps 99% of
-them), the others dropped, and the memory is declared valid for the new
-generation. Until then every read of that namespace goes to the store. Without
+them), the others dropped; a second query reads back the rows written since
+the generation the memory held (every row carries the generation of the
+refresh that wrote it: exactly what changed), as far as there is room; and the
+memory is declared valid for the new generation. Until then every read of that
+namespace goes to the store (so a refresh costs the layer two queries, not one
+miss per changed item). Without
 background work, a changed namespace's items are simply dropped.
 
 **Staleness bound.** Once the database has committed a new generation, the
@@ -246,9 +250,15 @@ class ReadLayer:
         self._replace(namespace, generation, read)
 
     async def _revalidate(self, namespace: str, generation: int) -> None:
-        """Keep the items of a changed namespace whose etag is still the stored one."""
-        snapshot = list(self._held[namespace].items.items())
+        """Keep the items of a changed namespace whose etag is still the stored one, and
+        read back the rows the refreshes since wrote, as far as there is room."""
+        held = self._held[namespace]
+        snapshot = list(held.items.items())
         kept = await run_in_threadpool(self._still_stored, namespace, snapshot)
+        room = self.capacity - (self._count - len(snapshot)) - len(kept)
+        if room > 0:
+            changed = await run_in_threadpool(self._written_since, namespace, held.generation, room)
+            kept.update(changed)
         self._replace(namespace, generation, kept)
 
     def _replace(self, namespace: str, generation: int, items: dict[str, CachedItem]) -> None:
@@ -282,6 +292,22 @@ class ReadLayer:
         except SQLAlchemyError as exc:
             raise StoreError(f"revalidating namespace {namespace!r} failed") from exc
         return {key: entry for key, entry in snapshot if stored.get(key) == entry.sha}
+
+    def _written_since(self, namespace: str, generation: int, room: int) -> dict[str, CachedItem]:
+        """Up to ``room`` rows of ``namespace`` inserted or updated after ``generation``
+        (every row carries the generation of the refresh that wrote it): what a refresh
+        changed, read in one query instead of one miss per item."""
+        query = (
+            sa.select(entries)
+            .where(entries.c.namespace == namespace, entries.c.generation > generation)
+            .limit(room)
+        )
+        try:
+            with self.store.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"reading namespace {namespace!r}'s changes failed") from exc
+        return {row.key: CachedItem.from_item(Item(*row)) for row in rows}
 
     # -- memory ----------------------------------------------------------------------
 

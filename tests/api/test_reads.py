@@ -12,7 +12,7 @@ import pytest
 
 from api import query
 from api.reads import CachedItem, Freshness, ReadLayer, cache_headers, freshness, next_refresh
-from refresher.cache import CacheStore, NamespaceInfo
+from refresher.cache import CacheStore, Item, NamespaceInfo
 from refresher.db import create_engine
 from refresher.errors import ItemNotFoundError, NamespaceNotFoundError, StoreError
 from refresher.namespaces import Namespace, Schedule, parse_namespaces
@@ -161,7 +161,7 @@ def test_a_namespace_is_read_into_memory_when_a_check_first_sees_it(
         assert orjson.loads(entry.payload) == {"id": "17", "v": 1}
         await layer.check()
         await layer.settle()
-        assert layer.held == 0  # every item changed: none kept
+        assert layer.held == 30  # every item changed: all read back at once
         entry, _ = await layer.item("ns", "17")
         assert orjson.loads(entry.payload) == {"id": "17", "v": 2}
 
@@ -181,11 +181,57 @@ def test_a_changed_namespace_keeps_the_items_whose_etag_is_unchanged(
         changed, _ = await layer.item("ns", "1")  # read from the store while revalidating
         assert orjson.loads(changed.payload) == {"id": "1", "v": 2}
         await layer.settle()
-        assert 7 <= layer.held <= 8  # "0" deleted, "1" and "2" changed ("1" read again)
+        assert layer.held == 9  # "0" deleted; "1" and "2" changed, read back
         assert (await layer.item("ns", "5"))[0] is kept
         with pytest.raises(ItemNotFoundError):
             await layer.item("ns", "0")
         assert orjson.loads((await layer.item("ns", "2"))[0].payload) == {"id": "2", "v": 2}
+
+    asyncio.run(scenario())
+
+
+class CountingStore(CacheStore):
+    """The real store, counting the single-item reads (the layer's misses)."""
+
+    item_reads = 0
+
+    def get_item(self, namespace: str, key: str) -> Item:
+        self.item_reads += 1
+        return super().get_item(namespace, key)
+
+
+def test_the_rows_a_refresh_wrote_are_read_back_without_misses(
+    store: CacheStore, clock: Clock
+) -> None:
+    counting = CountingStore(store.engine)
+    layer = ReadLayer(counting, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(20)])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        store.apply("ns", [{"id": str(n), "v": 2 if n % 4 == 0 else 1} for n in range(25)])
+        await layer.check()
+        await layer.settle()
+        misses = counting.item_reads
+        assert layer.held == 25
+        for n in range(25):
+            entry, _ = await layer.item("ns", str(n))
+            assert orjson.loads(entry.payload) == {"id": str(n), "v": 2 if n % 4 == 0 else 1}
+        assert counting.item_reads == misses  # every one from memory
+
+    asyncio.run(scenario())
+
+
+def test_read_back_stops_at_capacity(store: CacheStore, clock: Clock) -> None:
+    layer = ReadLayer(store, capacity=12, check_seconds=CHECK_SECONDS, clock=clock)
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(10)])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        store.apply("ns", [{"id": str(n), "v": 2} for n in range(30)])
+        await layer.check()
+        await layer.settle()
+        assert layer.held == 12
 
     asyncio.run(scenario())
 
