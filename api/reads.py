@@ -65,7 +65,7 @@ from starlette.concurrency import run_in_threadpool
 from refresher.cache import CacheStore, Item, NamespaceInfo
 from refresher.errors import CacheRefresherError, NamespaceNotFoundError, StoreError
 from refresher.namespaces import Namespace, Schedule
-from refresher.schema import entries
+from refresher.schema import entries, namespaces, refresh_runs
 
 logger = logging.getLogger(__name__)
 
@@ -250,15 +250,11 @@ class ReadLayer:
         self._replace(namespace, generation, read)
 
     async def _revalidate(self, namespace: str, generation: int) -> None:
-        """Keep the items of a changed namespace whose etag is still the stored one, and
-        read back the rows the refreshes since wrote, as far as there is room."""
+        """Bring a changed namespace's memory up to date: drop what the refreshes since
+        changed or deleted, read back what they wrote (as far as there is room)."""
         held = self._held[namespace]
         snapshot = list(held.items.items())
-        kept = await run_in_threadpool(self._still_stored, namespace, snapshot)
-        room = self.capacity - (self._count - len(snapshot)) - len(kept)
-        if room > 0:
-            changed = await run_in_threadpool(self._written_since, namespace, held.generation, room)
-            kept.update(changed)
+        kept = await run_in_threadpool(self._revalidated, namespace, held.generation, snapshot)
         self._replace(namespace, generation, kept)
 
     def _replace(self, namespace: str, generation: int, items: dict[str, CachedItem]) -> None:
@@ -281,33 +277,33 @@ class ReadLayer:
                 break
         return read
 
-    def _still_stored(
-        self, namespace: str, snapshot: list[tuple[str, CachedItem]]
+    def _revalidated(
+        self, namespace: str, since: int, snapshot: list[tuple[str, CachedItem]]
     ) -> dict[str, CachedItem]:
-        """The items of ``snapshot`` whose etag the store still holds (one query)."""
-        query = sa.select(entries.c.key, entries.c.etag).where(entries.c.namespace == namespace)
+        """The items of ``snapshot`` (held as of generation ``since``) still stored, with
+        the rows written after ``since`` read back as far as there is room.
+
+        Every row carries the generation of the refresh that wrote it, so the changed
+        keys are those of a higher one; deleted rows leave no trace there, so when the
+        refreshes since deleted any (or their runs are not all on record) every
+        held item's etag is compared with the stored one instead."""
         try:
             with self.store.engine.connect() as conn:
-                stored = {key: etag for key, etag in conn.execute(query)}
+                if _deleted_since(conn, namespace, since):
+                    etags = sa.select(entries.c.key, entries.c.etag)
+                    pairs = conn.execute(etags.where(entries.c.namespace == namespace))
+                    stored = {key: etag for key, etag in pairs}
+                    kept = {k: e for k, e in snapshot if stored.get(k) == e.sha}
+                else:
+                    changed = set(conn.scalars(_changed(namespace, since, entries.c.key)))
+                    kept = {k: e for k, e in snapshot if k not in changed}
+                room = self.capacity - (self._count - len(snapshot)) - len(kept)
+                if room > 0:
+                    rows = conn.execute(_changed(namespace, since, entries).limit(room))
+                    kept.update((row.key, CachedItem.from_item(Item(*row))) for row in rows)
         except SQLAlchemyError as exc:
             raise StoreError(f"revalidating namespace {namespace!r} failed") from exc
-        return {key: entry for key, entry in snapshot if stored.get(key) == entry.sha}
-
-    def _written_since(self, namespace: str, generation: int, room: int) -> dict[str, CachedItem]:
-        """Up to ``room`` rows of ``namespace`` inserted or updated after ``generation``
-        (every row carries the generation of the refresh that wrote it): what a refresh
-        changed, read in one query instead of one miss per item."""
-        query = (
-            sa.select(entries)
-            .where(entries.c.namespace == namespace, entries.c.generation > generation)
-            .limit(room)
-        )
-        try:
-            with self.store.engine.connect() as conn:
-                rows = conn.execute(query).all()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"reading namespace {namespace!r}'s changes failed") from exc
-        return {row.key: CachedItem.from_item(Item(*row)) for row in rows}
+        return kept
 
     # -- memory ----------------------------------------------------------------------
 
@@ -333,6 +329,28 @@ class ReadLayer:
         del fullest[next(iter(fullest))]
         self._count -= 1
         return True
+
+
+def _changed(namespace: str, since: int, *columns: Any) -> sa.Select[Any]:
+    """The rows of ``namespace`` written by a refresh after generation ``since``."""
+    return sa.select(*columns).where(entries.c.namespace == namespace, entries.c.generation > since)
+
+
+def _deleted_since(conn: sa.Connection, namespace: str, since: int) -> bool:
+    """Whether a refresh after generation ``since`` may have deleted rows: one did, or
+    the run history does not account for every generation since (then assume so)."""
+    query = sa.select(
+        sa.func.count(sa.distinct(refresh_runs.c.generation)),
+        sa.func.coalesce(sa.func.sum(refresh_runs.c.rows_deleted), 0),
+    ).where(
+        refresh_runs.c.namespace == namespace,
+        refresh_runs.c.status == "succeeded",
+        refresh_runs.c.generation > since,
+    )
+    latest = sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
+    generations, deleted = conn.execute(query).one()
+    current = conn.execute(latest).scalar() or 0
+    return bool(deleted) or generations < current - since
 
 
 class _Earliest(random.Random):
