@@ -222,6 +222,26 @@ def test_the_rows_a_refresh_wrote_are_read_back_without_misses(
     asyncio.run(scenario())
 
 
+def test_a_small_refresh_is_followed_within_the_check_without_a_miss(
+    store: CacheStore, clock: Clock
+) -> None:
+    counting = CountingStore(store.engine)
+    layer = ReadLayer(counting, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(20)])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        store.apply("ns", [{"id": str(n), "v": 2 if n == 7 else 1} for n in range(20)])
+        misses = counting.item_reads
+        await layer.check()  # no settle: the check itself brought memory up to date
+        entry, state = await layer.item("ns", "7")
+        assert orjson.loads(entry.payload) == {"id": "7", "v": 2}
+        assert state.generation == 2 and layer.held == 20
+        assert counting.item_reads == misses
+
+    asyncio.run(scenario())
+
+
 def test_read_back_stops_at_capacity(store: CacheStore, clock: Clock) -> None:
     layer = ReadLayer(store, capacity=12, check_seconds=CHECK_SECONDS, clock=clock)
     store.apply("ns", [{"id": str(n), "v": 1} for n in range(10)])
