@@ -220,7 +220,9 @@ class ReadLayer:
             return
         if namespace in self._busy:
             return
-        snapshot = list(held.items.items())
+        # A copy of the dict, not a list of its pairs: one allocation, where 100k new
+        # tuples would set off the cyclic collector over everything the layer holds.
+        snapshot = held.items.copy()
         kept = await run_in_threadpool(
             self._revalidated, namespace, held.generation, snapshot, INLINE_CHANGES
         )
@@ -280,7 +282,7 @@ class ReadLayer:
         """Bring a changed namespace's memory up to date: drop what the refreshes since
         changed or deleted, read back what they wrote (as far as there is room)."""
         held = self._held[namespace]
-        snapshot = list(held.items.items())
+        snapshot = held.items.copy()
         kept = await run_in_threadpool(self._revalidated, namespace, held.generation, snapshot)
         assert kept is not None  # without a limit there is always an answer
         self._replace(namespace, generation, kept)
@@ -309,17 +311,19 @@ class ReadLayer:
         self,
         namespace: str,
         since: int,
-        snapshot: list[tuple[str, CachedItem]],
+        snapshot: dict[str, CachedItem],
         most: int | None = None,
     ) -> dict[str, CachedItem] | None:
-        """The items of ``snapshot`` (held as of generation ``since``) still stored, with
-        the rows written after ``since`` read back as far as there is room.
+        """The items of ``snapshot`` (a copy of those held as of generation ``since``;
+        changed in place) still stored, with the rows written after ``since`` read back
+        as far as there is room.
 
         Every row carries the generation of the refresh that wrote it, so the changed
         keys are those of a higher one; deleted rows leave no trace there, so when the
         refreshes since deleted any (or their runs are not all on record) every
         held item's etag is compared with the stored one instead. With ``most``: ``None``
         unless the refreshes since wrote at most ``most`` rows and deleted none."""
+        held = len(snapshot)
         try:
             with self.store.engine.connect() as conn:
                 deleted = _deleted_since(conn, namespace, since)
@@ -329,13 +333,15 @@ class ReadLayer:
                     etags = sa.select(entries.c.key, entries.c.etag)
                     pairs = conn.execute(etags.where(entries.c.namespace == namespace))
                     stored = {key: etag for key, etag in pairs}
-                    kept = {k: e for k, e in snapshot if stored.get(k) == e.sha}
+                    kept = {k: e for k, e in snapshot.items() if stored.get(k) == e.sha}
                 else:
                     changed = set(conn.scalars(_changed(namespace, since, entries.c.key)))
                     if most is not None and len(changed) > most:
                         return None
-                    kept = {k: e for k, e in snapshot if k not in changed}
-                room = self.capacity - (self._count - len(snapshot)) - len(kept)
+                    kept = snapshot
+                    for key in changed:
+                        kept.pop(key, None)
+                room = self.capacity - (self._count - held) - len(kept)
                 if room > 0:
                     rows = conn.execute(_changed(namespace, since, entries).limit(room))
                     kept.update((row.key, CachedItem.from_item(Item(*row))) for row in rows)
