@@ -306,21 +306,35 @@ def _diff_regular_versions(
     of their types and the extremes of their lengths, and compared pairwise by
     ``map(operator.ne, ...)``: the per-item work runs in C, and only the items
     whose version differs are looked at one by one.
+
+    When the keys are those ``known`` holds, in its order (a source that pages
+    in a stable order, diffed against what this process wrote last), the keys
+    are unique, none is new and none vanished: the stored versions are
+    ``known``'s values as they stand, and the new memo is a copy of ``known``
+    with the changed versions replaced, instead of a dict built key by key.
     """
     try:
         keys = list(map(itemgetter(key_field), items))
         versions = list(map(itemgetter(version_field), items))
     except (KeyError, TypeError, IndexError):
         return None  # an item without a key or version, or not a mapping
-    memo: dict[str, Hashable] = dict(zip(keys, versions, strict=True))
-    if not memo or len(memo) != len(keys) or not _regular(keys, versions):
+    same_keys = isinstance(known, dict) and len(keys) == len(known) and keys == list(known)
+    if not keys or not _regular(keys, versions, checked_keys=same_keys):
         return None
+    if same_keys:
+        memo = dict(known)
+        stored: list[Hashable | None] = list(known.values())
+    else:
+        memo = dict(zip(keys, versions, strict=True))
+        if len(memo) != len(keys):
+            return None  # a duplicate key: let the loop name it
+        stored = list(map(known.get, keys))
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     scan = _Scan(key_field)
-    stored = list(map(known.get, keys))
     for position in compress(range(len(keys)), map(ne, versions, stored)):
         key, version, old = keys[position], versions[position], stored[position]
+        memo[key] = version  # as the source gave it (an int stays an int)
         if type(version) is int and old == str(version):
             continue  # stored as text, given as an integer: the same version
         _store_changed(
@@ -334,10 +348,13 @@ def _diff_regular_versions(
     return Diff(inserts, updates, deletes, unchanged, memo)
 
 
-def _regular(keys: list[Any], versions: list[Any]) -> bool:
-    """Keys all non-empty strings of at most KEY_MAX characters; versions all integers, or
-    all non-empty strings of at most VERSION_MAX characters."""
-    if set(map(type, keys)) != {str} or "" in keys or max(map(len, keys)) > KEY_MAX:
+def _regular(keys: list[Any], versions: list[Any], *, checked_keys: bool = False) -> bool:
+    """Keys all non-empty strings of at most KEY_MAX characters (taken as such when
+    ``checked_keys``: they equal keys stored before); versions all integers, or all
+    non-empty strings of at most VERSION_MAX characters."""
+    if not checked_keys and (
+        set(map(type, keys)) != {str} or "" in keys or max(map(len, keys)) > KEY_MAX
+    ):
         return False
     types = set(map(type, versions))
     if types == {int}:

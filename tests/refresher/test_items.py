@@ -129,6 +129,40 @@ def test_regular_input_diffs_as_the_item_by_item_loop_does(seed: int) -> None:
     assert fast.inserts and fast.deletes and fast.unchanged
 
 
+@pytest.mark.parametrize("integers", [True, False])
+def test_the_same_keys_in_the_same_order_diff_as_the_loop_does(integers: bool) -> None:
+    # The path for a source paging in a stable order against what this process wrote.
+    rng = random.Random(11)
+    stored: dict[str, Hashable] = {
+        f"k{i}": (str(i) if integers and rng.random() < 0.5 else i if integers else f"v{i}")
+        for i in range(300)
+    }
+    before = dict(stored)
+    items = [
+        {"id": f"k{i}", "rev": i + (rng.random() < 0.05) if integers else f"v{i + (i % 9 == 0)}"}
+        for i in range(300)
+    ]
+
+    fast = diff_by_version(items, "id", "rev", stored)
+    loop = _diff_versions_loop(items, "id", "rev", stored, None)
+
+    assert fast.updates == loop.updates and fast.updates and not fast.inserts
+    assert (fast.deletes, fast.unchanged, fast.memo) == ([], loop.unchanged, loop.memo)
+    assert list(fast.memo) == list(stored)  # the order is kept for the next refresh
+    assert stored == before  # what the store remembered is not changed in place
+    again = diff_by_version(items, "id", "rev", fast.memo)
+    assert not again.changed and again.unchanged == 300
+
+
+def test_a_reordered_refresh_is_diffed_by_key() -> None:
+    first = diff_by_version(versioned(20), "id", "etag", {})
+    items = versioned(20, bumped=frozenset({4}))[::-1]
+
+    changes = diff_by_version(items, "id", "etag", first.memo)
+
+    assert set(changes.updates) == {"k4"} and changes.unchanged == 19
+
+
 def test_a_bad_payload_among_regular_items_is_named_by_position() -> None:
     items = [{"id": f"k{i}", "rev": "2"} for i in range(5)]
     items[3]["bad"] = object()  # type: ignore[assignment]
