@@ -329,23 +329,50 @@ def _diff_regular_versions(
         if len(memo) != len(keys):
             return None  # a duplicate key: let the loop name it
         stored = list(map(known.get, keys))
+    positions = list(compress(range(len(keys)), map(ne, versions, stored)))
+    if type(versions[0]) is int and known:
+        # Stored as text, given as an integer: the same version (kept as given).
+        for position in positions:
+            memo[keys[position]] = versions[position]
+        positions = [p for p in positions if stored[p] != str(versions[p])]
+    changed = _changed_rows(items, versions, positions)
+    if changed is None:
+        return None  # an item that is not JSON: let the loop name every bad one
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
-    scan = _Scan(key_field)
-    for position in compress(range(len(keys)), map(ne, versions, stored)):
-        key, version, old = keys[position], versions[position], stored[position]
-        memo[key] = version  # as the source gave it (an int stays an int)
-        if type(version) is int and old == str(version):
-            continue  # stored as text, given as an integer: the same version
-        _store_changed(
-            key, items[position], str(version), old is None, position, scan, inserts, updates
-        )
-    if scan.problems:
-        return None  # let the loop name every bad item
+    for position, changed_row in zip(positions, changed, strict=True):
+        key = keys[position]
+        memo[key] = versions[position]
+        (inserts if stored[position] is None else updates)[key] = changed_row
     unchanged = len(memo) - len(inserts) - len(updates)
     kept = len(memo) - len(inserts)
     deletes = list(known.keys() - memo.keys()) if kept != len(known) else []
     return Diff(inserts, updates, deletes, unchanged, memo)
+
+
+def _changed_rows(
+    items: list[Mapping[str, Any]], versions: list[Any], positions: list[int]
+) -> list[Row] | None:
+    """The rows of the items at ``positions``, or ``None`` if one is not JSON-serialisable.
+
+    One tight loop with everything local: each item is serialised, hashed and
+    decoded while its bytes are in the CPU's cache (whole columns built by
+    ``map`` measured slower), and without a Python call per item besides.
+    """
+    rows: list[Row] = []
+    add, new_tuple, sha256 = rows.append, tuple.__new__, hashlib.sha256
+    dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
+    try:
+        for position in positions:
+            payload = dumps(items[position], option=option)
+            add(
+                new_tuple(
+                    Row, (payload.decode(), sha256(payload).hexdigest(), str(versions[position]))
+                )
+            )
+    except (orjson.JSONEncodeError, TypeError):
+        return None
+    return rows
 
 
 def _regular(keys: list[Any], versions: list[Any], *, checked_keys: bool = False) -> bool:

@@ -75,10 +75,10 @@ class InsertStream:
             return
         if self._conn is None:
             self._open()
-        inserts = self.inserts
         # Skipping keys is cheap; skipping items would build a pair for each.
-        added = ((key, inserts[key]) for key in itertools.islice(inserts, self.streamed, None))
-        values = row_values(self._namespace, added, self._generation, self._changed_at)
+        keys = list(itertools.islice(self.inserts, self.streamed, None))
+        rows = list(map(self.inserts.__getitem__, keys))
+        values = row_values(self._namespace, keys, rows, self._generation, self._changed_at)
         with copy_errors(self._dialect):
             for row in values:
                 self._copy.write_row(row)
