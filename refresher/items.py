@@ -52,37 +52,6 @@ class _Scan:
         self.problems: list[str] = []
         self.count = 0
 
-    def keyed(
-        self, items: Iterable[Mapping[str, Any]], on_item: Callable[[int], None] | None
-    ) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
-        """(position, key, item) of every item with a valid key."""
-        key_field, problems, position = self.key_field, self.problems, -1
-        for position, item in enumerate(_counted(items, on_item)):
-            # Fast path: a dict with a short string key; _key_of handles the rest.
-            key = item.get(key_field) if type(item) is dict else None
-            if type(key) is not str or not 0 < len(key) <= KEY_MAX:
-                key = _key_of(item, key_field, position, problems)
-                if key is None:
-                    continue
-            yield position, key, item
-        self.count = position + 1
-
-    def payloads(
-        self, items: Iterable[Mapping[str, Any]], on_item: Callable[[int], None] | None
-    ) -> Iterator[tuple[str, bytes]]:
-        """(key, canonical JSON payload) of every valid item, duplicates refused."""
-        seen: set[str] = set()
-        dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
-        for position, key, item in self.keyed(items, on_item):
-            if key in seen:
-                self.duplicate(position, key)
-                continue
-            seen.add(key)
-            try:
-                yield key, dumps(item, option=option)
-            except (orjson.JSONEncodeError, TypeError) as exc:
-                self.not_json(position, key, exc)
-
     def duplicate(self, position: int, key: str) -> None:
         self.problems.append(f"item {position}: duplicate key {key!r} (keys must be unique)")
 
@@ -172,25 +141,7 @@ def diff_by_etag(
     and are never taken out again: a writer that ``on_item`` calls may stream
     them to the database while the diff runs (see :mod:`refresher.streaming`).
     """
-    scan, unchanged = _Scan(key_field), 0
-    inserts = {} if inserts is None else inserts
-    updates: dict[str, Row] = {}
-    memo: dict[str, Hashable] = {}
-    # The hot loop: locals, and rows built by tuple.__new__ (in C; Row(...)
-    # costs a Python call per item).
-    sha256, new_tuple, known = hashlib.sha256, tuple.__new__, etags.get
-    for key, payload in scan.payloads(items, on_item):
-        memo[key] = hash(payload)
-        etag = sha256(payload).hexdigest()
-        old = known(key)
-        if old is None:
-            inserts[key] = new_tuple(Row, (payload.decode(), etag, None))
-        elif old != etag:
-            updates[key] = new_tuple(Row, (payload.decode(), etag, None))
-        else:
-            unchanged += 1
-    scan.finish()
-    return Diff(inserts, updates, [k for k in etags if k not in memo], unchanged, memo)
+    return _diff_content(items, key_field, etags, True, on_item, inserts)
 
 
 def diff_by_fingerprint(
@@ -206,22 +157,68 @@ def diff_by_fingerprint(
     old and new payload has a chance of 2**-64); a different one means the
     payload changed, so only changed items are hashed with SHA-256.
     """
-    scan, unchanged = _Scan(key_field), 0
-    inserts: dict[str, Row] = {}
+    return _diff_content(items, key_field, previous, False, on_item, None)
+
+
+def _diff_content(
+    items: Iterable[Mapping[str, Any]],
+    key_field: str,
+    known: Mapping[str, Hashable],
+    by_etag: bool,
+    on_item: Callable[[int], None] | None,
+    inserts: dict[str, Row] | None,
+) -> Diff:
+    """Both content diffs: ``known`` holds etags (``by_etag``) or fingerprints.
+
+    The hottest loop of a refresh, so one flat loop with everything local:
+    the common case's key check inline (:func:`_key_of` for the rest), the
+    memo doubling as the set of keys seen, progress every thousandth item,
+    and rows built by ``tuple.__new__`` (in C; ``Row(...)`` costs a Python
+    call per item). A chain of generators cost about a tenth of a full load.
+    """
+    scan, unchanged, position = _Scan(key_field), 0, -1
+    problems = scan.problems
+    inserts = {} if inserts is None else inserts
     updates: dict[str, Row] = {}
     memo: dict[str, Hashable] = {}
-    known = previous.get
-    for key, payload in scan.payloads(items, on_item):
+    dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
+    sha256, new_tuple, stored = hashlib.sha256, tuple.__new__, known.get
+    for position, item in enumerate(items):
+        if on_item is not None and position and not position % 1000:
+            on_item(position)
+        key = item.get(key_field) if type(item) is dict else None
+        if type(key) is not str or not 0 < len(key) <= KEY_MAX:
+            key = _key_of(item, key_field, position, problems)
+            if key is None:
+                continue
+        if key in memo:
+            scan.duplicate(position, key)
+            continue
+        try:
+            payload = dumps(item, option=option)
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            memo[key] = None  # seen: a later duplicate is named as one
+            scan.not_json(position, key, exc)
+            continue
         fingerprint = memo[key] = hash(payload)
-        old = known(key)
-        if old is None:
-            inserts[key] = row(payload)
-        elif old != fingerprint:
-            updates[key] = row(payload)
-        else:
+        old = stored(key)
+        if by_etag:
+            etag = sha256(payload).hexdigest()
+            if old == etag:
+                unchanged += 1
+                continue
+        elif old == fingerprint:
             unchanged += 1
+            continue
+        else:
+            etag = sha256(payload).hexdigest()
+        changed = new_tuple(Row, (payload.decode(), etag, None))
+        (inserts if old is None else updates)[key] = changed
+    scan.count = position + 1
+    if on_item is not None:
+        on_item(scan.count)
     scan.finish()
-    return Diff(inserts, updates, [k for k in previous if k not in memo], unchanged, memo)
+    return Diff(inserts, updates, [k for k in known if k not in memo], unchanged, memo)
 
 
 def diff_by_version(
