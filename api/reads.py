@@ -16,20 +16,23 @@ it only once a whole ``check_seconds`` has passed (under load, then, nobody
 waits; after an idle spell the first request does).
 
 Background work after a check (``warm``): a namespace seen for the first time
-is read into memory page by page, as far as there is room; a namespace whose
-generation changed is **revalidated**: one query reads its keys and etags, the
-items whose etag is still the stored one are kept (a 1% refresh keeps 99% of
-them), the others dropped; a second query reads back the rows written since
-the generation the memory held (every row carries the generation of the
-refresh that wrote it: exactly what changed), as far as there is room; and the
-memory is declared valid for the new generation. Until then every read of that
-namespace goes to the store (so a refresh costs the layer two queries, not one
-miss per changed item). Without
-background work, a changed namespace's items are simply dropped.
+is read into memory in one query, as far as there is room; a namespace whose
+generation changed is **revalidated**: one query reads back the rows written
+since the generation the memory held (every row carries the generation of the
+refresh that wrote it: exactly what changed), which replace their keys' items,
+as far as there is room; the other items are kept (a 1% refresh keeps 99% of
+them). When the run history says the refreshes since deleted rows (or does not
+account for them all), every key's etag is read too and the items whose etag
+changed or whose row is gone are dropped. Then the memory is declared valid
+for the new generation. Until then every read of that namespace goes to the
+store (so a refresh costs the layer a query or two, not one miss per changed
+item). When the work ends and the checks meanwhile saw a newer generation, it
+starts over for that one at once: the next request's check may be long after.
+Without background work, a changed namespace's items are simply dropped.
 
 **A small refresh is followed within the check.** When the refreshes since the
 last check wrote at most :data:`INLINE_CHANGES` rows and deleted none (the run
-history says), the check itself reads the changed keys and rows back before it
+history says), the check itself reads the changed rows back before it
 publishes the new generation: reads go on being served from memory throughout,
 with no miss at all. Larger changes are revalidated in the background as above.
 
@@ -47,9 +50,11 @@ error (503): the bound is kept rather than serving unchecked data.
 
 The memory holds at most ``capacity`` items (0: none, every read goes to the
 store), in one dict per namespace: a hit costs a few dict lookups and no
-reordering. When it is full, the namespace holding the most items gives up its
-oldest. The memory is touched only from the event loop; threads run the
-queries and hand their results back.
+reordering. Items are plain dicts the cyclic collector does not track
+(:mod:`api.item_rows`, whose queries also serve the misses). When it is full,
+the namespace holding the most items gives up its oldest. The memory is
+touched only from the event loop; threads run the queries and hand their
+results back.
 """
 
 from __future__ import annotations
@@ -61,23 +66,17 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import format_datetime
-from functools import lru_cache
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from refresher.cache import CacheStore, Item, NamespaceInfo
+from api.item_rows import CachedItem, ItemRows, cached_item, http_date
+from refresher.cache import CacheStore, NamespaceInfo
 from refresher.errors import CacheRefresherError, NamespaceNotFoundError, StoreError
 from refresher.namespaces import Namespace, Schedule
-from refresher.schema import entries, namespaces, refresh_runs
 
 logger = logging.getLogger(__name__)
-
-WARM_PAGE = 1000
-"""Items read per query while warming a namespace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,23 +93,6 @@ class Freshness:
     stale_at: float | None
     """Epoch seconds after which the data is past its maximum staleness (``None``: no limit
     configured here)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CachedItem:
-    """An item ready to serve: its payload bytes and header values, computed once."""
-
-    payload: bytes
-    etag: str
-    """The strong ``ETag``: the payload's SHA-256 in quotes."""
-    last_modified: str
-    """The item's ``changed_at`` as an HTTP date."""
-    sha: str
-    """The stored etag, unquoted (what a revalidation compares)."""
-
-    @classmethod
-    def from_item(cls, item: Item) -> CachedItem:
-        return cls(item.payload.encode(), f'"{item.etag}"', http_date(item.changed_at), item.etag)
 
 
 @dataclass(slots=True)
@@ -133,8 +115,10 @@ class ReadLayer:
         check_seconds: float = 0.25,
         warm: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        rows: ItemRows | None = None,
     ) -> None:
         self.store = store
+        self.rows = ItemRows(store.engine) if rows is None else rows
         self.capacity = capacity
         self.check_seconds = check_seconds
         self.warm = warm and capacity > 0
@@ -148,6 +132,8 @@ class ReadLayer:
         self._renew_at = self._expires_at = float("-inf")
         self._checking: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.misses = 0
+        """Items read from the store one by one (not served from memory)."""
 
     @property
     def held(self) -> int:
@@ -167,10 +153,10 @@ class ReadLayer:
             entry = held.items.get(key)
             if entry is not None:
                 return entry, state
-        item = await run_in_threadpool(self.store.get_item, namespace, key)
-        entry = CachedItem.from_item(item)
-        self._keep(namespace, key, entry, state.generation)
-        return entry, state
+        self.misses += 1
+        read = await run_in_threadpool(self._read_one, namespace, key)
+        self._keep(namespace, key, read, state.generation)
+        return read, state
 
     async def check(self) -> None:
         """Check the namespaces' generations now (and start the background work)."""
@@ -220,11 +206,8 @@ class ReadLayer:
             return
         if namespace in self._busy:
             return
-        # A copy of the dict, not a list of its pairs: one allocation, where 100k new
-        # tuples would set off the cyclic collector over everything the layer holds.
-        snapshot = held.items.copy()
         kept = await run_in_threadpool(
-            self._revalidated, namespace, held.generation, snapshot, INLINE_CHANGES
+            self._revalidated, namespace, held.generation, held.items, INLINE_CHANGES
         )
         if kept is not None:
             self._replace(namespace, generation, kept)
@@ -263,10 +246,15 @@ class ReadLayer:
             await work
         except CacheRefresherError as exc:  # misses read items one by one meanwhile
             logger.warning("could not refill namespace %r in memory: %s", name, exc)
+            return
         except Exception:  # a background task: say so in the log, never crash the app
             logger.exception("refilling namespace %r in memory failed unexpectedly", name)
+            return
         finally:
             self._busy.discard(name)
+        # Checks seen meanwhile may have found a newer generation: follow it now, not at
+        # the next check (the next request's, maybe much later: until then, all misses).
+        self._adopt()
 
     # -- filling and revalidating ----------------------------------------------------
 
@@ -282,8 +270,7 @@ class ReadLayer:
         """Bring a changed namespace's memory up to date: drop what the refreshes since
         changed or deleted, read back what they wrote (as far as there is room)."""
         held = self._held[namespace]
-        snapshot = held.items.copy()
-        kept = await run_in_threadpool(self._revalidated, namespace, held.generation, snapshot)
+        kept = await run_in_threadpool(self._revalidated, namespace, held.generation, held.items)
         assert kept is not None  # without a limit there is always an answer
         self._replace(namespace, generation, kept)
 
@@ -296,55 +283,57 @@ class ReadLayer:
         while self._count > self.capacity and self._evict():
             pass
 
+    def _read_one(self, namespace: str, key: str) -> CachedItem:
+        entry = self.rows.one(namespace, key)
+        if entry is None:  # not found: the store says whether the item or the namespace
+            item = self.store.get_item(namespace, key)
+            entry = cached_item(item.payload, item.etag, item.changed_at)
+        return entry
+
     def _read_all(self, namespace: str, room: int) -> dict[str, CachedItem]:
         read: dict[str, CachedItem] = {}
-        cursor = None
-        while len(read) < room:
-            page = self.store.page(namespace, limit=min(WARM_PAGE, room - len(read)), cursor=cursor)
-            read.update((item.key, CachedItem.from_item(item)) for item in page.items)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
+        try:
+            with self.store.engine.connect() as conn:
+                for key, entry in self.rows.changed(conn, namespace, since=0):
+                    if len(read) >= room:
+                        break
+                    read[key] = entry
+        except SQLAlchemyError as exc:
+            raise StoreError(f"reading namespace {namespace!r} into memory failed") from exc
         return read
 
     def _revalidated(
         self,
         namespace: str,
         since: int,
-        snapshot: dict[str, CachedItem],
+        items: dict[str, CachedItem],
         most: int | None = None,
     ) -> dict[str, CachedItem] | None:
-        """The items of ``snapshot`` (a copy of those held as of generation ``since``;
-        changed in place) still stored, with the rows written after ``since`` read back
-        as far as there is room.
+        """A copy of ``items`` (those held as of generation ``since``) without the ones
+        changed or deleted since, with the rows written after ``since`` read back as far
+        as there is room.
 
         Every row carries the generation of the refresh that wrote it, so the changed
-        keys are those of a higher one; deleted rows leave no trace there, so when the
-        refreshes since deleted any (or their runs are not all on record) every
-        held item's etag is compared with the stored one instead. With ``most``: ``None``
-        unless the refreshes since wrote at most ``most`` rows and deleted none."""
-        held = len(snapshot)
+        rows are those of a higher one; deleted rows leave no trace there, so when the
+        refreshes since deleted any (or their runs are not all on record) every held
+        item's etag is compared with the stored one too. With ``most``: ``None`` unless
+        the refreshes since wrote at most ``most`` rows and deleted none."""
         try:
             with self.store.engine.connect() as conn:
-                deleted = _deleted_since(conn, namespace, since)
-                if most is not None and deleted:
+                writes = self.rows.writes_since(conn, namespace, since)
+                if most is not None and (writes.deleted or writes.rows > most):
                     return None
-                if deleted:
-                    etags = sa.select(entries.c.key, entries.c.etag)
-                    pairs = conn.execute(etags.where(entries.c.namespace == namespace))
-                    stored = {key: etag for key, etag in pairs}
-                    kept = {k: e for k, e in snapshot.items() if stored.get(k) == e.sha}
-                else:
-                    changed = set(conn.scalars(_changed(namespace, since, entries.c.key)))
-                    if most is not None and len(changed) > most:
-                        return None
-                    kept = snapshot
-                    for key in changed:
-                        kept.pop(key, None)
-                room = self.capacity - (self._count - held) - len(kept)
-                if room > 0:
-                    rows = conn.execute(_changed(namespace, since, entries).limit(room))
-                    kept.update((row.key, CachedItem.from_item(Item(*row))) for row in rows)
+                # In this thread: the copy is one C call (atomic under the GIL), and the
+                # event loop is spared it when the check gives up above.
+                kept = items.copy()
+                room = self.capacity - (self._count - len(items))
+                if writes.deleted:
+                    stored = self.rows.etags(conn, namespace)
+                    kept = {k: e for k, e in kept.items() if stored.get(k) == e["sha"]}
+                for key, entry in self.rows.changed(conn, namespace, since):
+                    kept.pop(key, None)
+                    if len(kept) < room:
+                        kept[key] = entry
         except SQLAlchemyError as exc:
             raise StoreError(f"revalidating namespace {namespace!r} failed") from exc
         return kept
@@ -373,28 +362,6 @@ class ReadLayer:
         del fullest[next(iter(fullest))]
         self._count -= 1
         return True
-
-
-def _changed(namespace: str, since: int, *columns: Any) -> sa.Select[Any]:
-    """The rows of ``namespace`` written by a refresh after generation ``since``."""
-    return sa.select(*columns).where(entries.c.namespace == namespace, entries.c.generation > since)
-
-
-def _deleted_since(conn: sa.Connection, namespace: str, since: int) -> bool:
-    """Whether a refresh after generation ``since`` may have deleted rows: one did, or
-    the run history does not account for every generation since (then assume so)."""
-    query = sa.select(
-        sa.func.count(sa.distinct(refresh_runs.c.generation)),
-        sa.func.coalesce(sa.func.sum(refresh_runs.c.rows_deleted), 0),
-    ).where(
-        refresh_runs.c.namespace == namespace,
-        refresh_runs.c.status == "succeeded",
-        refresh_runs.c.generation > since,
-    )
-    latest = sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
-    generations, deleted = conn.execute(query).one()
-    current = conn.execute(latest).scalar() or 0
-    return bool(deleted) or generations < current - since
 
 
 INLINE_CHANGES = 10_000
@@ -427,12 +394,6 @@ def freshness(info: NamespaceInfo, namespace: Namespace | None) -> Freshness:
     return Freshness(
         info.namespace, info.generation, refreshed, http_date(refreshed), upcoming, stale_at
     )
-
-
-@lru_cache(maxsize=4096)
-def http_date(when: datetime) -> str:
-    """``when`` as an HTTP date (RFC 9110 IMF-fixdate)."""
-    return format_datetime(when, usegmt=True)
 
 
 def cache_headers(state: Freshness, now: float) -> dict[str, str]:

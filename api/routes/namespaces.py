@@ -216,12 +216,12 @@ async def get_item(request: Request) -> Response:
     layer = _direct(resources) if resources.reads is None else resources.reads
     entry, state = await layer.item(namespace, key)
     headers = cache_headers(state, time.time())
-    headers["ETag"] = entry.etag
-    headers["Last-Modified"] = entry.last_modified
+    etag = headers["ETag"] = entry["etag"]
+    headers["Last-Modified"] = entry["last_modified"]
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and etag_matches(if_none_match, entry.etag):
+    if if_none_match is not None and etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    return Response(entry.payload, media_type=query.JSON, headers=headers)
+    return Response(entry["payload"], media_type=query.JSON, headers=headers)
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:

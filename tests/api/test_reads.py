@@ -4,15 +4,19 @@ clock; and the pure parts: freshness headers, filters, projection, negotiation."
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy.engine import Connection
 
 from api import query
-from api.reads import CachedItem, Freshness, ReadLayer, cache_headers, freshness, next_refresh
-from refresher.cache import CacheStore, Item, NamespaceInfo
+from api.item_rows import CachedItem, ItemRows
+from api.reads import Freshness, ReadLayer, cache_headers, freshness, next_refresh
+from refresher.cache import CacheStore, NamespaceInfo
 from refresher.db import create_engine
 from refresher.errors import ItemNotFoundError, NamespaceNotFoundError, StoreError
 from refresher.namespaces import Namespace, Schedule, parse_namespaces
@@ -48,14 +52,14 @@ def read(layer: ReadLayer, namespace: str, key: str) -> tuple[CachedItem, Freshn
 
 
 def payload(layer: ReadLayer, namespace: str, key: str) -> Any:
-    return orjson.loads(read(layer, namespace, key)[0].payload)
+    return orjson.loads(read(layer, namespace, key)[0]["payload"])
 
 
 def test_an_item_is_read_once_then_served_from_memory(layer: ReadLayer, store: CacheStore) -> None:
     store.apply("ns", [{"id": "a", "v": 1}])
     entry, state = read(layer, "ns", "a")
-    assert entry.payload == b'{"id":"a","v":1}'
-    assert entry.etag == f'"{store.get_item("ns", "a").etag}"'
+    assert entry["payload"] == b'{"id":"a","v":1}'
+    assert entry["etag"] == f'"{store.get_item("ns", "a").etag}"'
     assert state.generation == 1
     assert layer.held == 1
     assert read(layer, "ns", "a")[0] is entry
@@ -158,12 +162,12 @@ def test_a_namespace_is_read_into_memory_when_a_check_first_sees_it(
         assert layer.held == 30
         store.apply("ns", [{"id": str(n), "v": 2} for n in range(30)])
         entry, _ = await layer.item("ns", "17")  # never asked for, no check due yet
-        assert orjson.loads(entry.payload) == {"id": "17", "v": 1}
+        assert orjson.loads(entry["payload"]) == {"id": "17", "v": 1}
         await layer.check()
         await layer.settle()
         assert layer.held == 30  # every item changed: all read back at once
         entry, _ = await layer.item("ns", "17")
-        assert orjson.loads(entry.payload) == {"id": "17", "v": 2}
+        assert orjson.loads(entry["payload"]) == {"id": "17", "v": 2}
 
     asyncio.run(scenario())
 
@@ -179,32 +183,21 @@ def test_a_changed_namespace_keeps_the_items_whose_etag_is_unchanged(
         store.apply("ns", [{"id": str(n), "v": 2 if n < 3 else 1} for n in range(1, 10)])
         await layer.check()
         changed, _ = await layer.item("ns", "1")  # read from the store while revalidating
-        assert orjson.loads(changed.payload) == {"id": "1", "v": 2}
+        assert orjson.loads(changed["payload"]) == {"id": "1", "v": 2}
         await layer.settle()
         assert layer.held == 9  # "0" deleted; "1" and "2" changed, read back
         assert (await layer.item("ns", "5"))[0] is kept
         with pytest.raises(ItemNotFoundError):
             await layer.item("ns", "0")
-        assert orjson.loads((await layer.item("ns", "2"))[0].payload) == {"id": "2", "v": 2}
+        assert orjson.loads((await layer.item("ns", "2"))[0]["payload"]) == {"id": "2", "v": 2}
 
     asyncio.run(scenario())
-
-
-class CountingStore(CacheStore):
-    """The real store, counting the single-item reads (the layer's misses)."""
-
-    item_reads = 0
-
-    def get_item(self, namespace: str, key: str) -> Item:
-        self.item_reads += 1
-        return super().get_item(namespace, key)
 
 
 def test_the_rows_a_refresh_wrote_are_read_back_without_misses(
     store: CacheStore, clock: Clock
 ) -> None:
-    counting = CountingStore(store.engine)
-    layer = ReadLayer(counting, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
+    layer = ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
     store.apply("ns", [{"id": str(n), "v": 1} for n in range(20)])
 
     async def scenario() -> None:
@@ -212,12 +205,12 @@ def test_the_rows_a_refresh_wrote_are_read_back_without_misses(
         store.apply("ns", [{"id": str(n), "v": 2 if n % 4 == 0 else 1} for n in range(25)])
         await layer.check()
         await layer.settle()
-        misses = counting.item_reads
+        misses = layer.misses
         assert layer.held == 25
         for n in range(25):
             entry, _ = await layer.item("ns", str(n))
-            assert orjson.loads(entry.payload) == {"id": str(n), "v": 2 if n % 4 == 0 else 1}
-        assert counting.item_reads == misses  # every one from memory
+            assert orjson.loads(entry["payload"]) == {"id": str(n), "v": 2 if n % 4 == 0 else 1}
+        assert layer.misses == misses  # every one from memory
 
     asyncio.run(scenario())
 
@@ -225,19 +218,61 @@ def test_the_rows_a_refresh_wrote_are_read_back_without_misses(
 def test_a_small_refresh_is_followed_within_the_check_without_a_miss(
     store: CacheStore, clock: Clock
 ) -> None:
-    counting = CountingStore(store.engine)
-    layer = ReadLayer(counting, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
+    layer = ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock)
     store.apply("ns", [{"id": str(n), "v": 1} for n in range(20)])
 
     async def scenario() -> None:
         await _warmed(layer, "ns", "0")
         store.apply("ns", [{"id": str(n), "v": 2 if n == 7 else 1} for n in range(20)])
-        misses = counting.item_reads
+        misses = layer.misses
         await layer.check()  # no settle: the check itself brought memory up to date
         entry, state = await layer.item("ns", "7")
-        assert orjson.loads(entry.payload) == {"id": "7", "v": 2}
+        assert orjson.loads(entry["payload"]) == {"id": "7", "v": 2}
         assert state.generation == 2 and layer.held == 20
-        assert counting.item_reads == misses
+        assert layer.misses == misses
+
+    asyncio.run(scenario())
+
+
+class GatedRows(ItemRows):
+    """The real queries; reading rows back waits until the test opens the gate."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def changed(
+        self, conn: Connection, namespace: str, since: int
+    ) -> Iterator[tuple[str, CachedItem]]:
+        assert self.gate.wait(10), "the test never opened the gate"
+        return super().changed(conn, namespace, since)
+
+
+def test_a_generation_seen_during_a_revalidation_is_followed_when_it_ends(
+    store: CacheStore, clock: Clock
+) -> None:
+    rows = GatedRows(store.engine)
+    layer = ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock, rows=rows)
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(10)])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        rows.gate.clear()
+        # Deletions: revalidated in the background (not within the check).
+        store.apply("ns", [{"id": str(n), "v": 2} for n in range(1, 10)])
+        await layer.check()
+        store.apply("ns", [{"id": str(n), "v": 3} for n in range(2, 10)])
+        await layer.check()  # sees generation 3 while generation 2 is being read back
+        rows.gate.set()
+        await layer.settle()  # no request, no check: the layer went on to generation 3
+        misses = layer.misses
+        for n in range(2, 10):
+            entry, state = await layer.item("ns", str(n))
+            assert orjson.loads(entry["payload"]) == {"id": str(n), "v": 3}
+            assert state.generation == 3
+        assert layer.misses == misses
+        assert layer.held == 8
 
     asyncio.run(scenario())
 

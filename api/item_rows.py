@@ -1,0 +1,170 @@
+"""Cache rows read straight into servable items: the queries of the read layer.
+
+    rows = ItemRows(engine)
+    entry = rows.one("demo", "sku-000003")            # CachedItem | None, in a thread
+    with engine.connect() as conn:                    # one snapshot for several queries
+        writes = rows.writes_since(conn, "demo", 41)
+        fresh = dict(rows.changed(conn, "demo", since=41))
+
+These run for every miss and read back whole namespaces after a refresh, so
+they skip what :class:`~refresher.cache.CacheStore` does for general callers:
+only the columns an item response needs are selected, ``changed_at`` goes
+through its column type once per distinct value (a refresh stamps its rows
+with one time), and a single item is read on a pooled DBAPI connection, not a
+SQLAlchemy ``Connection`` with its transaction (a tenth of the time on
+SQLite), its errors made :class:`~refresher.errors.StoreError` (503); the
+queries given a connection leave that to the caller, who holds it.
+
+A :class:`CachedItem` is a dict of bytes and strings, which CPython's cyclic
+collector never tracks: a layer holding 100,000 of them adds nothing to a
+full collection, where as many objects of a class would be walked by every
+one (~100 ms each) and, read back after a refresh, would set one off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from email.utils import format_datetime
+from functools import cached_property, lru_cache
+from typing import Any, NamedTuple, TypedDict
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from refresher.errors import StoreError
+from refresher.schema import entries, namespaces, refresh_runs
+
+
+class CachedItem(TypedDict):
+    """An item ready to serve: its payload bytes and header values, computed once."""
+
+    payload: bytes
+    etag: str
+    """The strong ``ETag``: the payload's SHA-256 in quotes."""
+    last_modified: str
+    """The item's ``changed_at`` as an HTTP date."""
+    sha: str
+    """The stored etag, unquoted (what a revalidation compares)."""
+
+
+def cached_item(payload: str, etag: str, changed_at: datetime) -> CachedItem:
+    """The :class:`CachedItem` of a stored row's values."""
+    return {
+        "payload": payload.encode(),
+        "etag": f'"{etag}"',
+        "last_modified": http_date(changed_at),
+        "sha": etag,
+    }
+
+
+@lru_cache(maxsize=4096)
+def http_date(when: datetime) -> str:
+    """``when`` as an HTTP date (RFC 9110 IMF-fixdate)."""
+    return format_datetime(when, usegmt=True)
+
+
+class Writes(NamedTuple):
+    """What the refreshes after a generation did, by the run history."""
+
+    rows: int
+    """Rows they inserted or updated (at least the keys they changed)."""
+    deleted: bool
+    """Whether they may have deleted rows: one did, or not all of them are on record."""
+
+
+class ItemRows:
+    """The read layer's queries of the cache table of ``engine``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect
+        # changed_at as the driver returns it; converted by _last_modified, once per value.
+        raw_changed_at = sa.type_coerce(entries.c.changed_at, sa.types.NullType())
+        self._columns = (entries.c.key, entries.c.payload, entries.c.etag, raw_changed_at)
+        convert = entries.c.changed_at.type.dialect_impl(dialect).result_processor(dialect, None)
+        to_datetime: Callable[[Any], Any] = convert or (lambda value: value)
+        self._last_modified: Callable[[Any], str] = lru_cache(maxsize=4096)(
+            lambda raw: http_date(to_datetime(raw))
+        )
+        self._dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
+
+    @cached_property
+    def _one(self) -> SQLCompiler:
+        """The single-item query, compiled for the engine's driver."""
+        query = sa.select(*self._columns[1:]).where(
+            entries.c.namespace == sa.bindparam("namespace"), entries.c.key == sa.bindparam("key")
+        )
+        compiled = query.compile(dialect=self.engine.dialect)
+        assert isinstance(compiled, SQLCompiler)
+        return compiled
+
+    def one(self, namespace: str, key: str) -> CachedItem | None:
+        """The item ``key`` of ``namespace`` (``None``: no such row). Blocks: run it in a
+        thread."""
+        compiled = self._one
+        named = {"namespace": namespace, "key": key}
+        order = compiled.positiontup
+        params: Any = named if order is None else tuple(named[name] for name in order)
+        try:
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(compiled.string, params)
+                row = cursor.fetchone()
+                cursor.close()
+            finally:
+                connection.close()
+        except (SQLAlchemyError, self._dbapi_error) as exc:
+            raise StoreError(f"read of namespace {namespace!r} failed") from exc
+        if row is None:
+            return None
+        payload, etag, changed_at = row
+        return self._item(payload, etag, changed_at)
+
+    def changed(
+        self, conn: Connection, namespace: str, since: int
+    ) -> Iterator[tuple[str, CachedItem]]:
+        """The rows of ``namespace`` written by a refresh after generation ``since`` (every
+        row carries the generation of the refresh that wrote it; ``since=0``: all rows),
+        as ``(key, item)`` pairs."""
+        query = sa.select(*self._columns).where(
+            entries.c.namespace == namespace, entries.c.generation > since
+        )
+        for key, payload, etag, changed_at in conn.execute(query):
+            yield key, self._item(payload, etag, changed_at)
+
+    def etags(self, conn: Connection, namespace: str) -> dict[str, str]:
+        """Every key of ``namespace`` and its stored etag."""
+        query = sa.select(entries.c.key, entries.c.etag).where(entries.c.namespace == namespace)
+        return {key: etag for key, etag in conn.execute(query)}
+
+    def writes_since(self, conn: Connection, namespace: str, since: int) -> Writes:
+        """What the refreshes of ``namespace`` after generation ``since`` wrote and deleted,
+        by the run history (deleted: assumed when it does not account for every
+        generation since)."""
+        history = sa.select(
+            sa.func.count(sa.distinct(refresh_runs.c.generation)),
+            sa.func.coalesce(sa.func.sum(refresh_runs.c.rows_deleted), 0),
+            sa.func.coalesce(
+                sa.func.sum(refresh_runs.c.rows_inserted + refresh_runs.c.rows_updated), 0
+            ),
+        ).where(
+            refresh_runs.c.namespace == namespace,
+            refresh_runs.c.status == "succeeded",
+            refresh_runs.c.generation > since,
+        )
+        latest = sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
+        generations, deleted, written = conn.execute(history).one()
+        current = conn.execute(latest).scalar() or 0
+        return Writes(int(written), bool(deleted) or generations < current - since)
+
+    def _item(self, payload: str, etag: str, changed_at: Any) -> CachedItem:
+        return {
+            "payload": payload.encode(),
+            "etag": f'"{etag}"',
+            "last_modified": self._last_modified(changed_at),
+            "sha": etag,
+        }
