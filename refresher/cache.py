@@ -45,7 +45,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from refresher.bulk import COPY_MIN_ROWS, Progress, positional_dialect, write_changes
-from refresher.checkpoints import request_checkpoint
 from refresher.collector import relaxed_collector
 from refresher.cursor import decode_cursor, encode_cursor
 from refresher.db import IMMEDIATE, db_now, utcnow
@@ -361,8 +360,6 @@ class CacheStore:
                 )
             )
             self.leases.confirm(conn, lease)
-        if changes.changed:
-            request_checkpoint(self.engine)  # SQLite: the log it grew, off this thread
         if self._remember:
             self._memos[namespace] = (generation, known.mode, changes.memo)
         return RefreshResult(

@@ -3,10 +3,9 @@
 ``create_engine`` applies what each engine needs to serve the cache safely:
 
 - SQLite: WAL journal (readers never block the writer and see the last
-  committed refresh), checkpointed in the background after refreshes
-  (:mod:`refresher.checkpoints`), a busy timeout, and explicit ``BEGIN`` /
-  ``BEGIN IMMEDIATE`` so a refresh takes the write lock up front instead of
-  failing half-way on a lock upgrade.
+  committed refresh), a busy timeout, and explicit ``BEGIN`` / ``BEGIN
+  IMMEDIATE`` so a refresh takes the write lock up front instead of failing
+  half-way on a lock upgrade.
 - PostgreSQL (psycopg 3): pre-ping, so a restarted server costs no request.
 - Azure SQL (``mssql+pyodbc``): ``fast_executemany`` for batched writes.
 
@@ -29,7 +28,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
-from refresher.checkpoints import SQLITE_WAL_AUTOCHECKPOINT_PAGES
 from refresher.db_tokens import ConnectRetry, TokenConnector, TokenExpiry, token_method
 from refresher.errors import ConfigurationError, StoreError
 from refresher.identity.build import build_credential
@@ -122,8 +120,6 @@ def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
-        # Refreshes have their log checkpointed in the background (refresher.checkpoints).
-        cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
