@@ -79,13 +79,18 @@ def write_changes(
         conn.execute(delete, [{"ns": namespace, "k": key} for key in keys])
         report.add(len(keys))
     changed_at = _bind_value(conn, entries.c.changed_at, now)
-    inserts = list(itertools.islice(changes.inserts.items(), streamed, None))
-    for rows, new in ((inserts, True), (list(changes.updates.items()), False)):
-        write, size = _writer(conn, new=new, count=len(rows), copy_min_rows=copy_min_rows)
-        for batch in _batches(rows, size):
-            batch_keys, batch_rows = map(_first, batch), list(map(_second, batch))
+    # Keys and rows as two lists (no pair per row), batches as slices of both.
+    kinds = (
+        (list(itertools.islice(changes.inserts, streamed, None)), changes.inserts, True),
+        (list(changes.updates), changes.updates, False),
+    )
+    for keys, found, new in kinds:
+        rows = list(itertools.islice(found.values(), len(found) - len(keys), None))
+        write, size = _writer(conn, new=new, count=len(keys), copy_min_rows=copy_min_rows)
+        for start in range(0, len(keys), size):
+            batch_keys, batch_rows = keys[start : start + size], rows[start : start + size]
             write(list(row_values(namespace, batch_keys, batch_rows, generation, changed_at)))
-            report.add(len(batch))
+            report.add(len(batch_keys))
 
 
 def _writer(
