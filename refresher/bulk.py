@@ -100,7 +100,7 @@ def _writer(
     if copy_min_rows is not None and count >= copy_min_rows and conn.dialect.name == "postgresql":
         return functools.partial(copy_rows, conn, new=new), COPY_BATCH
     stmt = entries.insert() if new else _update(conn)
-    return functools.partial(_executemany, conn, stmt), WRITE_BATCH
+    return _executemany(conn, stmt), WRITE_BATCH
 
 
 class _Counter:
@@ -143,22 +143,28 @@ def _update(conn: Connection) -> sa.Executable:
     )
 
 
-def _executemany(conn: Connection, stmt: sa.Executable, rows: list[tuple[Any, ...]]) -> None:
-    """Run ``stmt`` once per row through the driver's executemany.
+def _executemany(conn: Connection, stmt: sa.Executable) -> Callable[[list[tuple[Any, ...]]], None]:
+    """A writer that runs ``stmt`` once per row through the driver's executemany.
 
     Rows are tuples in ``_ROW_COLUMNS`` order whose values are already in the
     driver's form (see :func:`_bind_value`): SQLAlchemy's per-row parameter
     processing, and a named-parameter dict per row, would otherwise cost more
-    than the database's own work. The statement is compiled for a positional
-    parameter style so the tuples go to the driver as they are.
+    than the database's own work. The statement is compiled once, for a
+    positional parameter style, so the tuples go to the driver as they are.
     """
     compiled = stmt.compile(  # type: ignore[attr-defined]
         dialect=positional_dialect(conn.dialect), column_keys=list(_ROW_COLUMNS)
     )
+    sql = str(compiled)
     order = [_ROW_COLUMNS.index(name) for name in compiled.positiontup]
-    if order != list(range(len(_ROW_COLUMNS))):
-        rows = [tuple(row[i] for i in order) for row in rows]
-    conn.exec_driver_sql(str(compiled), rows)
+    reorder = order != list(range(len(_ROW_COLUMNS)))
+
+    def write(rows: list[tuple[Any, ...]]) -> None:
+        if reorder:
+            rows = [tuple(row[i] for i in order) for row in rows]
+        conn.exec_driver_sql(sql, rows)
+
+    return write
 
 
 _STAGING = "cache_entries_staging"
