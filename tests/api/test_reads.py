@@ -4,6 +4,7 @@ clock; and the pure parts: freshness headers, filters, projection, negotiation."
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,16 @@ from sqlalchemy.engine import Connection
 
 from api import query
 from api.item_rows import CachedItem, ItemRows
-from api.reads import Freshness, ReadLayer, cache_headers, freshness, next_refresh
+from api.reads import (
+    READBACK_PAUSE,
+    READBACK_SLICE,
+    Freshness,
+    ReadLayer,
+    cache_headers,
+    collector_paused,
+    freshness,
+    next_refresh,
+)
 from refresher.cache import CacheStore, NamespaceInfo
 from refresher.db import create_engine
 from refresher.errors import ItemNotFoundError, NamespaceNotFoundError, StoreError
@@ -275,6 +285,65 @@ def test_a_generation_seen_during_a_revalidation_is_followed_when_it_ends(
         assert layer.held == 8
 
     asyncio.run(scenario())
+
+
+def test_a_background_read_back_pauses_after_each_slice_of_rows(
+    store: CacheStore, clock: Clock
+) -> None:
+    naps: list[float] = []
+    layer = ReadLayer(
+        store, capacity=10_000, check_seconds=CHECK_SECONDS, clock=clock, sleep=naps.append
+    )
+    count = READBACK_SLICE * 2 + 1
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(count)])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        assert naps == [READBACK_PAUSE] * 2
+        naps.clear()
+        store.apply("ns", [{"id": str(n), "v": 2} for n in range(1, count)])  # deletes "0"
+        await layer.check()
+        await layer.settle()
+        assert naps == [READBACK_PAUSE] * 2
+        assert layer.held == count - 1
+
+    asyncio.run(scenario())
+
+
+def test_a_read_back_within_the_check_does_not_pause(store: CacheStore, clock: Clock) -> None:
+    naps: list[float] = []
+    layer = ReadLayer(
+        store, capacity=10_000, check_seconds=CHECK_SECONDS, clock=clock, sleep=naps.append
+    )
+    count = READBACK_SLICE * 2
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(count)])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        naps.clear()
+        store.apply("ns", [{"id": str(n), "v": 2} for n in range(count)])
+        await layer.check()  # followed within the check: requests may be waiting for it
+        assert naps == []
+        assert (await layer.item("ns", "1"))[1].generation == 2
+
+    asyncio.run(scenario())
+
+
+def test_the_collector_is_paused_until_the_last_pause_ends_then_as_it_was() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()
 
 
 def test_read_back_stops_at_capacity(store: CacheStore, clock: Clock) -> None:
