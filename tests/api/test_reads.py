@@ -19,6 +19,7 @@ from api.item_rows import CachedItem, ItemRows
 from api.reads import (
     READBACK_PAUSE,
     READBACK_SLICE,
+    RELEASE_IN_THREAD,
     Freshness,
     ReadLayer,
     cache_headers,
@@ -308,6 +309,33 @@ def test_a_background_read_back_pauses_after_each_slice_of_rows(
         assert layer.held == count - 1
 
     asyncio.run(scenario())
+
+
+def test_items_a_refresh_replaced_are_let_go_in_a_thread_a_slice_at_a_time(
+    store: CacheStore, clock: Clock
+) -> None:
+    naps: list[float] = []
+    layer = ReadLayer(
+        store, capacity=50_000, check_seconds=CHECK_SECONDS, clock=clock, sleep=naps.append
+    )
+    count = RELEASE_IN_THREAD + 1
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(count)])
+    replaced: list[dict[str, CachedItem]] = []
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        replaced.append(layer._held["ns"].items)
+        store.apply("ns", [{"id": str(n), "v": 2} for n in range(count)])
+        await layer.check()
+        await layer.settle()
+        naps.clear()
+        entry, state = await layer.item("ns", "7")
+        assert orjson.loads(entry["payload"]) == {"id": "7", "v": 2}
+        assert state.generation == 2 and layer.held == count
+
+    asyncio.run(scenario())  # returns once the default executor's threads are done
+    assert len(naps) == -(-count // READBACK_SLICE)  # the last slice is a short one
+    assert replaced[0] == {}  # emptied there, not freed at once on the event loop
 
 
 def test_a_read_back_within_the_check_does_not_pause(store: CacheStore, clock: Clock) -> None:
