@@ -60,12 +60,26 @@ async def current_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
     """The caller named by the request's bearer token, or a 401 saying what was wrong."""
-    if credentials is None:
+    return await principal_of(resources, None if credentials is None else credentials.credentials)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization`` header value, read as ``bearer_scheme`` reads it
+    (``None``: no header, or not a bearer token); for routes that skip the dependency."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if not (scheme and token) or scheme.lower() != "bearer":
+        return None
+    return token
+
+
+async def principal_of(resources: ApiResources, token: str | None) -> Principal:
+    """The caller named by ``token`` (:func:`current_principal` without the dependency)."""
+    if token is None:
         raise UnauthenticatedError(
             "this route requires an Entra ID access token: send 'Authorization: Bearer <token>'",
             error=None,
         )
-    token = credentials.credentials
     validator = resources.validator
     principal = validator.cached(token)
     if principal is not None:

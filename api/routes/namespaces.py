@@ -35,7 +35,14 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from api import query
-from api.deps import Caller, ResourcesDep, bearer_scheme, current_principal, get_resources
+from api.deps import (
+    Caller,
+    ResourcesDep,
+    bearer_scheme,
+    bearer_token,
+    get_resources,
+    principal_of,
+)
 from api.pages import SCAN_MAX_ITEMS, PageRequest, page_request, read_page, render_page
 from api.reads import ReadLayer, cache_headers
 from api.resources import ApiResources
@@ -207,7 +214,7 @@ async def get_item(request: Request) -> Response:
     """The hot path: parameters and caller resolved by hand (as the declared dependencies
     would), since FastAPI's dependency solving costs about as much as the rest of it."""
     resources = await get_resources(request)
-    caller = await current_principal(resources, await bearer_scheme(request))
+    caller = await principal_of(resources, bearer_token(request.headers.get("authorization")))
     namespace, key = request.path_params["namespace"], request.path_params["key"]
     resources.policy.require_reader(caller, namespace)
     _require_served(resources, namespace)

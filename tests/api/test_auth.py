@@ -4,6 +4,7 @@ outages, the unknown-kid re-read limit, v1 tokens, tenants, guests)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -18,8 +19,10 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
+from starlette.requests import Request
 
 from api.auth import EntraTokenValidator, ValidatedTokens, open_validator
+from api.deps import bearer_scheme, bearer_token
 from api.jwks import NEVER_FETCHED_RETRY_SECONDS, Issuers
 from api.principal import Principal
 from devstack.claims import Validity, app_token_claims, user_token_claims, v1_issuer
@@ -560,3 +563,16 @@ def test_any_forged_token_is_a_401_and_never_an_unexpected_error(
 def test_any_text_is_a_401(token: str) -> None:
     with pytest.raises(UnauthenticatedError):
         FUZZ_VALIDATOR.validate(token)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Bearer abc", "bearer abc", "BEARER  abc ", "Basic abc",
+     "Bearerabc", " Bearer abc", "Bearer a b"],
+)  # fmt: skip
+def test_the_item_routes_token_reading_is_the_bearer_schemes(authorization: str | None) -> None:
+    headers = [] if authorization is None else [(b"authorization", authorization.encode())]
+    request = Request({"type": "http", "headers": headers})
+    credentials = asyncio.run(bearer_scheme(request))
+    expected = None if credentials is None else credentials.credentials
+    assert bearer_token(request.headers.get("authorization")) == expected
