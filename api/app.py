@@ -44,12 +44,12 @@ def create_app(settings: Settings, *, resources: ApiResources | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if resources is not None:
             app.state.resources = resources
-            with long_lived_frozen():
+            with long_lived_frozen(), _layer_closed(resources):
                 yield
             return
         with open_resources(settings) as opened:
             app.state.resources = opened
-            with long_lived_frozen():
+            with long_lived_frozen(), _layer_closed(opened):
                 yield
 
     app = FastAPI(
@@ -80,3 +80,13 @@ def long_lived_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+@contextmanager
+def _layer_closed(resources: ApiResources) -> Iterator[None]:
+    """The read layer stops following the namespaces when the app stops serving."""
+    try:
+        yield
+    finally:
+        if resources.reads is not None:
+            resources.reads.close()

@@ -41,7 +41,10 @@ layer serves the old item for at most ``api_generation_check_ms`` plus the
 time of one check's queries (the generations, and for a small refresh its
 rows): every item is served under the states of a check that *started* less
 than ``check_seconds`` earlier, and a check that starts after the commit sees
-it. (A request that has to wait for a check waits that long too.) A
+it. (A request that has to wait for a check waits that long too.) For
+``follow_seconds`` after the last read, a check also starts when one is due
+without a request to start it, so a refresh that commits in a lull is followed
+before the next request. A
 namespace's first refresh becomes readable within the same bound; until a
 check has seen it, the namespace is not found.
 
@@ -128,6 +131,7 @@ class ReadLayer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rows: ItemRows | None = None,
+        follow_seconds: float = 0.0,
     ) -> None:
         self.store = store
         self.rows = ItemRows(store.engine) if rows is None else rows
@@ -144,6 +148,9 @@ class ReadLayer:
         """Namespaces being warmed or revalidated."""
         self._renew_at = self._expires_at = float("-inf")
         self._checking: asyncio.Task[None] | None = None
+        self.follow_seconds = follow_seconds if self.warm else 0.0
+        self._last_read = float("-inf")
+        self._follow_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.misses = 0
         """Items read from the store one by one (not served from memory)."""
@@ -156,7 +163,8 @@ class ReadLayer:
     async def item(self, namespace: str, key: str) -> tuple[CachedItem, Freshness]:
         """The item ``key`` of ``namespace`` and the namespace's freshness; not-found
         errors as :meth:`CacheStore.get_item` raises them."""
-        if self._clock() >= self._renew_at:
+        now = self._last_read = self._clock()
+        if now >= self._renew_at:
             await self._checked()
         state = self._states.get(namespace)
         if state is None:
@@ -173,6 +181,13 @@ class ReadLayer:
         self._keep(namespace, key, read, state.generation)
         return read, state
 
+    def close(self) -> None:
+        """Stop following the namespaces on its own (at shutdown)."""
+        self.follow_seconds = 0.0
+        if self._follow_timer is not None:
+            self._follow_timer.cancel()
+            self._follow_timer = None
+
     async def check(self) -> None:
         """Check the namespaces' generations now (and start the background work)."""
         self._expires_at = float("-inf")
@@ -188,12 +203,14 @@ class ReadLayer:
     async def _checked(self) -> None:
         """Start a check when half the interval has passed since the last one started;
         wait for it once the whole interval has."""
-        task = self._checking
-        if task is None:
-            task = self._checking = asyncio.get_running_loop().create_task(self._check())
-            task.add_done_callback(self._check_done)
+        task = self._checking or self._start_check()
         if self._clock() >= self._expires_at:
             await asyncio.shield(task)
+
+    def _start_check(self) -> asyncio.Task[None]:
+        task = self._checking = asyncio.get_running_loop().create_task(self._check())
+        task.add_done_callback(self._check_done)
+        return task
 
     async def _check(self) -> None:
         """Read every namespace's generation and freshness (the query in a thread)."""
@@ -232,6 +249,26 @@ class ReadLayer:
         if not task.cancelled() and (error := task.exception()) is not None:
             # Requests past the interval get the error themselves; this one only ran ahead.
             logger.debug("a generation check failed: %s", type(error).__name__)
+        self._follow_later()
+
+    def _follow_later(self) -> None:
+        """Within ``follow_seconds`` of the last read, make sure a check starts when one is
+        due even if no request comes to start it: a refresh that commits in a lull (the
+        one under way when a burst of reads ends, say) is then read back during the
+        lull, not by the first requests after it (all misses, for a second or two)."""
+        if self._follow_timer is not None or self._clock() - self._last_read >= self.follow_seconds:
+            return
+        delay = max(0.0, self._renew_at - self._clock())
+        self._follow_timer = asyncio.get_running_loop().call_later(delay, self._follow_now)
+
+    def _follow_now(self) -> None:
+        self._follow_timer = None
+        if self._checking is not None:
+            return  # its end schedules the next
+        if self._clock() >= self._renew_at:
+            self._start_check()
+        else:
+            self._follow_later()
 
     def _adopt(self) -> None:
         """After a check: warm each namespace seen for the first time, revalidate each
@@ -463,6 +500,10 @@ _collector = _CollectorPauses()
 
 RELEASE_IN_THREAD = 10_000
 """Items replaced at once above which they are let go in a thread (fewer: under 2 ms)."""
+
+FOLLOW_AFTER_READS = 30.0
+"""Seconds after the last read during which the server's layer goes on checking the
+namespaces on its own (``follow_seconds``; see :meth:`ReadLayer._follow_later`)."""
 
 INLINE_CHANGES = 10_000
 """The most rows the refreshes since the last check may have written for a check to

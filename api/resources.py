@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from api.auth import open_validator
 from api.principal import AccessPolicy, TokenValidator
-from api.reads import ReadLayer
+from api.reads import FOLLOW_AFTER_READS, ReadLayer
 from refresher.cache import CacheStore
 from refresher.db import cache_engine
 from refresher.identity.credential import AppIdentity
@@ -106,5 +106,6 @@ def build_resources(
             namespaces=by_name,
             capacity=settings.api_read_cache_items,
             check_seconds=settings.api_generation_check_ms / 1000,
+            follow_seconds=FOLLOW_AFTER_READS,
         ),
     )

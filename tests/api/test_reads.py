@@ -374,6 +374,49 @@ def test_the_collector_is_paused_until_the_last_pause_ends_then_as_it_was() -> N
         gc.enable()
 
 
+def test_a_refresh_in_a_lull_after_reads_is_followed_before_the_next_read(
+    store: CacheStore,
+) -> None:
+    layer = ReadLayer(store, capacity=100, check_seconds=0.02, follow_seconds=5.0)
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(10)])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        store.apply("ns", [{"id": str(n), "v": 2} for n in range(1, 10)])  # background work
+        for _ in range(200):  # no request: the layer's own checks follow (within ~2 s)
+            await asyncio.sleep(0.01)
+            await layer.settle()
+            if layer._held["ns"].generation == 2:
+                break
+        misses = layer.misses
+        entry, state = await layer.item("ns", "5")
+        assert orjson.loads(entry["payload"]) == {"id": "5", "v": 2}
+        assert state.generation == 2 and layer.misses == misses
+        layer.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_following_a_refresh_in_a_lull_waits_for_the_next_read(
+    store: CacheStore,
+) -> None:
+    layer = ReadLayer(store, capacity=100, check_seconds=0.02)
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(10)])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "0")
+        store.apply("ns", [{"id": str(n), "v": 2} for n in range(1, 10)])
+        await asyncio.sleep(0.2)
+        await layer.settle()
+        misses = layer.misses
+        entry, _ = await layer.item("ns", "5")  # its check finds generation 2: a miss
+        assert orjson.loads(entry["payload"]) == {"id": "5", "v": 2}
+        assert layer.misses == misses + 1
+        await layer.settle()
+
+    asyncio.run(scenario())
+
+
 def test_read_back_stops_at_capacity(store: CacheStore, clock: Clock) -> None:
     layer = ReadLayer(store, capacity=12, check_seconds=CHECK_SECONDS, clock=clock)
     store.apply("ns", [{"id": str(n), "v": 1} for n in range(10)])
