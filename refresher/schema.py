@@ -97,6 +97,7 @@ entries = Table(
     Column("generation", BigInteger, nullable=False),
     Column("changed_at", UTCDateTime, nullable=False),
     Column("source_version", Unicode(VERSION_MAX), nullable=True),
+    Index("ix_cache_entries_namespace_generation", "namespace", "generation"),
 )
 
 namespaces = Table(

@@ -23,6 +23,8 @@ CREATE TABLE cache_entries (
     CONSTRAINT pk_cache_entries PRIMARY KEY (namespace, "key")
 );
 
+CREATE INDEX ix_cache_entries_namespace_generation ON cache_entries (namespace, generation);
+
 CREATE TABLE cache_leases (
     name VARCHAR(200) NOT NULL,
     holder VARCHAR(200) NOT NULL,

@@ -175,6 +175,44 @@ def test_init_schema_creates_exactly_the_tables_the_code_defines(empty_engine: E
     assert schema_differences(empty_engine) == []
 
 
+MIGRATION_003 = "003_cache_entries_generation_index.sql"
+
+
+def test_migration_003_brings_a_database_of_the_earlier_schema_to_the_current_one(
+    empty_engine: Engine,
+) -> None:
+    apply_reviewed_ddl(empty_engine)
+    with empty_engine.begin() as conn:  # the schema before 003
+        conn.exec_driver_sql("DROP INDEX ix_cache_entries_namespace_generation")
+    assert schema_differences(empty_engine) != []
+
+    # PostgreSQL's CONCURRENTLY runs outside a transaction, as psql without
+    # --single-transaction runs it.
+    postgres = empty_engine.dialect.name == "postgresql"
+    options = {"isolation_level": "AUTOCOMMIT"} if postgres else {}
+    for _ in range(2):  # safe to run again
+        with empty_engine.connect().execution_options(**options) as conn:
+            for statement in file_statements(empty_engine.dialect.name, MIGRATION_003):
+                conn.exec_driver_sql(statement)
+            if not postgres:
+                conn.commit()
+
+    assert schema_differences(empty_engine) == []
+
+
+def test_azure_sql_migration_003_creates_the_index_online_unless_it_exists() -> None:
+    statements = normalised(file_statements("azure-sql", MIGRATION_003))
+
+    assert statements == [
+        "IF NOT EXISTS ( SELECT 1 FROM sys.indexes WHERE name = "
+        "'ix_cache_entries_namespace_generation' AND object_id = OBJECT_ID('cache_entries') ) "
+        "CREATE INDEX ix_cache_entries_namespace_generation "
+        "ON cache_entries (namespace, generation) WITH (ONLINE = ON)"
+    ]
+    created = normalised(file_statements("azure-sql"))
+    assert any(s.startswith("CREATE INDEX ix_cache_entries_namespace_generation") for s in created)
+
+
 @pytest.mark.parametrize(
     "build", [init_schema, apply_reviewed_ddl], ids=["by-init-schema", "by-reviewed-ddl"]
 )
