@@ -288,13 +288,21 @@ def test_a_generation_seen_during_a_revalidation_is_followed_when_it_ends(
     asyncio.run(scenario())
 
 
+def napping_layer(
+    store: CacheStore, clock: Clock, *, capacity: int
+) -> tuple[ReadLayer, list[float]]:
+    """A layer whose pauses are recorded instead of slept."""
+    naps: list[float] = []
+    layer = ReadLayer(
+        store, capacity=capacity, check_seconds=CHECK_SECONDS, clock=clock, sleep=naps.append
+    )
+    return layer, naps
+
+
 def test_a_background_read_back_pauses_after_each_slice_of_rows(
     store: CacheStore, clock: Clock
 ) -> None:
-    naps: list[float] = []
-    layer = ReadLayer(
-        store, capacity=10_000, check_seconds=CHECK_SECONDS, clock=clock, sleep=naps.append
-    )
+    layer, naps = napping_layer(store, clock, capacity=10_000)
     count = READBACK_SLICE * 2 + 1
     store.apply("ns", [{"id": str(n), "v": 1} for n in range(count)])
 
@@ -314,10 +322,7 @@ def test_a_background_read_back_pauses_after_each_slice_of_rows(
 def test_items_a_refresh_replaced_are_let_go_in_a_thread_a_slice_at_a_time(
     store: CacheStore, clock: Clock
 ) -> None:
-    naps: list[float] = []
-    layer = ReadLayer(
-        store, capacity=50_000, check_seconds=CHECK_SECONDS, clock=clock, sleep=naps.append
-    )
+    layer, naps = napping_layer(store, clock, capacity=50_000)
     count = RELEASE_IN_THREAD + 1
     store.apply("ns", [{"id": str(n), "v": 1} for n in range(count)])
     replaced: list[dict[str, CachedItem]] = []
@@ -339,10 +344,7 @@ def test_items_a_refresh_replaced_are_let_go_in_a_thread_a_slice_at_a_time(
 
 
 def test_a_read_back_within_the_check_does_not_pause(store: CacheStore, clock: Clock) -> None:
-    naps: list[float] = []
-    layer = ReadLayer(
-        store, capacity=10_000, check_seconds=CHECK_SECONDS, clock=clock, sleep=naps.append
-    )
+    layer, naps = napping_layer(store, clock, capacity=10_000)
     count = READBACK_SLICE * 2
     store.apply("ns", [{"id": str(n), "v": 1} for n in range(count)])
 
