@@ -186,16 +186,12 @@ def test_migration_003_brings_a_database_of_the_earlier_schema_to_the_current_on
         conn.exec_driver_sql("DROP INDEX ix_cache_entries_namespace_generation")
     assert schema_differences(empty_engine) != []
 
-    # PostgreSQL's CONCURRENTLY runs outside a transaction, as psql without
-    # --single-transaction runs it.
-    postgres = empty_engine.dialect.name == "postgresql"
-    options = {"isolation_level": "AUTOCOMMIT"} if postgres else {}
     for _ in range(2):  # safe to run again
-        with empty_engine.connect().execution_options(**options) as conn:
+        # Outside a transaction, as psql without --single-transaction runs it
+        # (PostgreSQL's CONCURRENTLY requires that).
+        with empty_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             for statement in file_statements(empty_engine.dialect.name, MIGRATION_003):
                 conn.exec_driver_sql(statement)
-            if not postgres:
-                conn.commit()
 
     assert schema_differences(empty_engine) == []
 
