@@ -11,9 +11,9 @@ them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, repeat
 from operator import itemgetter, ne
 from typing import Any, NamedTuple
 
@@ -21,6 +21,9 @@ import orjson
 
 from refresher.errors import InvalidItemsError
 from refresher.schema import KEY_MAX, VERSION_MAX
+
+_CANONICAL = orjson.OPT_SORT_KEYS
+"""orjson's option for canonical JSON: sorted keys (and no whitespace, its default)."""
 
 MAX_REPORTED_PROBLEMS = 5
 """How many bad items an :class:`InvalidItemsError` message names before summarising."""
@@ -156,8 +159,53 @@ def diff_by_fingerprint(
     Equal fingerprints mean equal payloads (a SipHash collision between a key's
     old and new payload has a chance of 2**-64); a different one means the
     payload changed, so only changed items are hashed with SHA-256.
+
+    Regular input (a list of dicts with unique non-empty string keys, all
+    JSON-serialisable) takes :func:`_diff_regular_fingerprints`, which does the
+    per-item work in C; anything else takes the loop, which names each bad item.
     """
+    items = items if type(items) is list else list(items)
+    diff = _diff_regular_fingerprints(items, key_field, previous)
+    if diff is not None:
+        _report_done(len(items), on_item)
+        return diff
     return _diff_content(items, key_field, previous, False, on_item, None)
+
+
+def _diff_regular_fingerprints(
+    items: list[Mapping[str, Any]], key_field: str, known: Mapping[str, Hashable]
+) -> Diff | None:
+    """:func:`diff_by_fingerprint` for regular input, or ``None`` for the per-item loop.
+
+    Whole columns by ``map``: the keys by ``operator.itemgetter``; the
+    fingerprints by ``hash`` over ``orjson.dumps`` (lazily chained, so each
+    payload is hashed while in the CPU's cache and freed at once: only the
+    integers are kept); the comparison by ``map(operator.ne, ...)``. Only the
+    items whose fingerprint differs are looked at one by one. With the keys
+    ``known`` holds, in its order, the stored fingerprints are its values and
+    the new memo a copy of it, as in :func:`_diff_regular_versions`.
+    """
+    try:
+        keys = list(map(itemgetter(key_field), items))
+    except (KeyError, TypeError, IndexError):
+        return None  # an item without a key, or not a mapping
+    same_keys = isinstance(known, dict) and len(keys) == len(known) and keys == list(known)
+    if not keys or not (same_keys or _regular_keys(keys)):
+        return None
+    try:
+        fingerprints = list(map(hash, map(orjson.dumps, items, repeat(None), repeat(_CANONICAL))))
+    except (orjson.JSONEncodeError, TypeError):
+        return None  # an item that is not JSON: let the loop name every bad one
+    if same_keys:
+        memo = dict(known)
+        stored: list[Hashable | None] = list(known.values())
+    else:
+        memo = dict(zip(keys, fingerprints, strict=True))
+        if len(memo) != len(keys):
+            return None  # a duplicate key: let the loop name it
+        stored = list(map(known.get, keys))
+    positions = list(compress(range(len(keys)), map(ne, fingerprints, stored)))
+    return _regular_diff(items, keys, fingerprints, None, stored, positions, memo, known)
 
 
 def _diff_content(
@@ -181,7 +229,7 @@ def _diff_content(
     inserts = {} if inserts is None else inserts
     updates: dict[str, Row] = {}
     memo: dict[str, Hashable] = {}
-    dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
+    dumps, option = orjson.dumps, _CANONICAL
     sha256, new_tuple, stored = hashlib.sha256, tuple.__new__, known.get
     for position, item in enumerate(items):
         if on_item is not None and position and not position % 1000:
@@ -332,14 +380,30 @@ def _diff_regular_versions(
         for position in positions:
             memo[keys[position]] = versions[position]
         positions = [p for p in positions if stored[p] != str(versions[p])]
+    return _regular_diff(items, keys, versions, versions, stored, positions, memo, known)
+
+
+def _regular_diff(
+    items: list[Mapping[str, Any]],
+    keys: list[str],
+    remembered: Sequence[Hashable],
+    versions: list[Any] | None,
+    stored: list[Hashable | None],
+    positions: list[int],
+    memo: dict[str, Hashable],
+    known: Mapping[str, Hashable],
+) -> Diff | None:
+    """The end of both regular diffs, once ``positions`` says which items differ from
+    ``stored``: their rows (``None`` if one is not JSON, for the loop to name), sorted
+    into inserts and updates; ``memo`` given what to remember of them; vanished keys."""
     changed = _changed_rows(items, versions, positions)
     if changed is None:
-        return None  # an item that is not JSON: let the loop name every bad one
+        return None
     inserts: dict[str, Row] = {}
     updates: dict[str, Row] = {}
     for position, changed_row in zip(positions, changed, strict=True):
         key = keys[position]
-        memo[key] = versions[position]
+        memo[key] = remembered[position]
         (inserts if stored[position] is None else updates)[key] = changed_row
     unchanged = len(memo) - len(inserts) - len(updates)
     kept = len(memo) - len(inserts)
@@ -348,9 +412,10 @@ def _diff_regular_versions(
 
 
 def _changed_rows(
-    items: list[Mapping[str, Any]], versions: list[Any], positions: list[int]
+    items: list[Mapping[str, Any]], versions: list[Any] | None, positions: list[int]
 ) -> list[Row] | None:
-    """The rows of the items at ``positions``, or ``None`` if one is not JSON-serialisable.
+    """The rows of the items at ``positions`` (with their ``versions``, if given), or
+    ``None`` if one is not JSON-serialisable.
 
     One tight loop with everything local: each item is serialised, hashed and
     decoded while its bytes are in the CPU's cache (whole columns built by
@@ -358,27 +423,27 @@ def _changed_rows(
     """
     rows: list[Row] = []
     add, new_tuple, sha256 = rows.append, tuple.__new__, hashlib.sha256
-    dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
+    dumps, option = orjson.dumps, _CANONICAL
     try:
         for position in positions:
             payload = dumps(items[position], option=option)
-            add(
-                new_tuple(
-                    Row, (payload.decode(), sha256(payload).hexdigest(), str(versions[position]))
-                )
-            )
+            version = None if versions is None else str(versions[position])
+            add(new_tuple(Row, (payload.decode(), sha256(payload).hexdigest(), version)))
     except (orjson.JSONEncodeError, TypeError):
         return None
     return rows
 
 
+def _regular_keys(keys: list[Any]) -> bool:
+    """Keys all non-empty strings of at most KEY_MAX characters."""
+    return set(map(type, keys)) == {str} and "" not in keys and max(map(len, keys)) <= KEY_MAX
+
+
 def _regular(keys: list[Any], versions: list[Any], *, checked_keys: bool = False) -> bool:
-    """Keys all non-empty strings of at most KEY_MAX characters (taken as such when
-    ``checked_keys``: they equal keys stored before); versions all integers, or all
-    non-empty strings of at most VERSION_MAX characters."""
-    if not checked_keys and (
-        set(map(type, keys)) != {str} or "" in keys or max(map(len, keys)) > KEY_MAX
-    ):
+    """Keys regular (:func:`_regular_keys`; taken as such when ``checked_keys``: they
+    equal keys stored before); versions all integers, or all non-empty strings of at
+    most VERSION_MAX characters."""
+    if not checked_keys and not _regular_keys(keys):
         return False
     types = set(map(type, versions))
     if types == {int}:
@@ -406,7 +471,7 @@ def _store_changed(
     updates: dict[str, Row],
 ) -> None:
     try:
-        payload = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+        payload = orjson.dumps(item, option=_CANONICAL)
     except (orjson.JSONEncodeError, TypeError) as exc:
         scan.not_json(position, key, exc)
         return

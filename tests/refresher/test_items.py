@@ -9,6 +9,8 @@ import pytest
 
 from refresher.errors import InvalidItemsError
 from refresher.items import (
+    Diff,
+    _diff_content,
     _diff_versions_loop,
     diff_by_etag,
     diff_by_fingerprint,
@@ -161,6 +163,65 @@ def test_a_reordered_refresh_is_diffed_by_key() -> None:
     changes = diff_by_version(items, "id", "etag", first.memo)
 
     assert set(changes.updates) == {"k4"} and changes.unchanged == 19
+
+
+def fingerprints_loop(items: list[dict[str, object]], known: dict[str, Hashable]) -> Diff:
+    return _diff_content(items, "id", known, False, None, None)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_regular_input_fingerprints_as_the_item_by_item_loop_does(seed: int) -> None:
+    rng = random.Random(seed)
+    known = dict(diff_by_etag(catalogue(200), "id", {}).memo)
+    if seed % 2:  # the same keys in the same order: the path that copies the memo
+        items = catalogue(200, changed=frozenset(rng.sample(range(200), 9)))
+    else:  # new, vanished and reordered keys
+        items = catalogue(250, changed=frozenset(rng.sample(range(200), 9)))
+        items = rng.sample(items, 180)
+    before = dict(known)
+
+    fast = diff_by_fingerprint(items, "id", known)
+    loop = fingerprints_loop(items, known)
+
+    assert fast.inserts == loop.inserts and fast.updates == loop.updates and fast.updates
+    assert sorted(fast.deletes) == sorted(loop.deletes)
+    assert (fast.unchanged, fast.memo) == (loop.unchanged, loop.memo)
+    assert list(fast.memo) == list(loop.memo)  # the items' order, kept for the next refresh
+    assert known == before  # what the store remembered is not changed in place
+    assert not diff_by_fingerprint(items, "id", fast.memo).changed
+
+
+@pytest.mark.parametrize(
+    ("items", "problem"),
+    [
+        ([{"id": "a"}, {"id": "a"}], "item 1: duplicate key 'a'"),
+        ([{"id": "a"}, {"id": "b", "x": {1}}], "item 1 (key 'b'): payload is not JSON"),
+        ([{"id": "a"}, {"id": ""}], "item 1: key field 'id' is empty"),
+        ([{"id": "a"}, ["b"]], "item 1: is a list, not a JSON object"),
+    ],
+)
+def test_irregular_input_to_the_fingerprint_diff_is_named_by_the_loop(
+    items: list[dict[str, object]], problem: str
+) -> None:
+    with pytest.raises(InvalidItemsError) as caught:
+        diff_by_fingerprint(items, "id", {"a": 1})
+
+    assert problem in str(caught.value)
+
+
+def test_integer_keys_take_the_loop_and_are_stored_as_text() -> None:
+    first = diff_by_fingerprint([{"id": 1}, {"id": 2}], "id", {})
+
+    assert set(first.inserts) == {"1", "2"}
+    assert diff_by_fingerprint([{"id": 1}, {"id": 2}], "id", first.memo).unchanged == 2
+
+
+def test_the_fingerprint_diff_reports_progress_once_done() -> None:
+    seen: list[int] = []
+
+    diff_by_fingerprint(iter(catalogue(2500)), "id", {}, on_item=seen.append)
+
+    assert seen == [1000, 2000, 2500]
 
 
 def test_a_bad_payload_among_regular_items_is_named_by_position() -> None:
