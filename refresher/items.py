@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from operator import itemgetter, ne
+from itertools import compress, islice, repeat
+from operator import itemgetter, methodcaller, ne
 from typing import Any, NamedTuple
 
 import orjson
@@ -208,6 +208,10 @@ def _diff_regular_fingerprints(
     return _regular_diff(items, keys, fingerprints, None, stored, positions, memo, known)
 
 
+CHUNK = 1000
+"""Items a content diff takes at a time (and how often it reports progress)."""
+
+
 def _diff_content(
     items: Iterable[Mapping[str, Any]],
     key_field: str,
@@ -218,55 +222,115 @@ def _diff_content(
 ) -> Diff:
     """Both content diffs: ``known`` holds etags (``by_etag``) or fingerprints.
 
-    The hottest loop of a refresh, so one flat loop with everything local:
-    the common case's key check inline (:func:`_key_of` for the rest), the
-    memo doubling as the set of keys seen, progress every thousandth item,
-    and rows built by ``tuple.__new__`` (in C; ``Row(...)`` costs a Python
-    call per item). A chain of generators cost about a tenth of a full load.
+    The hottest code of a refresh. Items are taken :data:`CHUNK` at a time, so
+    that a refresh still diffs pages while later ones arrive; a regular chunk
+    is diffed by whole columns (:meth:`_ContentDiff.regular`), any other item
+    by item (:meth:`_ContentDiff.loop`), which names each bad one. Progress is
+    reported before each chunk after the first, and once at the end.
     """
-    scan, unchanged, position = _Scan(key_field), 0, -1
-    problems = scan.problems
-    inserts = {} if inserts is None else inserts
-    updates: dict[str, Row] = {}
-    memo: dict[str, Hashable] = {}
-    dumps, option = orjson.dumps, _CANONICAL
-    sha256, new_tuple, stored = hashlib.sha256, tuple.__new__, known.get
-    for position, item in enumerate(items):
-        if on_item is not None and position and not position % 1000:
-            on_item(position)
-        key = item.get(key_field) if type(item) is dict else None
-        if type(key) is not str or not 0 < len(key) <= KEY_MAX:
-            key = _key_of(item, key_field, position, problems)
+    state = _ContentDiff(key_field, known, by_etag, {} if inserts is None else inserts)
+    iterator, count = iter(items), 0
+    while chunk := list(islice(iterator, CHUNK)):
+        if count and on_item is not None:
+            on_item(count)
+        if not state.regular(chunk):
+            state.loop(chunk, count)
+        count += len(chunk)
+    if on_item is not None:
+        on_item(count)
+    state.scan.count = count
+    state.scan.finish()
+    memo = state.memo
+    deletes = [key for key in known if key not in memo]
+    return Diff(state.inserts, state.updates, deletes, state.unchanged, memo)
+
+
+class _ContentDiff:
+    """What a content diff has found so far; fed chunk by chunk by :func:`_diff_content`."""
+
+    def __init__(
+        self, key_field: str, known: Mapping[str, Hashable], by_etag: bool, inserts: dict[str, Row]
+    ) -> None:
+        self.scan = _Scan(key_field)
+        self.key_field, self.known, self.by_etag = key_field, known, by_etag
+        self.inserts = inserts
+        self.updates: dict[str, Row] = {}
+        self.memo: dict[str, Hashable] = {}
+        self.unchanged = 0
+
+    def regular(self, chunk: list[Mapping[str, Any]]) -> bool:
+        """Diff ``chunk`` by whole columns, if its items are regular (dicts with new,
+        unique, non-empty string keys, all JSON); ``False``, having done nothing, if not.
+
+        Keys by ``itemgetter``, payloads by ``orjson.dumps``, fingerprints by
+        ``hash``, etags by ``sha256`` and ``hexdigest``, and for a chunk of new
+        keys (a full load) the rows too, all by ``map``: the per-item work runs
+        in C. Only the items that differ are looked at one by one.
+        """
+        try:
+            keys = list(map(itemgetter(self.key_field), chunk))
+        except (KeyError, TypeError, IndexError):
+            return False
+        memo = self.memo
+        if (
+            not _regular_keys(keys)
+            or len(set(keys)) != len(keys)
+            or not memo.keys().isdisjoint(keys)
+        ):
+            return False
+        try:
+            payloads = list(map(orjson.dumps, chunk, repeat(None), repeat(_CANONICAL)))
+        except (orjson.JSONEncodeError, TypeError):
+            return False
+        fingerprints = list(map(hash, payloads))
+        memo.update(zip(keys, fingerprints, strict=True))
+        stored = list(map(self.known.get, keys))
+        if stored.count(None) == len(keys):  # all new: a chunk of a full load
+            etags = map(_hexdigest, map(hashlib.sha256, payloads))
+            texts = map(bytes.decode, payloads)
+            rows = map(tuple.__new__, repeat(Row), zip(texts, etags, repeat(None)))
+            self.inserts.update(zip(keys, rows, strict=True))
+            return True
+        by_etag = self.by_etag
+        compared = list(map(_hexdigest, map(hashlib.sha256, payloads))) if by_etag else fingerprints
+        changed = 0
+        for position in compress(range(len(keys)), map(ne, compared, stored)):
+            payload = payloads[position]
+            etag = compared[position] if by_etag else hashlib.sha256(payload).hexdigest()
+            found = self.inserts if stored[position] is None else self.updates
+            found[keys[position]] = tuple.__new__(Row, (payload.decode(), etag, None))
+            changed += 1
+        self.unchanged += len(keys) - changed
+        return True
+
+    def loop(self, chunk: list[Mapping[str, Any]], start: int) -> None:
+        """Diff ``chunk`` (whose first item is item ``start``) item by item, naming bad ones."""
+        scan, key_field, by_etag = self.scan, self.key_field, self.by_etag
+        inserts, updates, memo, stored = self.inserts, self.updates, self.memo, self.known.get
+        for position, item in enumerate(chunk, start):
+            key = _key_of(item, key_field, position, scan.problems)
             if key is None:
                 continue
-        if key in memo:
-            scan.duplicate(position, key)
-            continue
-        try:
-            payload = dumps(item, option=option)
-        except (orjson.JSONEncodeError, TypeError) as exc:
-            memo[key] = None  # seen: a later duplicate is named as one
-            scan.not_json(position, key, exc)
-            continue
-        fingerprint = memo[key] = hash(payload)
-        old = stored(key)
-        if by_etag:
-            etag = sha256(payload).hexdigest()
-            if old == etag:
-                unchanged += 1
+            if key in memo:
+                scan.duplicate(position, key)
                 continue
-        elif old == fingerprint:
-            unchanged += 1
-            continue
-        else:
-            etag = sha256(payload).hexdigest()
-        changed = new_tuple(Row, (payload.decode(), etag, None))
-        (inserts if old is None else updates)[key] = changed
-    scan.count = position + 1
-    if on_item is not None:
-        on_item(scan.count)
-    scan.finish()
-    return Diff(inserts, updates, [k for k in known if k not in memo], unchanged, memo)
+            try:
+                payload = orjson.dumps(item, option=_CANONICAL)
+            except (orjson.JSONEncodeError, TypeError) as exc:
+                memo[key] = None  # seen: a later duplicate is named as one
+                scan.not_json(position, key, exc)
+                continue
+            fingerprint = memo[key] = hash(payload)
+            old = stored(key)
+            etag = hashlib.sha256(payload).hexdigest() if by_etag else None
+            if old == (etag if by_etag else fingerprint):
+                self.unchanged += 1
+                continue
+            changed = row(payload) if etag is None else Row(payload.decode(), etag)
+            (inserts if old is None else updates)[key] = changed
+
+
+_hexdigest = methodcaller("hexdigest")
 
 
 def diff_by_version(

@@ -224,6 +224,54 @@ def test_the_fingerprint_diff_reports_progress_once_done() -> None:
     assert seen == [1000, 2000, 2500]
 
 
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ({"name": "no key"}, "item 1700: has no key field 'id'"),
+        ({"id": "k10"}, "item 1700: duplicate key 'k10'"),  # a key of the first chunk
+        ({"id": "x", "v": {1}}, "item 1700 (key 'x'): payload is not JSON"),
+    ],
+)
+def test_a_bad_item_in_a_later_chunk_is_named_by_its_position(
+    bad: dict[str, object], problem: str
+) -> None:
+    items = catalogue(2500)
+    items[1700] = bad
+
+    with pytest.raises(InvalidItemsError, match="refused 1 of 2500 items") as caught:
+        diff_by_etag(items, "id", {})
+
+    assert problem in str(caught.value)
+
+
+def test_chunks_diffed_by_columns_and_item_by_item_agree_with_the_whole_list() -> None:
+    old = catalogue(3000)
+    items = catalogue(3200, changed=frozenset(range(0, 3000, 97)))[100:]
+    items[1500] = {"id": 7, "v": 7}  # an integer key: its chunk goes item by item
+    stored = etags_of(old)
+
+    by_chunks = diff_by_etag(iter(items), "id", stored)
+    by_list = diff_by_fingerprint(items, "id", diff_by_etag(old, "id", {}).memo)
+
+    assert by_chunks.updates == by_list.updates and len(by_chunks.updates) == 29
+    assert by_chunks.inserts == by_list.inserts and set(by_chunks.inserts) == {
+        *(f"k{i}" for i in range(3000, 3200)),
+        "7",
+    }
+    assert sorted(by_chunks.deletes) == sorted(by_list.deletes)
+    assert len(by_chunks.deletes) == 101  # k0..k99 and k1600 (replaced by key 7)
+    assert (by_chunks.unchanged, by_chunks.memo) == (by_list.unchanged, by_list.memo)
+    assert list(by_chunks.memo) == list(by_list.memo)
+
+
+def test_the_content_diff_reports_progress_between_chunks_and_at_the_end() -> None:
+    seen: list[int] = []
+
+    diff_by_etag(iter(catalogue(2500)), "id", {}, on_item=seen.append)
+
+    assert seen == [1000, 2000, 2500]
+
+
 def test_a_bad_payload_among_regular_items_is_named_by_position() -> None:
     items = [{"id": f"k{i}", "rev": "2"} for i in range(5)]
     items[3]["bad"] = object()  # type: ignore[assignment]
