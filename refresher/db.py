@@ -38,12 +38,6 @@ from refresher.settings import DatabaseAuth, Settings
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another's lock before giving up."""
 
-SQLITE_PAGE_SIZE = 16384
-"""Page size of a new SQLite cache file. Rows of ~500-byte payloads fill 4 KiB pages
-(SQLite's default) after a handful each; with 16 KiB pages a 100,000-row refresh
-writes and checkpoints ~30% faster, a 1% one too, for ~1.5 us more per point read
-(``bench/RESULTS.md``). An existing file keeps the page size it was created with."""
-
 IMMEDIATE = {"sqlite_begin": "BEGIN IMMEDIATE"}
 """Execution options for a connection that will write (takes SQLite's lock at BEGIN)."""
 
@@ -124,8 +118,6 @@ def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        # Only a new, empty database takes it (before WAL mode writes its header).
-        cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
