@@ -160,15 +160,19 @@ def diff_by_fingerprint(
     old and new payload has a chance of 2**-64); a different one means the
     payload changed, so only changed items are hashed with SHA-256.
 
-    Regular input (a list of dicts with unique non-empty string keys, all
+    A list of regular items (dicts with unique non-empty string keys, all
     JSON-serialisable) takes :func:`_diff_regular_fingerprints`, which does the
-    per-item work in C; anything else takes the loop, which names each bad item.
+    per-item work in C over the whole list. Anything else goes chunk by chunk
+    (:func:`_diff_content`): an iterator, so that its later pages are still
+    being fetched while the earlier ones are diffed (materialising it first
+    would wait for the whole fetch), or irregular input, whose bad items the
+    loop names.
     """
-    items = items if type(items) is list else list(items)
-    diff = _diff_regular_fingerprints(items, key_field, previous)
-    if diff is not None:
-        _report_done(len(items), on_item)
-        return diff
+    if type(items) is list:
+        diff = _diff_regular_fingerprints(items, key_field, previous)
+        if diff is not None:
+            _report_done(len(items), on_item)
+            return diff
     return _diff_content(items, key_field, previous, False, on_item, None)
 
 

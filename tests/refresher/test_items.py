@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 
 import pytest
 
@@ -216,12 +216,33 @@ def test_integer_keys_take_the_loop_and_are_stored_as_text() -> None:
     assert diff_by_fingerprint([{"id": 1}, {"id": 2}], "id", first.memo).unchanged == 2
 
 
-def test_the_fingerprint_diff_reports_progress_once_done() -> None:
+def test_the_fingerprint_diff_of_a_list_reports_progress_once_done() -> None:
     seen: list[int] = []
 
-    diff_by_fingerprint(iter(catalogue(2500)), "id", {}, on_item=seen.append)
+    diff_by_fingerprint(catalogue(2500), "id", {}, on_item=seen.append)
 
     assert seen == [1000, 2000, 2500]
+
+
+def test_the_fingerprint_diff_of_an_iterator_diffs_chunks_as_they_arrive() -> None:
+    # A refresh's items arrive while the source is still being fetched: the diff
+    # must not wait for the last page before it starts.
+    pulled: list[int] = []
+    first = diff_by_etag(catalogue(3000), "id", {})
+    items = catalogue(3000, changed=frozenset({5, 2500}))
+
+    def arriving() -> Iterator[dict[str, object]]:
+        for count, item in enumerate(items, 1):
+            pulled.append(count)
+            yield item
+
+    seen: list[tuple[int, int]] = []
+    changes = diff_by_fingerprint(
+        arriving(), "id", first.memo, on_item=lambda done: seen.append((done, len(pulled)))
+    )
+
+    assert seen == [(1000, 2000), (2000, 3000), (3000, 3000)]
+    assert set(changes.updates) == {"k5", "k2500"} and changes.unchanged == 2998
 
 
 @pytest.mark.parametrize(
