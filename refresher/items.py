@@ -193,23 +193,40 @@ def _diff_regular_fingerprints(
         keys = list(map(itemgetter(key_field), items))
     except (KeyError, TypeError, IndexError):
         return None  # an item without a key, or not a mapping
-    same_keys = isinstance(known, dict) and len(keys) == len(known) and keys == list(known)
+    same_keys = _same_keys(keys, known)
     if not keys or not (same_keys or _regular_keys(keys)):
         return None
     try:
         fingerprints = list(map(hash, map(orjson.dumps, items, repeat(None), repeat(_CANONICAL))))
     except (orjson.JSONEncodeError, TypeError):
         return None  # an item that is not JSON: let the loop name every bad one
+    compared = _compared(keys, fingerprints, known, same_keys)
+    if compared is None:
+        return None  # a duplicate key: let the loop name it
+    memo, stored, positions = compared
+    return _regular_diff(items, keys, fingerprints, None, stored, positions, memo, known)
+
+
+def _same_keys(keys: list[Any], known: Mapping[str, Hashable]) -> bool:
+    """Whether ``keys`` are the keys ``known`` holds, in its order."""
+    return isinstance(known, dict) and len(keys) == len(known) and keys == list(known)
+
+
+def _compared(
+    keys: list[str], values: Sequence[Hashable], known: Mapping[str, Hashable], same_keys: bool
+) -> tuple[dict[str, Hashable], list[Hashable | None], list[int]] | None:
+    """``values`` (by key) against ``known``: a new memo of them (``known``'s copy when
+    ``same_keys``, its changed values still to be set), the stored values by position,
+    and the positions whose value differs; ``None`` if a key repeats."""
     if same_keys:
         memo = dict(known)
         stored: list[Hashable | None] = list(known.values())
     else:
-        memo = dict(zip(keys, fingerprints, strict=True))
+        memo = dict(zip(keys, values, strict=True))
         if len(memo) != len(keys):
-            return None  # a duplicate key: let the loop name it
+            return None
         stored = list(map(known.get, keys))
-    positions = list(compress(range(len(keys)), map(ne, fingerprints, stored)))
-    return _regular_diff(items, keys, fingerprints, None, stored, positions, memo, known)
+    return memo, stored, list(compress(range(len(keys)), map(ne, values, stored)))
 
 
 CHUNK = 1000
@@ -431,18 +448,13 @@ def _diff_regular_versions(
         versions = list(map(itemgetter(version_field), items))
     except (KeyError, TypeError, IndexError):
         return None  # an item without a key or version, or not a mapping
-    same_keys = isinstance(known, dict) and len(keys) == len(known) and keys == list(known)
+    same_keys = _same_keys(keys, known)
     if not keys or not _regular(keys, versions, checked_keys=same_keys):
         return None
-    if same_keys:
-        memo = dict(known)
-        stored: list[Hashable | None] = list(known.values())
-    else:
-        memo = dict(zip(keys, versions, strict=True))
-        if len(memo) != len(keys):
-            return None  # a duplicate key: let the loop name it
-        stored = list(map(known.get, keys))
-    positions = list(compress(range(len(keys)), map(ne, versions, stored)))
+    compared = _compared(keys, versions, known, same_keys)
+    if compared is None:
+        return None  # a duplicate key: let the loop name it
+    memo, stored, positions = compared
     if type(versions[0]) is int and known:
         # Stored as text, given as an integer: the same version (kept as given).
         for position in positions:
