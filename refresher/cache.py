@@ -27,8 +27,11 @@ Refreshing 100k rows of which 1% changed writes about 1% of the rows. A store
 remembers, per namespace, cheap in-process fingerprints of the content it last
 wrote (valid while the namespace's generation is the one it wrote): the next
 refresh by the same process then neither reads the etags back nor computes a
-SHA-256 for unchanged items. Any other writer bumps the generation, and the
-store falls back to comparing with the stored etags.
+SHA-256 for unchanged items. Any other writer bumps the generation: the store
+then reads back the rows written since its memo's generation and brings the
+memo up to date (replicas take turns at a namespace), or, when the run history
+does not vouch for that (deletes, too many rows or generations), compares with
+the stored etags.
 """
 
 from __future__ import annotations
@@ -156,6 +159,14 @@ class _Known:
     stored: dict[str, str]
 
 
+CATCH_UP_MAX_GENERATIONS = 100
+"""How many generations behind a process's memo may be and still be brought up to date."""
+
+CATCH_UP_MAX_ROWS = 20_000
+"""How many rows the refreshes since a process's memo may have written for it to be
+brought up to date from them; past that, reading every stored etag costs about as much."""
+
+
 def _diff(
     items: Iterable[Mapping[str, Any]],
     key_field: str,
@@ -193,7 +204,10 @@ class CacheStore:
 
     ``copy_min_rows``: on PostgreSQL, a refresh that inserts (or updates) at
     least this many rows writes them with ``COPY`` (``None``: always
-    ``executemany``; see :func:`refresher.bulk.copy_rows`).
+    ``executemany``; see :func:`refresher.bulk.copy_rows`). ``catch_up``: how
+    many generations and rows written since this process's last refresh of a
+    namespace it still reads back instead of every stored etag (see
+    :meth:`_caught_up`).
     """
 
     def __init__(
@@ -203,11 +217,13 @@ class CacheStore:
         leases: LeaseManager | None = None,
         remember: bool = True,
         copy_min_rows: int | None = COPY_MIN_ROWS,
+        catch_up: tuple[int, int] = (CATCH_UP_MAX_GENERATIONS, CATCH_UP_MAX_ROWS),
     ) -> None:
         self.engine = engine
         self.leases = leases or LeaseManager(engine)
         self._remember = remember
         self._copy_min_rows = copy_min_rows
+        self._catch_up_generations, self._catch_up_rows = catch_up
         # namespace -> (generation, mode, memo of the content this process wrote);
         # mode is the version field, or "" when comparing by content.
         self._memos: dict[str, tuple[int, str, dict[str, Hashable]]] = {}
@@ -267,9 +283,11 @@ class CacheStore:
         """What the namespace holds now, to diff a refresh against.
 
         This process's memo when it wrote the current generation in the same
-        mode; otherwise the stored etags (or source versions) read back. The
-        lease keeps anyone else from writing until this refresh commits, and
-        :meth:`_commit` checks the generation again to be sure.
+        mode; brought up to date (:meth:`_caught_up`) when other processes
+        wrote the generations since; otherwise the stored etags (or source
+        versions) read back. The lease keeps anyone else from writing until
+        this refresh commits, and :meth:`_commit` checks the generation again
+        to be sure.
         """
         with self.engine.connect() as conn:
             generation = conn.execute(
@@ -279,6 +297,10 @@ class CacheStore:
             memo = self._memos.get(namespace)
             if memo is not None and memo[:2] == (current, mode):
                 return _Known(current, mode, memo[2], {})
+            if memo is not None and memo[1] == mode:
+                caught = self._caught_up(conn, namespace, memo, current)
+                if caught is not None:
+                    return _Known(current, mode, caught, {})
             column = entries.c.source_version if mode else entries.c.etag
             # Straight from the driver: 100k pairs through SQLAlchemy's Result
             # rows cost more than the query.
@@ -291,6 +313,57 @@ class CacheStore:
             # A row written without a version compares unequal to any version ("").
             stored = {key: value or "" for key, value in stored.items()}
         return _Known(current, mode, None, stored)
+
+    def _caught_up(
+        self,
+        conn: Connection,
+        namespace: str,
+        memo: tuple[int, str, dict[str, Hashable]],
+        current: int,
+    ) -> dict[str, Hashable] | None:
+        """This process's memo of generation ``memo[0]``, brought up to ``current``
+        from the rows the refreshes since wrote; ``None`` when it cannot be.
+
+        Replicas take turns at a namespace's lease, so the one refreshing it
+        often did not write the generation before. Every row carries the
+        generation of the refresh that wrote it, so the rows written since the
+        memo's are exactly what changed, as long as nothing was deleted: the
+        run history must account for every generation since (a pruned history
+        does not), with no deletes, within the store's ``catch_up`` limits.
+        Otherwise the stored etags are read back as after a restart. Like the
+        memo itself, this relies on refreshes being the only writers of the
+        cache table.
+        """
+        since, mode, remembered = memo
+        if not 0 < current - since <= self._catch_up_generations:
+            return None
+        history = sa.select(
+            sa.func.count(sa.distinct(refresh_runs.c.generation)),
+            sa.func.coalesce(sa.func.sum(refresh_runs.c.rows_deleted), 0),
+            sa.func.coalesce(
+                sa.func.sum(refresh_runs.c.rows_inserted + refresh_runs.c.rows_updated), 0
+            ),
+        ).where(
+            refresh_runs.c.namespace == namespace,
+            refresh_runs.c.status == "succeeded",
+            refresh_runs.c.generation > since,
+            refresh_runs.c.generation <= current,
+        )
+        generations, deleted, written = conn.execute(history).one()
+        if generations != current - since or deleted or written > self._catch_up_rows:
+            return None
+        column = entries.c.source_version if mode else entries.c.payload
+        changed = conn.execute(
+            sa.select(entries.c.key, column).where(
+                entries.c.namespace == namespace, entries.c.generation > since
+            )
+        ).all()
+        caught = dict(remembered)
+        if mode:  # versions as stored (text); a row written without one compares as ""
+            caught.update((key, version or "") for key, version in changed)
+        else:  # the fingerprint of the canonical payload, as the content diff takes it
+            caught.update((key, hash(payload.encode())) for key, payload in changed)
+        return caught
 
     def _stream(
         self, namespace: str, known: _Known, version_field: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from refresher.errors import (
     NamespaceNotFoundError,
 )
 from refresher.lease import LeaseManager
-from refresher.schema import KEY_MAX, entries
+from refresher.schema import KEY_MAX, entries, refresh_runs
 
 
 def catalogue(count: int, *, start: int = 0, version: int = 1) -> list[dict[str, Any]]:
@@ -114,6 +115,101 @@ def test_remembered_etags_are_dropped_when_another_process_wrote(
 
     assert result.unchanged == 10
     assert result.written == 0
+
+
+@contextlib.contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """The SQL the engine runs inside the block, whitespace folded."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def read_every_etag(seen: list[str], column: str = "etag") -> bool:
+    """Whether a query read ``column`` of every row of a namespace (not only recent ones)."""
+    return any(f"cache_entries.{column} FROM" in sql and "generation" not in sql for sql in seen)
+
+
+def test_a_store_catches_up_with_the_refreshes_another_process_wrote(
+    store: CacheStore, engine: Engine
+) -> None:
+    # Replicas take turns at the lease: the rows another one wrote since this
+    # process's last refresh are read back, not every stored etag.
+    store.apply("products", catalogue(40))
+    other = CacheStore(engine, leases=LeaseManager(engine, holder="other"))
+    theirs = catalogue(41)
+    theirs[3]["price"] = 1000
+    other.apply("products", theirs)
+    other.apply("products", [*theirs, *catalogue(1, start=90)])
+    ours = [*theirs, *catalogue(1, start=90)]
+    ours[5]["price"] = 2000
+
+    with statements(engine) as seen:
+        result = store.apply("products", ours)
+
+    assert (result.inserted, result.updated, result.deleted, result.unchanged) == (0, 1, 0, 41)
+    assert not read_every_etag(seen)
+    assert store.get_item("products", "item-00005").data()["price"] == 2000
+    again = CacheStore(engine, leases=LeaseManager(engine, holder="cold")).apply("products", ours)
+    assert again.written == 0
+
+
+def test_a_delete_by_another_process_makes_the_store_read_every_etag(
+    store: CacheStore, engine: Engine
+) -> None:
+    store.apply("products", catalogue(10))
+    other = CacheStore(engine, leases=LeaseManager(engine, holder="other"))
+    other.apply("products", catalogue(9))  # item 9 deleted
+
+    with statements(engine) as seen:
+        result = store.apply("products", catalogue(10))
+
+    assert read_every_etag(seen)
+    assert (result.inserted, result.unchanged) == (1, 9)
+    assert store.get_item("products", "item-00009").data()["price"] == 27
+
+
+@pytest.mark.parametrize("gap", ["pruned history", "too many generations", "too many rows"])
+def test_a_store_too_far_behind_reads_every_etag(engine: Engine, gap: str) -> None:
+    limits = {"too many generations": (1, 100), "too many rows": (10, 19)}.get(gap, (10, 100))
+    store = CacheStore(engine, catch_up=limits)
+    store.apply("products", catalogue(10))
+    other = CacheStore(engine, leases=LeaseManager(engine, holder="other"))
+    other.apply("products", catalogue(10, version=2))
+    other.apply("products", catalogue(10, version=3))
+    if gap == "pruned history":  # a DBA trimmed the run history
+        with engine.begin() as conn:
+            conn.execute(refresh_runs.delete().where(refresh_runs.c.generation == 2))
+
+    with statements(engine) as seen:
+        result = store.apply("products", catalogue(10, version=3))
+
+    assert read_every_etag(seen)
+    assert (result.written, result.unchanged) == (0, 10)
+
+
+def test_a_versioned_store_catches_up_with_another_process(
+    store: CacheStore, engine: Engine
+) -> None:
+    store.apply("versioned", with_versions(20), version_field="rev")
+    other = CacheStore(engine, leases=LeaseManager(engine, holder="other"))
+    other.apply("versioned", with_versions(20, bumped=frozenset({4})), version_field="rev")
+
+    with statements(engine) as seen:
+        result = store.apply(
+            "versioned", with_versions(20, bumped=frozenset({4, 7})), version_field="rev"
+        )
+
+    assert (result.updated, result.unchanged) == (1, 19)
+    assert not read_every_etag(seen, "source_version")
+    assert store.get_item("versioned", "item-00007").source_version == "2"
 
 
 def test_namespaces_are_kept_apart(store: CacheStore) -> None:
