@@ -20,7 +20,10 @@ its own (so every full load goes into an empty table):
   each repeat);
 - ``unchanged``: the same store, the same items again;
 - ``1% changed, cold process``: a *new* CacheStore (no remembered etags, as
-  after a restart), another 1% modified.
+  after a restart), another 1% modified;
+- ``1% changed, after another replica``: the first store again, another 1%
+  modified, after the cold process's refresh (as when replicas take turns at a
+  namespace): it brings what it remembers up to date from the rows written since.
 
 Medians are reported (the machine this runs on is usually shared and noisy),
 with min-max, plus the client process's CPU time to tell Python work from
@@ -83,12 +86,13 @@ FULL = "full load (empty namespace)"
 CHANGED = "1% changed"
 UNCHANGED = "unchanged"
 CHANGED_COLD = "1% changed, cold process"
+CHANGED_REPLICA = "1% changed, after another replica"
 # The same refreshes of a namespace compared by the items' own "version" field
 # (CacheStore.apply(version_field=...)): unchanged items are not serialised.
 V = " [by version]"
 SCENARIOS = (
-    BASELINE, RAW_COPY, FULL, CHANGED, UNCHANGED, CHANGED_COLD,
-    FULL + V, CHANGED + V, UNCHANGED + V, CHANGED_COLD + V,
+    BASELINE, RAW_COPY, FULL, CHANGED, UNCHANGED, CHANGED_COLD, CHANGED_REPLICA,
+    FULL + V, CHANGED + V, UNCHANGED + V, CHANGED_COLD + V, CHANGED_REPLICA + V,
 )  # fmt: skip
 
 # fmt: off
@@ -344,6 +348,7 @@ def run_engine(
         namespace = f"bench-{repeat}"
         changed = with_changes(items, SEED + 1 + repeat)
         changed_again = with_changes(changed, SEED + 1001 + repeat)
+        changed_third = with_changes(changed_again, SEED + 2001 + repeat)
 
         def baseline_step(table: sa.Table = baseline) -> int:
             raw_insert(engine, table, rows)
@@ -362,10 +367,12 @@ def run_engine(
             (CHANGED, applied(store, namespace, changed)),
             (UNCHANGED, applied(store, namespace, changed)),
             (CHANGED_COLD, applied(CacheStore(engine), namespace, changed_again)),
+            (CHANGED_REPLICA, applied(store, namespace, changed_third)),
             (FULL + V, applied(store, versioned, items, "version")),
             (CHANGED + V, applied(store, versioned, changed, "version")),
             (UNCHANGED + V, applied(store, versioned, changed, "version")),
             (CHANGED_COLD + V, applied(CacheStore(engine), versioned, changed_again, "version")),
+            (CHANGED_REPLICA + V, applied(store, versioned, changed_third, "version")),
         ]
         for scenario, step in steps:
             if scenario == RAW_COPY:
@@ -527,7 +534,8 @@ def targets(r: EngineResults) -> list[tuple[str, bool, str]]:
                 f"{full_ratio:.1%}",
             )
         )
-    for scenario in (CHANGED, CHANGED_COLD, CHANGED + V, CHANGED_COLD + V):
+    changed = (CHANGED, CHANGED_COLD, CHANGED_REPLICA)
+    for scenario in (*changed, *(scenario + V for scenario in changed)):
         time_ratio = r.median(scenario) / r.median(full_load_of(scenario))
         checks.append(
             (
