@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +21,8 @@ SAMPLE_RATE = 250
 
 def py_spy() -> str | None:
     """The py-spy executable, if installed (next to this Python or on PATH)."""
-    return shutil.which("py-spy")
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
 def record(pid: int, seconds: float, out: Path, *, cpu: str) -> subprocess.Popen[bytes]:
