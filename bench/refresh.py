@@ -522,7 +522,9 @@ def full_load_of(scenario: str) -> str:
     return FULL + V if scenario.endswith(V) else FULL
 
 
-def targets(r: EngineResults) -> list[tuple[str, bool, str]]:
+def targets(r: EngineResults) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets (``True``/``False``) and, as ``None``, figures shown beside them:
+    the 1% refreshes of a cold process and after another replica are not targets."""
     one_percent = r.items * CHANGED_FRACTION
     checks = []
     for full in (FULL, FULL + V):
@@ -537,13 +539,12 @@ def targets(r: EngineResults) -> list[tuple[str, bool, str]]:
     changed = (CHANGED, CHANGED_COLD, CHANGED_REPLICA)
     for scenario in (*changed, *(scenario + V for scenario in changed)):
         time_ratio = r.median(scenario) / r.median(full_load_of(scenario))
-        checks.append(
-            (
-                f"{scenario}: <= {REFRESH_MAX_TIME_RATIO:.0%} of the full load's time",
-                time_ratio <= REFRESH_MAX_TIME_RATIO,
-                f"{time_ratio:.1%}",
-            )
-        )
+        if scenario.removesuffix(V) == CHANGED:
+            label = f"{scenario}: <= {REFRESH_MAX_TIME_RATIO:.0%} of the full load's time"
+            checks.append((label, time_ratio <= REFRESH_MAX_TIME_RATIO, f"{time_ratio:.1%}"))
+        else:
+            label = f"(not a target) {scenario}: time vs the full load's"
+            checks.append((label, None, f"{time_ratio:.1%}"))
         written = r.written(scenario)
         checks.append(
             (
@@ -580,7 +581,7 @@ def render_text(
                 out.append("  " + "  ".join("-" * width for width in widths))
         out.append("  targets:")
         for label, ok, value in targets(r):
-            out.append(f"    [{'PASS' if ok else 'FAIL'}] {label}: {value}")
+            out.append(f"    [{_verdict(ok, markdown=False)}] {label}: {value}")
     return "\n".join(out)
 
 
@@ -599,10 +600,18 @@ def render_markdown(
         out += ["| " + " | ".join(row) + " |" for row in table_rows(r)]
         out += ["", "| target | result | figure |", "|---|---|---:|"]
         out += [
-            f"| {label} | {'pass' if ok else '**FAIL**'} | {value} |"
+            f"| {label} | {_verdict(ok, markdown=True)} | {value} |"
             for label, ok, value in targets(r)
         ]
     return "\n".join(out)
+
+
+def _verdict(ok: bool | None, *, markdown: bool) -> str:
+    if ok is None:
+        return "-" if markdown else "INFO"
+    if markdown:
+        return "pass" if ok else "**FAIL**"
+    return "PASS" if ok else "FAIL"
 
 
 # -- entry point -------------------------------------------------------------------
