@@ -34,8 +34,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from refresher.cache import history_since
 from refresher.errors import StoreError
-from refresher.schema import entries, namespaces, refresh_runs
+from refresher.schema import entries, namespaces
 
 
 class CachedItem(TypedDict):
@@ -145,21 +146,10 @@ class ItemRows:
         """What the refreshes of ``namespace`` after generation ``since`` wrote and deleted,
         by the run history (deleted: assumed when it does not account for every
         generation since)."""
-        history = sa.select(
-            sa.func.count(sa.distinct(refresh_runs.c.generation)),
-            sa.func.coalesce(sa.func.sum(refresh_runs.c.rows_deleted), 0),
-            sa.func.coalesce(
-                sa.func.sum(refresh_runs.c.rows_inserted + refresh_runs.c.rows_updated), 0
-            ),
-        ).where(
-            refresh_runs.c.namespace == namespace,
-            refresh_runs.c.status == "succeeded",
-            refresh_runs.c.generation > since,
-        )
         latest = sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
-        generations, deleted, written = conn.execute(history).one()
+        generations, deleted, written = history_since(conn, namespace, since)
         current = conn.execute(latest).scalar() or 0
-        return Writes(int(written), bool(deleted) or generations < current - since)
+        return Writes(written, bool(deleted) or generations < current - since)
 
     def _item(self, payload: str, etag: str, changed_at: Any) -> CachedItem:
         return {

@@ -581,7 +581,7 @@ def render_text(
                 out.append("  " + "  ".join("-" * width for width in widths))
         out.append("  targets:")
         for label, ok, value in targets(r):
-            out.append(f"    [{_verdict(ok, markdown=False)}] {label}: {value}")
+            out.append(f"    [{verdict(ok, markdown=False)}] {label}: {value}")
     return "\n".join(out)
 
 
@@ -600,13 +600,14 @@ def render_markdown(
         out += ["| " + " | ".join(row) + " |" for row in table_rows(r)]
         out += ["", "| target | result | figure |", "|---|---|---:|"]
         out += [
-            f"| {label} | {_verdict(ok, markdown=True)} | {value} |"
+            f"| {label} | {verdict(ok, markdown=True)} | {value} |"
             for label, ok, value in targets(r)
         ]
     return "\n".join(out)
 
 
-def _verdict(ok: bool | None, *, markdown: bool) -> str:
+def verdict(ok: bool | None, *, markdown: bool) -> str:
+    """A check's result as printed: pass or fail, or none for a figure shown beside them."""
     if ok is None:
         return "-" if markdown else "INFO"
     if markdown:

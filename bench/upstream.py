@@ -75,6 +75,7 @@ from refresh import (
     settle,
     sqlite_engine,
     trim_stats,
+    verdict,
 )
 from sqlalchemy.engine import Engine
 
@@ -558,14 +559,6 @@ def targets(r: EngineResults) -> list[tuple[str, bool | None, str]]:
         )
     )
     return checks
-
-
-def verdict(ok: bool | None, *, markdown: bool) -> str:
-    if ok is None:
-        return "-" if markdown else "INFO"
-    if markdown:
-        return "pass" if ok else "**FAIL**"
-    return "PASS" if ok else "FAIL"
 
 
 def describe(upstream: Upstream, r: EngineResults) -> str:

@@ -337,19 +337,7 @@ class CacheStore:
         since, mode, remembered = memo
         if not 0 < current - since <= self._catch_up_generations:
             return None
-        history = sa.select(
-            sa.func.count(sa.distinct(refresh_runs.c.generation)),
-            sa.func.coalesce(sa.func.sum(refresh_runs.c.rows_deleted), 0),
-            sa.func.coalesce(
-                sa.func.sum(refresh_runs.c.rows_inserted + refresh_runs.c.rows_updated), 0
-            ),
-        ).where(
-            refresh_runs.c.namespace == namespace,
-            refresh_runs.c.status == "succeeded",
-            refresh_runs.c.generation > since,
-            refresh_runs.c.generation <= current,
-        )
-        generations, deleted, written = conn.execute(history).one()
+        generations, deleted, written = history_since(conn, namespace, since)
         if generations != current - since or deleted or written > self._catch_up_rows:
             return None
         column = entries.c.source_version if mode else entries.c.payload
@@ -624,6 +612,26 @@ class CacheStore:
         if row is None or (with_data and row.refreshed_at is None):
             raise NamespaceNotFoundError(namespace)
         return NamespaceInfo(*row)
+
+
+def history_since(conn: Connection, namespace: str, since: int) -> tuple[int, int, int]:
+    """What the succeeded refreshes of ``namespace`` after generation ``since`` did, by the
+    run history: how many generations they account for (fewer than the namespace moved
+    on by when the history was pruned), the rows they deleted, and the rows they
+    inserted or updated."""
+    history = sa.select(
+        sa.func.count(sa.distinct(refresh_runs.c.generation)),
+        sa.func.coalesce(sa.func.sum(refresh_runs.c.rows_deleted), 0),
+        sa.func.coalesce(
+            sa.func.sum(refresh_runs.c.rows_inserted + refresh_runs.c.rows_updated), 0
+        ),
+    ).where(
+        refresh_runs.c.namespace == namespace,
+        refresh_runs.c.status == "succeeded",
+        refresh_runs.c.generation > since,
+    )
+    generations, deleted, written = conn.execute(history).one()
+    return int(generations), int(deleted), int(written)
 
 
 def lease_name(namespace: str) -> str:
