@@ -65,7 +65,8 @@ def open_resources(
                 )
             )
         engine = stack.enter_context(cache_engine(settings, identity=services.identity))
-        store = CacheStore(engine, leases=LeaseManager(engine, ttl=settings.lease_ttl_seconds))
+        leases = LeaseManager(engine, ttl=settings.lease_ttl_seconds)
+        store = CacheStore(engine, leases=leases, runs_kept=settings.runs_kept)
         validator = stack.enter_context(open_validator(settings))
         yield build_resources(
             settings,

@@ -37,9 +37,10 @@ the stored etags.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -159,6 +160,15 @@ class _Known:
     stored: dict[str, str]
 
 
+RUNS_KEPT = timedelta(days=30)
+"""How long the run history keeps a namespace's refreshes, by default."""
+
+RUNS_ALWAYS_KEPT = 100
+"""A namespace's most recent refreshes that the run history keeps whatever their age."""
+
+PRUNE_EVERY_SECONDS = 3600.0
+"""How often a process prunes the run history of a namespace it refreshes, at most."""
+
 CATCH_UP_MAX_GENERATIONS = 100
 """How many generations behind a process's memo may be and still be brought up to date."""
 
@@ -202,7 +212,10 @@ def _feeding(
 class CacheStore:
     """Reads and refreshes of the shared cache tables on one engine.
 
-    ``copy_min_rows``: on PostgreSQL, a refresh that inserts (or updates) at
+    ``runs_kept``: how long the run history keeps a namespace's refreshes
+    (``None``: for ever); its last ``runs_always_kept`` stay whatever their age
+    (see :meth:`_prune_runs`). ``copy_min_rows``: on PostgreSQL, a refresh that
+    inserts (or updates) at
     least this many rows writes them with ``COPY`` (``None``: always
     ``executemany``; see :func:`refresher.bulk.copy_rows`). ``catch_up``: how
     many generations and rows written since this process's last refresh of a
@@ -218,12 +231,16 @@ class CacheStore:
         remember: bool = True,
         copy_min_rows: int | None = COPY_MIN_ROWS,
         catch_up: tuple[int, int] = (CATCH_UP_MAX_GENERATIONS, CATCH_UP_MAX_ROWS),
+        runs_kept: timedelta | None = RUNS_KEPT,
+        runs_always_kept: int = RUNS_ALWAYS_KEPT,
     ) -> None:
         self.engine = engine
         self.leases = leases or LeaseManager(engine)
         self._remember = remember
         self._copy_min_rows = copy_min_rows
         self._catch_up_generations, self._catch_up_rows = catch_up
+        self._runs_kept, self._runs_always_kept = runs_kept, runs_always_kept
+        self._pruned: dict[str, float] = {}  # namespace -> when this process last pruned it
         # namespace -> (generation, mode, memo of the content this process wrote);
         # mode is the version field, or "" when comparing by content.
         self._memos: dict[str, tuple[int, str, dict[str, Hashable]]] = {}
@@ -485,7 +502,41 @@ class CacheStore:
                 )
             ).inserted_primary_key
             assert run_id is not None
+            self._prune_runs(conn, namespace)
             return int(run_id[0])
+
+    def _prune_runs(self, conn: Connection, namespace: str) -> None:
+        """Forget the runs of ``namespace`` older than ``runs_kept``, but for its last
+        ``runs_always_kept`` (the scheduler plans from the latest, ``runs`` shows them);
+        at most every :data:`PRUNE_EVERY_SECONDS` per process, in the transaction that
+        records a new run (so under the namespace's lease: one pruner at a time).
+
+        A refresh that follows other replicas' reads the run history since its own
+        last generation (:meth:`_caught_up`), and so does the API's read-back; where
+        pruning took what they need, they read every etag instead.
+        """
+        if self._runs_kept is None:
+            return
+        now = time.monotonic()
+        last = self._pruned.get(namespace)
+        if last is not None and now - last < PRUNE_EVERY_SECONDS:
+            return
+        self._pruned[namespace] = now
+        ours = refresh_runs.c.namespace == namespace
+        recent = (
+            sa.select(refresh_runs.c.id)
+            .where(ours)
+            .order_by(refresh_runs.c.id.desc())
+            .limit(self._runs_always_kept)
+            .subquery()
+        )
+        conn.execute(
+            refresh_runs.delete().where(
+                ours,
+                refresh_runs.c.started_at < db_now(conn) - self._runs_kept,
+                refresh_runs.c.id < sa.select(sa.func.min(recent.c.id)).scalar_subquery(),
+            )
+        )
 
     def _finish_failed_run(
         self,

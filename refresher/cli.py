@@ -391,5 +391,7 @@ def check_tables(store: CacheStore) -> None:
 def _store(settings: Settings, engine: Engine) -> CacheStore:
     holder = default_holder(settings.replica_id)
     return CacheStore(
-        engine, leases=LeaseManager(engine, holder=holder, ttl=settings.lease_ttl_seconds)
+        engine,
+        leases=LeaseManager(engine, holder=holder, ttl=settings.lease_ttl_seconds),
+        runs_kept=settings.runs_kept,
     )

@@ -8,6 +8,7 @@ in the code base reads the environment.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -171,6 +172,13 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long refreshes in progress may take to finish before "
         "they are abandoned (rolled back).",
     )
+    runs_keep_days: float = Field(
+        default=30.0,
+        ge=0,
+        le=3650,
+        description="How long the run history keeps a namespace's refreshes (0: for ever); "
+        "the last 100 of each namespace are kept whatever their age.",
+    )
     metrics_port: int = Field(
         default=9464,
         ge=0,
@@ -243,6 +251,11 @@ class Settings(BaseSettings):
         description="How often the in-memory layer checks the namespaces' generations: "
         "an item may be served at most this long after the database switched.",
     )
+
+    @property
+    def runs_kept(self) -> timedelta | None:
+        """How long the run history keeps refreshes (``None``: for ever)."""
+        return timedelta(days=self.runs_keep_days) if self.runs_keep_days else None
 
     @field_validator("database_url")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -279,6 +280,61 @@ def test_namespace_info_tells_rows_generation_and_age(store: CacheStore) -> None
     age = info.age_seconds()
     assert age is not None
     assert 0 <= age < 60
+
+
+def run_ids(engine: Engine, namespace: str) -> list[int]:
+    with engine.connect() as conn:
+        query = sa.select(refresh_runs.c.id).where(refresh_runs.c.namespace == namespace)
+        return sorted(conn.execute(query).scalars())
+
+
+def age_runs(engine: Engine, ids: list[int], days: int) -> None:
+    with engine.begin() as conn:
+        for run_id in ids:
+            started = conn.execute(
+                sa.select(refresh_runs.c.started_at).where(refresh_runs.c.id == run_id)
+            ).scalar_one()
+            conn.execute(
+                refresh_runs.update()
+                .where(refresh_runs.c.id == run_id)
+                .values(started_at=started - timedelta(days=days))
+            )
+
+
+@pytest.mark.parametrize(
+    ("aged", "kept"),
+    [
+        (6, [4, 5, 6, 7]),  # all old: the last four stay whatever their age
+        (2, [3, 4, 5, 6, 7]),  # only two old: the recent ones stay too
+    ],
+)
+def test_the_run_history_forgets_old_runs_but_the_last_ones(
+    engine: Engine, aged: int, kept: list[int]
+) -> None:
+    writer = CacheStore(engine, runs_kept=None)
+    for version in range(6):
+        writer.apply("products", catalogue(3, version=version))
+    first = run_ids(engine, "products")
+    age_runs(engine, first[:aged], days=40)
+    pruning = CacheStore(engine, runs_kept=timedelta(days=30), runs_always_kept=4)
+
+    pruning.apply("products", catalogue(3, version=6))
+
+    assert run_ids(engine, "products") == [first[0] - 1 + position for position in kept]
+    age_runs(engine, run_ids(engine, "products"), days=40)
+    pruning.apply("products", catalogue(3, version=7))  # within the hour: not again
+    assert len(run_ids(engine, "products")) == len(kept) + 1
+
+
+def test_the_run_history_of_other_namespaces_is_left_alone(engine: Engine) -> None:
+    writer = CacheStore(engine, runs_kept=None)
+    for version in range(3):
+        writer.apply("other", catalogue(2, version=version))
+    age_runs(engine, run_ids(engine, "other"), days=40)
+
+    CacheStore(engine, runs_always_kept=1).apply("products", catalogue(2))
+
+    assert len(run_ids(engine, "other")) == 3
 
 
 def test_runs_record_counts_secret_versions_and_runner(store: CacheStore) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from refresher.errors import ConfigurationError
@@ -51,6 +53,7 @@ def test_the_azure_sdk_variables_are_read_without_a_prefix(
         ("CACHE_REFRESHER_PORT", "0", "greater than or equal to 1"),
         ("CACHE_REFRESHER_LOG_LEVEL", "LOUD", "must be one of DEBUG"),
         ("CACHE_REFRESHER_IDENTITY", "magic", "Input should be 'auto'"),
+        ("CACHE_REFRESHER_RUNS_KEEP_DAYS", "-1", "greater than or equal to 0"),
     ],
 )
 def test_a_wrong_setting_is_named_with_what_it_should_be(
@@ -79,6 +82,12 @@ def test_every_wrong_setting_gets_its_own_line(monkeypatch: pytest.MonkeyPatch) 
 def test_entra_database_login_needs_an_azure_database_url() -> None:
     with pytest.raises(ConfigurationError, match=r"CACHE_REFRESHER_DATABASE_AUTH: .*'entra' works"):
         load_settings(database_url="sqlite:///x.db", database_auth="entra")
+
+
+def test_the_run_history_is_kept_thirty_days_unless_told_otherwise() -> None:
+    assert Settings().runs_kept == timedelta(days=30)
+    assert Settings(runs_keep_days=0.5).runs_kept == timedelta(hours=12)
+    assert Settings(runs_keep_days=0).runs_kept is None  # for ever
 
 
 def test_settings_are_frozen() -> None:
