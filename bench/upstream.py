@@ -68,6 +68,7 @@ import sqlalchemy as sa
 from refresh import (
     DEFAULT_POSTGRES_URL,
     baseline_rows,
+    checkpointed,
     machine_info,
     postgresql_engine,
     raw_insert,
@@ -428,13 +429,20 @@ def run(
                     if scenario == CHANGED:
                         restore = upstream.change_users(SEED + 1 + repeat)
                     settle(engine)
+                    before = checkpointed(engine)
                     sample = timed(step, upstream.users, upstream)
+                    checkpoint = checkpointed(engine) - before
                     results[name].samples[scenario].append(sample)
                     written = sample.outcome.written
                     log(
                         f"  {name} repeat {repeat + 1}/{repeats}: {scenario}: "
                         f"{sample.seconds:.3f} s"
                         + ("" if written is None else f", {written:,} rows written")
+                        + (
+                            f", then {checkpoint:.3f} s of background WAL checkpoint"
+                            if checkpoint
+                            else ""
+                        )
                     )
                     if scenario == SEQUENTIAL:
                         reset_tables(engine)  # the next full load into empty tables too

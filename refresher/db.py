@@ -3,9 +3,10 @@
 ``create_engine`` applies what each engine needs to serve the cache safely:
 
 - SQLite: WAL journal (readers never block the writer and see the last
-  committed refresh), a busy timeout, and explicit ``BEGIN`` / ``BEGIN
-  IMMEDIATE`` so a refresh takes the write lock up front instead of failing
-  half-way on a lock upgrade.
+  committed refresh), checkpointed in a thread rather than inside commits
+  (:mod:`refresher.checkpointer`), a busy timeout, and explicit ``BEGIN`` /
+  ``BEGIN IMMEDIATE`` so a refresh takes the write lock up front instead of
+  failing half-way on a lock upgrade.
 - PostgreSQL (psycopg 3): pre-ping, so a restarted server costs no request.
 - Azure SQL (``mssql+pyodbc``): ``fast_executemany`` for batched writes.
 
@@ -16,11 +17,13 @@ password: :mod:`refresher.db_tokens`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
 from azure.core.credentials import TokenCredential
@@ -28,6 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
+from refresher.checkpointer import WalCheckpointer, connection_pragmas
 from refresher.db_tokens import ConnectRetry, TokenConnector, TokenExpiry, token_method
 from refresher.errors import ConfigurationError, StoreError
 from refresher.identity.build import build_credential
@@ -108,8 +112,16 @@ def cache_engine(settings: Settings, *, identity: AppIdentity | None = None) -> 
 
 
 def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
+    checkpointer = None
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
+        checkpointer = WalCheckpointer(os.path.abspath(database))
+    pragmas = (
+        f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}",
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = NORMAL",
+        *(connection_pragmas() if checkpointer else ()),
+    )
     engine = sa.create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -117,10 +129,13 @@ def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
         # Hand transaction control to SQLAlchemy's "begin" hook below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        for pragma in pragmas:
+            cursor.execute(pragma)
         cursor.close()
+
+    if checkpointer is not None:
+        event.listen(engine, "checkin", checkpointer.poke)
+        _checkpointers[engine] = checkpointer
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -130,6 +145,14 @@ def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
         conn.exec_driver_sql(options.get("sqlite_begin", "BEGIN"))
 
     return engine
+
+
+_checkpointers: WeakKeyDictionary[Engine, WalCheckpointer] = WeakKeyDictionary()
+
+
+def checkpointer_of(engine: Engine) -> WalCheckpointer | None:
+    """The WAL checkpointer of a SQLite file database's engine (``None`` for others)."""
+    return _checkpointers.get(engine)
 
 
 def utcnow() -> datetime:
