@@ -44,13 +44,15 @@ def create_app(settings: Settings, *, resources: ApiResources | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if resources is not None:
             app.state.resources = resources
-            with long_lived_frozen(), _layer_closed(resources):
-                yield
+            with long_lived_frozen():
+                async with _layer_closed(resources):
+                    yield
             return
         with open_resources(settings) as opened:
             app.state.resources = opened
-            with long_lived_frozen(), _layer_closed(opened):
-                yield
+            with long_lived_frozen():
+                async with _layer_closed(opened):
+                    yield
 
     app = FastAPI(
         title="cache-refresher",
@@ -82,11 +84,12 @@ def long_lived_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-@contextmanager
-def _layer_closed(resources: ApiResources) -> Iterator[None]:
-    """The read layer stops following the namespaces when the app stops serving."""
+@asynccontextmanager
+async def _layer_closed(resources: ApiResources) -> AsyncIterator[None]:
+    """When the app stops serving, the read layer stops following the namespaces, and
+    its queries under way end before the store's engine may be disposed."""
     try:
         yield
     finally:
         if resources.reads is not None:
-            resources.reads.close()
+            await resources.reads.close()

@@ -152,6 +152,7 @@ class ReadLayer:
         self._last_read = float("-inf")
         self._follow_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.misses = 0
         """Items read from the store one by one (not served from memory)."""
 
@@ -181,12 +182,23 @@ class ReadLayer:
         self._keep(namespace, key, read, state.generation)
         return read, state
 
-    def close(self) -> None:
-        """Stop following the namespaces on its own (at shutdown)."""
+    async def close(self) -> None:
+        """Stop following the namespaces and wait for the queries under way (at shutdown).
+
+        Once this returns, no thread of the layer is left reading the store, which the
+        caller may then dispose of. (Left running, a check's query could start after the
+        event loop stopped, in a thread the loop no longer waits for, and check its
+        connection back into a pool already disposed: the connection then stays open
+        until the garbage collector finds it.) A read-back under way stops at its next
+        pause, its rows dropped; a check's one query is waited for.
+        """
         self.follow_seconds = 0.0
+        self._closing = True
         if self._follow_timer is not None:
             self._follow_timer.cancel()
             self._follow_timer = None
+        while under_way := [t for t in (self._checking, *self._tasks) if t and not t.done()]:
+            await asyncio.gather(*under_way, return_exceptions=True)
 
     async def check(self) -> None:
         """Check the namespaces' generations now (and start the background work)."""
@@ -194,7 +206,7 @@ class ReadLayer:
         await self._checked()
 
     async def settle(self) -> None:
-        """Wait for the background work under way (for tests and orderly shutdowns)."""
+        """Wait for the background work under way (for tests; :meth:`close` at shutdown)."""
         while self._tasks:
             await asyncio.gather(*self._tasks)
 
@@ -273,6 +285,8 @@ class ReadLayer:
     def _adopt(self) -> None:
         """After a check: warm each namespace seen for the first time, revalidate each
         whose generation changed (without background work: forget its items)."""
+        if self._closing:
+            return
         for name, state in self._states.items():
             held = self._held.get(name)
             if held is not None and held.generation == state.generation:
@@ -296,6 +310,8 @@ class ReadLayer:
     async def _background(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
+        except _Closed:  # the layer closed mid-way: what was read is dropped
+            return
         except CacheRefresherError as exc:  # misses read items one by one meanwhile
             logger.warning("could not refill namespace %r in memory: %s", name, exc)
             return
@@ -430,6 +446,8 @@ class ReadLayer:
             yield row
             if count % READBACK_SLICE == 0:
                 self._sleep(READBACK_PAUSE)
+                if self._closing:
+                    raise _Closed
 
     # -- memory ----------------------------------------------------------------------
 
@@ -486,6 +504,10 @@ def collector_paused() -> Iterator[None]:
             _collector.depth -= 1
             if _collector.depth == 0 and _collector.resume:
                 gc.enable()
+
+
+class _Closed(Exception):
+    """A background read-back stopped because its layer closed."""
 
 
 class _CollectorPauses:

@@ -394,7 +394,7 @@ def test_a_refresh_in_a_lull_after_reads_is_followed_before_the_next_read(
         entry, state = await layer.item("ns", "5")
         assert orjson.loads(entry["payload"]) == {"id": "5", "v": 2}
         assert state.generation == 2 and layer.misses == misses
-        layer.close()
+        await layer.close()
 
     asyncio.run(scenario())
 
@@ -455,6 +455,72 @@ def test_a_failed_check_is_a_store_error_not_unchecked_data(sqlite_url: str, clo
             read(layer, "ns", "a")
     finally:
         engine.dispose()
+
+
+# -- closing -------------------------------------------------------------------------
+#
+# At shutdown the app awaits ReadLayer.close() before the store's engine may be
+# disposed: a query still under way would check its connection back into a disposed
+# pool, which leaves it open until the garbage collector finds it.
+
+WAIT_SECONDS = 10.0
+
+
+def test_closing_waits_for_the_query_of_a_check_under_way(store: CacheStore, clock: Clock) -> None:
+    started, go, ended = threading.Event(), threading.Event(), threading.Event()
+
+    class HeldStore(CacheStore):
+        """Lists the namespaces only once the test lets it."""
+
+        def namespaces(self) -> list[NamespaceInfo]:
+            started.set()
+            go.wait(WAIT_SECONDS)
+            try:
+                return super().namespaces()
+            finally:
+                ended.set()
+
+    layer = ReadLayer(HeldStore(store.engine), check_seconds=CHECK_SECONDS, clock=clock)
+
+    async def scenario() -> None:
+        check = asyncio.ensure_future(layer.check())
+        assert await asyncio.to_thread(started.wait, WAIT_SECONDS)
+        closing = asyncio.ensure_future(layer.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done(), "close returned while the check's query was under way"
+        go.set()
+        await closing
+        assert ended.is_set()
+        await check
+
+    asyncio.run(scenario())
+
+
+def test_closing_stops_a_read_back_at_its_next_pause_and_drops_what_it_read(
+    store: CacheStore, clock: Clock
+) -> None:
+    paused, go = threading.Event(), threading.Event()
+
+    def pause(_seconds: float) -> None:
+        paused.set()
+        go.wait(WAIT_SECONDS)
+
+    layer = ReadLayer(store, capacity=10_000, check_seconds=CHECK_SECONDS, clock=clock, sleep=pause)
+    store.apply("ns", [{"id": str(n)} for n in range(READBACK_SLICE * 3)])
+
+    async def scenario() -> None:
+        await layer.check()  # "ns" is new: it is read into memory in the background
+        assert await asyncio.to_thread(paused.wait, WAIT_SECONDS)
+        closing = asyncio.ensure_future(layer.close())
+        await asyncio.sleep(0)  # close has begun: the read-back stops at its pause
+        go.set()
+        await asyncio.wait_for(closing, WAIT_SECONDS)
+        assert layer.held == 0  # not READBACK_SLICE items of a namespace half read
+        await layer.check()
+        await layer.settle()
+        assert layer.held == 0, "a closed layer started a read-back"
+
+    asyncio.run(scenario())
 
 
 # -- freshness -----------------------------------------------------------------------
