@@ -548,7 +548,11 @@ def full_load_of(scenario: str) -> str:
     return FULL + V if scenario.endswith(V) else FULL
 
 
-def targets(r: EngineResults) -> list[tuple[str, bool | None, str]]:
+Check = tuple[str, bool | None, str]
+"""A target's label, its result (``None``: a figure shown beside the targets) and its figure."""
+
+
+def targets(r: EngineResults) -> list[Check]:
     """The issue's targets (``True``/``False``) and, as ``None``, figures shown beside them:
     the 1% refreshes of a cold process and after another replica are not targets."""
     one_percent = r.items * CHANGED_FRACTION
@@ -600,19 +604,7 @@ def render_text(
     for r in results:
         repeats = len(r.samples[FULL])
         out.append(f"\n{r.engine}: {r.items:,} items, median of {repeats} repeats")
-        rows = [HEADER, *table_rows(r)]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-        for n, row in enumerate(rows):
-            cells = [
-                cell.ljust(width) if i == 0 else cell.rjust(width)
-                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-            ]
-            out.append("  " + "  ".join(cells))
-            if n == 0:
-                out.append("  " + "  ".join("-" * width for width in widths))
-        out.append("  targets:")
-        for label, ok, value in targets(r):
-            out.append(f"    [{verdict(ok, markdown=False)}] {label}: {value}")
+        out += text_table(HEADER, table_rows(r), targets(r))
     return "\n".join(out)
 
 
@@ -626,15 +618,36 @@ def render_markdown(
     for r in results:
         repeats = len(r.samples[FULL])
         out += ["", f"### {r.engine}: {r.items:,} items, median of {repeats} repeats", ""]
-        out.append("| " + " | ".join(HEADER) + " |")
-        out.append("|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|")
-        out += ["| " + " | ".join(row) + " |" for row in table_rows(r)]
-        out += ["", "| target | result | figure |", "|---|---|---:|"]
-        out += [
-            f"| {label} | {verdict(ok, markdown=True)} | {value} |"
-            for label, ok, value in targets(r)
-        ]
+        out += markdown_table(HEADER, table_rows(r), targets(r))
     return "\n".join(out)
+
+
+def text_table(header: Sequence[str], rows: list[list[str]], checks: list[Check]) -> list[str]:
+    """A scenario table and its targets as indented lines of plain text."""
+    table = [list(header), *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    out = []
+    for n, row in enumerate(table):
+        cells = [
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.append("  " + "  ".join(cells))
+        if n == 0:
+            out.append("  " + "  ".join("-" * width for width in widths))
+    out.append("  targets:")
+    out += [f"    [{verdict(ok, markdown=False)}] {label}: {value}" for label, ok, value in checks]
+    return out
+
+
+def markdown_table(header: Sequence[str], rows: list[list[str]], checks: list[Check]) -> list[str]:
+    """A scenario table and its targets as two Markdown tables."""
+    out = ["| " + " | ".join(header) + " |"]
+    out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    out += ["", "| target | result | figure |", "|---|---|---:|"]
+    out += [f"| {label} | {verdict(ok, markdown=True)} | {value} |" for label, ok, value in checks]
+    return out
 
 
 def verdict(ok: bool | None, *, markdown: bool) -> str:

@@ -67,16 +67,18 @@ import orjson
 import sqlalchemy as sa
 from refresh import (
     DEFAULT_POSTGRES_URL,
+    Check,
     baseline_rows,
     checkpointed,
     machine_info,
+    markdown_table,
     postgresql_engine,
     raw_insert,
     reset_tables,
     settle,
     sqlite_engine,
+    text_table,
     trim_stats,
-    verdict,
 )
 from sqlalchemy.engine import Engine
 
@@ -524,7 +526,7 @@ def table_rows(r: EngineResults) -> list[list[str]]:
     return rows
 
 
-def targets(r: EngineResults) -> list[tuple[str, bool | None, str]]:
+def targets(r: EngineResults) -> list[Check]:
     """(label, pass / fail / None for figures that are not targets, figure)."""
     full = r.ratio(FULL)
     checks: list[tuple[str, bool | None, str]] = [
@@ -591,19 +593,7 @@ def render_text(
     out.append(f"  {'transferred':<24} {page_bytes:,} bytes of JSON per fetch")
     for r in results:
         out.append(f"\n{describe(upstream, r)}")
-        rows = [HEADER, *table_rows(r)]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-        for n, row in enumerate(rows):
-            cells = [
-                cell.ljust(width) if i == 0 else cell.rjust(width)
-                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-            ]
-            out.append("  " + "  ".join(cells))
-            if n == 0:
-                out.append("  " + "  ".join("-" * width for width in widths))
-        out.append("  targets:")
-        for label, ok, value in targets(r):
-            out.append(f"    [{verdict(ok, markdown=False)}] {label}: {value}")
+        out += text_table(HEADER, table_rows(r), targets(r))
     return "\n".join(out)
 
 
@@ -621,14 +611,7 @@ def render_markdown(
     out.append(f"| transferred | {page_bytes:,} bytes of JSON per fetch |")
     for r in results:
         out += ["", f"### {describe(upstream, r)}", ""]
-        out.append("| " + " | ".join(HEADER) + " |")
-        out.append("|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|")
-        out += ["| " + " | ".join(row) + " |" for row in table_rows(r)]
-        out += ["", "| target | result | figure |", "|---|---|---:|"]
-        out += [
-            f"| {label} | {verdict(ok, markdown=True)} | {value} |"
-            for label, ok, value in targets(r)
-        ]
+        out += markdown_table(HEADER, table_rows(r), targets(r))
     return "\n".join(out)
 
 
