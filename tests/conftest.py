@@ -82,11 +82,16 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    """An engine with the cache tables created."""
+    """An engine with the cache tables created. Every connection the test took must be
+    back when it ends: one still out (a thread or a task that outlived the test) would
+    be checked in after the pool is disposed, and stay open until the garbage collector
+    finds it, failing some later test instead of this one."""
     engine = create_engine(db_url)
     init_schema(engine)
     yield engine
+    still_out = engine.pool.checkedout()  # type: ignore[attr-defined]
     engine.dispose()
+    assert still_out == 0, f"{still_out} connection(s) still checked out when the test ended"
 
 
 @pytest.fixture
