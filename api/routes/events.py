@@ -20,10 +20,13 @@ caller's (:mod:`api.deps`), and its app id (``azp``/``appid``) must be one of
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Header, Response
-from pydantic import BaseModel, Field
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import Caller, ResourcesDep
 from api.principal import Principal
@@ -37,10 +40,8 @@ VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 ALLOWED_RATE = "120"
 """Deliveries per minute the CloudEvents handshake allows."""
 
-Events = Annotated[
-    list[dict[str, Any]] | dict[str, Any],
-    Body(description="Event Grid schema (an array) or CloudEvents (one event or a batch)."),
-]
+EVENTS = TypeAdapter(list[dict[str, Any]] | dict[str, Any])
+"""A delivery's body: Event Grid schema (an array) or CloudEvents (one event or a batch)."""
 
 
 class EventsAccepted(BaseModel):
@@ -57,6 +58,12 @@ class ValidationAnswer(BaseModel):
     validationResponse: str  # Event Grid's field name
 
 
+async def event_grid(caller: Caller, resources: ResourcesDep) -> Principal:
+    """The caller, if Event Grid (else 403): checked before the body is even read."""
+    require_event_grid(caller, resources.settings.api_event_grid_app_ids)
+    return caller
+
+
 @router.post(
     "/keyvault",
     summary="Event Grid webhook for Key Vault secret events",
@@ -66,16 +73,26 @@ class ValidationAnswer(BaseModel):
     "(Event Grid's Entra-protected delivery).",
     response_model=EventsAccepted | ValidationAnswer,
     responses=problem_responses(400, 401, 403, 422, 503),
+    dependencies=[Depends(event_grid)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "Event Grid schema (an array) or CloudEvents (one event or a batch).",
+            "content": {"application/json": {"schema": EVENTS.json_schema()}},
+        }
+    },
 )
-def keyvault_events(
-    events: Events, caller: Caller, resources: ResourcesDep
+async def keyvault_events(
+    request: Request, resources: ResourcesDep
 ) -> EventsAccepted | ValidationAnswer:
-    require_event_grid(caller, resources.settings.api_event_grid_app_ids)
-    batch = [events] if isinstance(events, Mapping) else events
+    """The body is read by hand, after the caller is known: FastAPI parses a declared body
+    before any dependency runs, so a stranger's malformed body would get a 400 or 422
+    where a 401 or 403 is due."""
+    batch = delivered_events(await request.body())
     code = validation_code(batch)
     if code is not None:
         return ValidationAnswer(validationResponse=code)
-    return handle_events(resources, batch)
+    return await run_in_threadpool(handle_events, resources, batch)
 
 
 @router.options(
@@ -86,14 +103,36 @@ def keyvault_events(
     status_code=200,
     response_class=Response,
     responses={200: {"description": "The handshake, answered in the headers."}},
-)
-async def keyvault_events_handshake(
-    webhook_request_origin: Annotated[str | None, Header()] = None,
-) -> Response:
+    openapi_extra={
+        "parameters": [
+            {"name": "WebHook-Request-Origin", "in": "header", "required": False,
+             "schema": {"type": "string"}, "description": "Echoed in WebHook-Allowed-Origin."},
+        ]
+    },
+)  # fmt: skip
+async def keyvault_events_handshake(request: Request) -> Response:
     headers = {"Allow": "OPTIONS, POST", "WebHook-Allowed-Rate": ALLOWED_RATE}
-    if webhook_request_origin:
-        headers["WebHook-Allowed-Origin"] = webhook_request_origin
+    origin = request.headers.get("webhook-request-origin")
+    if origin:
+        headers["WebHook-Allowed-Origin"] = origin
     return Response(status_code=200, headers=headers)
+
+
+def delivered_events(body: bytes) -> list[dict[str, Any]]:
+    """The events of a delivery's body: 400 if it is not JSON, 422 if not events."""
+    try:
+        events = EVENTS.validate_python(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        raise HTTPException(
+            400,
+            "the body is not JSON: Event Grid delivers a JSON array of events, CloudEvents "
+            "one JSON event or an array of them",
+        ) from None
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
+    return [events] if isinstance(events, dict) else events
 
 
 def require_event_grid(caller: Principal, allowed: Sequence[str]) -> None:

@@ -1,7 +1,8 @@
 """The read routes: the namespaces a caller may read, pages of their items, one item.
 
 Every route requires a reader's token (:mod:`api.deps`). Access is checked
-before anything is looked up: a caller who is no reader at all gets 403
+before anything is looked up, and before the request's parameters are (a
+caller who may not read learns nothing from a 422 or 406): a caller who is no reader at all gets 403
 whatever the namespace; a reader gets 403 for a namespace whose ``readers``
 table requires more than the token holds (naming what is missing: namespace
 names are configuration, not secrets, and the caller learns what to ask for),
@@ -44,6 +45,7 @@ from api.deps import (
     principal_of,
 )
 from api.pages import SCAN_MAX_ITEMS, PageRequest, page_request, read_page, render_page
+from api.principal import Principal
 from api.reads import ReadLayer, cache_headers
 from api.resources import ApiResources
 from api.responses import problem_responses
@@ -120,6 +122,13 @@ def list_namespaces(caller: Caller, resources: ResourcesDep) -> NamespaceList:
     )
 
 
+async def namespace_reader(namespace: str, caller: Caller, resources: ResourcesDep) -> Principal:
+    """The caller, if they may read ``namespace`` (else 401 or 403): a route's dependency
+    listed first, so that access is refused before its parameters are looked at."""
+    resources.policy.require_reader(caller, namespace)
+    return caller
+
+
 PAGE_DESCRIPTION = f"""\
 Items in key order, `limit` at a time; follow `next` (also in the `Link` header) until
 there is none. A page is consistent; pages taken across a refresh continue after the
@@ -155,15 +164,14 @@ of the page's items in order of appearance; objects and arrays as JSON).
         },
         **problem_responses(401, 403, 404, 406, 422, 503),
     },
+    dependencies=[Depends(namespace_reader)],
 )
 def list_items(
     namespace: str,
     request: Request,
-    caller: Caller,
     resources: ResourcesDep,
     page: Annotated[PageRequest, Depends(page_request)],
 ) -> Response:
-    resources.policy.require_reader(caller, namespace)
     _require_served(resources, namespace)
     items, next_cursor = read_page(resources.store, namespace, page)
     headers = {}

@@ -33,13 +33,15 @@ def parse_secret_event(event: Mapping[str, Any]) -> SecretEvent | None:
     """The secret event ``event`` is, or ``None`` if it is not one."""
     data = event.get("data")
     event_type = event.get("eventType")
-    if event_type not in SECRET_EVENT_TYPES or not isinstance(data, Mapping):
+    if not (isinstance(event_type, str) and event_type in SECRET_EVENT_TYPES):
+        return None  # also when it is a list or an object, which no set can hold
+    if not isinstance(data, Mapping):
         return None
     vault, name, version = data.get("VaultName"), data.get("ObjectName"), data.get("Version")
     if not isinstance(vault, str) or not isinstance(name, str):
         return None
     return SecretEvent(
-        event_type=str(event_type),
+        event_type=event_type,
         vault_name=vault,
         secret_name=name,
         version=version if isinstance(version, str) else None,

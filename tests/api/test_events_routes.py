@@ -178,21 +178,56 @@ def test_deliveries_without_a_valid_token_are_401_and_from_other_apps_403(
         assert "CACHE_REFRESHER_API_EVENT_GRID_APP_IDS" in response.json()["detail"]
 
 
-def test_a_body_that_is_not_events_is_a_422_problem(
+def test_a_body_that_is_not_events_is_a_422_problem_naming_where(
     served: tuple[httpx.Client, KeyVaultSecretStore],
 ) -> None:
     client, _ = served
-    response = client.post("/v1/events/keyvault", content=b"not json",
-                           headers={"Content-Type": "application/json"})  # fmt: skip
-    assert response.status_code == 422
-    assert response.headers["content-type"] == PROBLEM
+    for body, where in (([1, 2], "body.list[dict[str,any]].0"), ("text", "body.dict[str,any]")):
+        response = client.post("/v1/events/keyvault", json=body)
+        assert response.status_code == 422
+        assert response.headers["content-type"] == PROBLEM
+        assert where in [".".join(e["location"]) for e in response.json()["errors"]]
 
 
-def test_a_body_that_is_not_utf8_is_a_400_problem(
-    served: tuple[httpx.Client, KeyVaultSecretStore],
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b'[{"eventType": "\xff"}]', b"[" * 100_000],
+    ids=["text", "latin-1", "deep"],
+)
+def test_a_body_that_is_not_json_is_a_400_problem(
+    served: tuple[httpx.Client, KeyVaultSecretStore], body: bytes
 ) -> None:
     client, _ = served
-    response = client.post("/v1/events/keyvault", content=b'[{"eventType": "\xff"}]',
+    response = client.post("/v1/events/keyvault", content=body,
                            headers={"Content-Type": "application/json"})  # fmt: skip
     assert response.status_code == 400
     assert response.headers["content-type"] == PROBLEM
+    assert "the body is not JSON" in response.json()["detail"]
+
+
+def test_a_strangers_bad_body_is_refused_for_the_caller_before_the_body_is_read(
+    served: tuple[httpx.Client, KeyVaultSecretStore],
+) -> None:
+    client, _ = served
+    json_body = {"Content-Type": "application/json"}
+    for body in (b"{", b"[1, 2]"):
+        anonymous = {**json_body, "Authorization": ""}
+        response = client.post("/v1/events/keyvault", content=body, headers=anonymous)
+        assert response.status_code == 401
+        reader = {**json_body, **bearer("reader")}
+        response = client.post("/v1/events/keyvault", content=body, headers=reader)
+        assert response.status_code == 403
+
+
+def test_event_types_that_are_not_strings_are_ignored_not_a_500(
+    served: tuple[httpx.Client, KeyVaultSecretStore], stack: DevStack, secret_name: str
+) -> None:
+    client, _ = served
+    odd = [
+        {**_event(stack, secret_name, "v9"), "eventType": [NEW_VERSION]},
+        {**_event(stack, secret_name, "v9"), "eventType": {"a": 1}},
+        {"type": [NEW_VERSION], "data": {}},
+    ]
+    response = client.post("/v1/events/keyvault", json=odd)
+    assert response.status_code == 200
+    assert response.json() == {"received": 3, "rechecked": [], "ignored": 3}

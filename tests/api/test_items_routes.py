@@ -325,6 +325,31 @@ def test_a_caller_who_is_no_reader_is_403(
 
 
 @pytest.mark.parametrize(
+    ("params", "headers"),
+    [
+        ({"limit": 0}, {}),
+        ({"filter": "zz"}, {}),
+        ({"cursor": "not-a-cursor"}, {}),
+        ({}, {"Accept": "text/html"}),
+    ],
+    ids=["limit", "filter", "cursor", "accept"],
+)
+def test_access_is_refused_before_the_parameters_are_looked_at(
+    client: httpx.Client,
+    demo: list[dict[str, Any]],
+    tokens: dict[str, str],
+    params: dict[str, Any],
+    headers: dict[str, str],
+) -> None:
+    path = "/v1/namespaces/demo/items"
+    assert client.get(path, params=params, headers=headers).status_code in (406, 422)
+    anonymous = client.get(path, params=params, headers={**headers, "Authorization": ""})
+    _problem(anonymous, 401)
+    no_reader = client.get(path, params=params, headers={**headers, **bearer(tokens["admin"])})
+    _problem(no_reader, 403, mentions="Cache.Read.All")
+
+
+@pytest.mark.parametrize(
     "path", ["/v1/namespaces/restricted/items", "/v1/namespaces/restricted/items/a"]
 )
 def test_a_namespace_requiring_a_group_is_403_naming_it_to_others(

@@ -227,6 +227,8 @@ def test_a_new_version_event_is_parsed() -> None:
         {"eventType": "Microsoft.KeyVault.KeyNewVersionCreated", "data": {"ObjectName": "k"}},
         {"eventType": NEW_VERSION, "data": "not an object"},
         {"eventType": NEW_VERSION, "data": {"VaultName": "my-vault"}},
+        {"eventType": [NEW_VERSION], "data": {"VaultName": "my-vault", "ObjectName": "s"}},
+        {"eventType": {"type": NEW_VERSION}, "data": {}},
         {},
     ],
 )
