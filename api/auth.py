@@ -173,6 +173,7 @@ class EntraTokenValidator:
             raise _missing("oid")
         if _client(claims) is None:
             raise _missing("azp" if claims["ver"] == "2.0" else "appid")
+        _check_grants(claims)
 
     def _check_version(self, version: object) -> None:
         if version == "2.0" or (version == "1.0" and self.accept_v1):
@@ -184,7 +185,8 @@ class EntraTokenValidator:
                 "CACHE_REFRESHER_API_ACCEPT_V1_TOKENS)"
             )
         raise _refused(
-            f"the token's version (ver) {_shown(version)} is not 2.0: send an Entra ID access token"
+            f"the token's version (ver) {_shown(version)} is not '2.0': send an Entra ID "
+            "access token"
         )
 
     def _check_audience(self, audience: object) -> None:
@@ -270,6 +272,26 @@ def _verify_signature(token: str, key: Any, algorithm: str) -> None:
         raise _refused(
             "the token's signature could not be checked: send an Entra ID access token"
         ) from None
+
+
+def _check_grants(claims: Mapping[str, Any]) -> None:
+    """``scp`` a string, ``roles`` and ``groups`` lists of strings, where present: a token
+    whose grants are of another shape is refused, never read as some other kind of caller
+    (an ``scp`` that is not a string would otherwise make a user look like an app)."""
+    scopes = claims.get("scp")
+    if scopes is not None and not isinstance(scopes, str):
+        raise _refused(
+            "the token's scp claim is not a space-separated string of scopes: send an "
+            "Entra ID access token"
+        )
+    for name in ("roles", "groups"):
+        value = claims.get(name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise _refused(
+                f"the token's {name} claim is not a list of strings: send an Entra ID access token"
+            )
 
 
 def _principal(claims: Mapping[str, Any], issuer: str) -> Principal:

@@ -253,6 +253,25 @@ def test_a_time_claim_that_is_not_a_time_is_refused(
         validator.validate(keys.sign(claims))
 
 
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("scp", 5),
+        ("scp", ["Cache.Read"]),
+        ("roles", "Cache.Read.All"),
+        ("roles", ["Cache.Read.All", 1]),
+        ("groups", GROUP),
+    ],
+    ids=["scp-number", "scp-list", "roles-string", "roles-number", "groups-string"],
+)
+def test_grants_of_the_wrong_shape_are_refused_not_read_as_another_caller(
+    validator: EntraTokenValidator, keys: SigningKeys, clock: FakeClock, claim: str, value: object
+) -> None:
+    claims = {**user_claims(clock), "roles": ["Cache.Read.All"], claim: value}
+    with pytest.raises(UnauthenticatedError, match=f"token's {claim} claim is not a"):
+        validator.validate(keys.sign(claims))
+
+
 def test_a_validated_token_is_remembered_until_it_expires(
     validator: EntraTokenValidator, keys: SigningKeys, clock: FakeClock
 ) -> None:
