@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 from api.resources import ApiResources, open_resources
@@ -59,7 +60,11 @@ def create_app(settings: Settings, *, resources: ApiResources | None = None) -> 
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # A redirect would build its Location from the request's Host header; a route
+        # asked for with a trailing slash gets a 404 naming the path without it.
+        redirect_slashes=False,
     )
+    app.add_middleware(HeadAsGet)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(namespaces.router)
@@ -67,6 +72,29 @@ def create_app(settings: Settings, *, resources: ApiResources | None = None) -> 
     app.include_router(events.router)
     app.include_router(metrics_routes.router)
     return app
+
+
+class HeadAsGet:
+    """HEAD answered as GET without the body (RFC 9110 9.3.2: same status and headers,
+    ``Content-Length`` and ``ETag`` included), for every ``GET`` route: FastAPI's routes
+    take only the methods they declare."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 @contextmanager

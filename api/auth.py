@@ -52,8 +52,8 @@ ALLOWED_ALGORITHMS = frozenset(
 )
 MAX_TOKEN_CHARS = 14_336
 """Entra's tokens stay below this even with 200 groups (~12 kB; beyond, it sends an
-overage claim), and it is under the 16 kB request head uvicorn's h11 reads, so an oversized
-token still gets our 401 and not a bare 400."""
+overage claim). A longer one gets our 401, up to the request head the server reads
+(``api.serve.MAX_REQUEST_HEAD_BYTES``); past that, uvicorn answers a bare 400."""
 CACHE_ENTRIES = 10_000
 V1_ISSUER = "https://sts.windows.net/{tenant}/"
 """Entra's v1.0 issuer, the same for every authority host of the public cloud."""

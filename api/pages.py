@@ -147,9 +147,13 @@ def render_page(
         return _csv(items, page.fields)
     rows = [_item_json(item, page.fields) for item in items]
     if page.media_type == query.NDJSON:
-        return b"".join(orjson.dumps(row) + b"\n" for row in rows)
+        return b"".join(orjson.dumps(row, option=_JSON_OPTIONS) + b"\n" for row in rows)
     body = {"namespace": namespace, "items": rows, "next_cursor": next_cursor, "next": next_link}
-    return orjson.dumps(body)
+    return orjson.dumps(body, option=_JSON_OPTIONS)
+
+
+_JSON_OPTIONS = orjson.OPT_UTC_Z
+"""Times end in ``Z``, as in the routes that answer through pydantic."""
 
 
 def _item_json(item: Item, fields: tuple[str, ...] | None) -> dict[str, Any]:

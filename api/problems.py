@@ -112,7 +112,7 @@ def problem(
         "detail": detail,
     }
     if instance is not None:
-        body["instance"] = instance
+        body["instance"] = _cut(instance, INSTANCE_MAX)
     body.update(extra)
     all_headers = dict(headers or {})
     if status == 503:
@@ -182,14 +182,32 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    path, headers = request.url.path, dict(exc.headers or {})
     if exc.status_code == 404:
-        detail = f"there is no route {request.url.path!r}: see /docs for the routes"
+        detail = f"there is no route {_cut(path)!r}: see /docs for the routes"
+        if len(path) > 1 and path.endswith("/"):
+            detail += f" (did you mean {_cut(path.rstrip('/'))!r}, without the trailing slash?)"
+    elif exc.status_code == 405:
+        allow = next((v for k, v in headers.items() if k.lower() == "allow"), "")
+        allowed = [method.strip() for method in allow.split(",") if method.strip()]
+        if "GET" in allowed and "HEAD" not in allowed:  # HEAD is served as GET (api.app)
+            allowed.append("HEAD")
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not allowed on {_cut(path)!r}: use {headers['Allow']}"
     else:
         detail = str(exc.detail)
     kind = HTTPStatus(exc.status_code).phrase.replace(" ", "")
-    return problem(
-        exc.status_code, detail, kind=kind, instance=request.url.path, headers=exc.headers
-    )
+    return problem(exc.status_code, detail, kind=kind, instance=path, headers=headers)
+
+
+INSTANCE_MAX = 300
+"""A problem's ``instance`` (the request's path) is cut to this many characters."""
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    """``text`` for a message: at most ``limit`` characters, ``...`` marking a cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

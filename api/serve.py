@@ -24,6 +24,11 @@ from refresher.settings import Settings
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 BACKLOG = 128
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
+"""The largest request head (request line and headers) the server reads before answering
+it. A larger one gets uvicorn's bare 400; anything below reaches the app, so an
+oversized token (``api.auth.MAX_TOKEN_CHARS``) gets the API's 401 problem. h11's own
+default, 16 KiB, held a request with a large token and a few cookies at the edge."""
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -47,12 +52,18 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(app: FastAPI, settings: Settings, listener: socket.socket) -> None:
     """Serve ``app`` on ``listener`` until a signal stops uvicorn."""
-    config = uvicorn.Config(
+    uvicorn.Server(server_config(app, log_level=settings.log_level)).run(sockets=[listener])
+
+
+def server_config(app: FastAPI, *, log_level: str) -> uvicorn.Config:
+    """How uvicorn serves ``app``: the commands' settings (and the tests')."""
+    return uvicorn.Config(
         app,
-        log_level=settings.log_level.lower(),
+        log_level=log_level.lower(),
+        lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
-    uvicorn.Server(config).run(sockets=[listener])
 
 
 def base_url(host: str, port: int) -> str:

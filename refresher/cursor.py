@@ -22,11 +22,13 @@ def decode_cursor(namespace: str, cursor: str) -> str:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = orjson.loads(raw)
         key, owner = data["k"], data["n"]
+        if not (isinstance(key, str) and isinstance(owner, str)):
+            raise TypeError("a cursor's key and namespace are strings")
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
         raise InvalidCursorError(
             "the cursor is malformed: pass the 'next' cursor of a previous page unchanged"
         ) from exc
-    if owner != namespace or not isinstance(key, str):
+    if owner != namespace:
         raise InvalidCursorError(
             f"the cursor belongs to another namespace than {namespace!r}: "
             "start again without a cursor"

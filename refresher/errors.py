@@ -105,7 +105,8 @@ class RefreshRequestNotFoundError(NotFoundError):
 
 class ItemNotFoundError(NotFoundError):
     def __init__(self, namespace: str, key: str) -> None:
-        super().__init__(f"namespace {namespace!r} has no item with key {key!r}")
+        shown = key if len(key) <= 100 else key[:97] + "..."
+        super().__init__(f"namespace {namespace!r} has no item with key {shown!r}")
         self.namespace = namespace
         self.key = key
 

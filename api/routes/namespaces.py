@@ -27,7 +27,8 @@ the request, about 70 of 135 microseconds of CPU.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -86,7 +87,10 @@ class ItemOut(BaseModel):
     """One cached item in a page: its key, strong ETag and the payload (projected)."""
 
     key: str
-    etag: str
+    etag: str = Field(
+        description="The payload's SHA-256 (hex); the item route's ETag is it "
+        "in quotes, and its If-None-Match takes it with or without them."
+    )
     generation: int
     changed_at: datetime
     data: Any
@@ -174,7 +178,7 @@ def list_items(
 ) -> Response:
     _require_served(resources, namespace)
     items, next_cursor = read_page(resources.store, namespace, page)
-    headers = {}
+    headers = {"Vary": "Accept"}  # the format follows Accept
     next_link = None
     if next_cursor is not None:
         next_link = f"{request.url.path}?{_next_query(request, next_cursor)}"
@@ -233,18 +237,40 @@ async def get_item(request: Request) -> Response:
     headers = cache_headers(state, time.time())
     etag = headers["ETag"] = entry["etag"]
     headers["Last-Modified"] = entry["last_modified"]
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and etag_matches(if_none_match, etag):
+    if not_modified(request, etag, entry["last_modified"]):
         return Response(status_code=304, headers=headers)
     return Response(entry["payload"], media_type=query.JSON, headers=headers)
 
 
+def not_modified(request: Request, etag: str, last_modified: str) -> bool:
+    """Whether the client's copy is current (RFC 9110 13.2.2): by ``If-None-Match`` when
+    sent, else by ``If-Modified-Since``."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        return etag_matches(if_none_match, etag)
+    if_modified_since = request.headers.get("if-modified-since")
+    return if_modified_since is not None and unmodified_since(if_modified_since, last_modified)
+
+
 def etag_matches(if_none_match: str, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, RFC 9110)."""
+    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, RFC 9110); a
+    tag sent without its quotes (as pages show it) is taken too."""
     if if_none_match == etag:
         return True
     candidates = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
-    return "*" in candidates or etag in candidates
+    return "*" in candidates or etag in candidates or etag.strip('"') in candidates
+
+
+def unmodified_since(if_modified_since: str, last_modified: str) -> bool:
+    """Whether ``last_modified`` is no later than ``if_modified_since`` (both HTTP-dates);
+    a date that does not parse is ignored, as RFC 9110 says."""
+    try:
+        since = parsedate_to_datetime(if_modified_since)
+    except (TypeError, ValueError):
+        return False
+    if since.tzinfo is None:  # an obsolete date form without a zone: GMT by definition
+        since = since.replace(tzinfo=UTC)
+    return parsedate_to_datetime(last_modified) <= since
 
 
 def _next_query(request: Request, cursor: str) -> str:

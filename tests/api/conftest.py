@@ -33,6 +33,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.auth import EntraTokenValidator, open_validator
 from api.resources import build_resources
+from api.serve import server_config
 from devstack.claims import TokenVersion
 from devstack.directory import User
 from devstack.keyvault_auth import VaultRole
@@ -51,7 +52,7 @@ def serving(app: FastAPI) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

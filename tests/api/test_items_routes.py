@@ -9,7 +9,8 @@ import io
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from email.utils import parsedate_to_datetime
+from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -138,6 +139,7 @@ def test_a_page_item_carries_its_payload_etag_and_times(
     assert first["etag"] == stored.etag
     assert first["generation"] == 1
     assert first["changed_at"].startswith(stored.changed_at.date().isoformat())
+    assert first["changed_at"].endswith("Z")
     assert page["namespace"] == "demo"
     assert page["next_cursor"] is not None
 
@@ -228,6 +230,7 @@ def test_ndjson_is_one_item_per_line(client: httpx.Client, demo: list[dict[str, 
     lines = [orjson.loads(line) for line in response.content.splitlines()]
     assert [line["key"] for line in lines] == sorted(item["id"] for item in demo)[:4]
     assert 'rel="next"' in response.headers["link"]
+    assert response.headers["vary"] == "Accept"
 
 
 def test_csv_has_a_key_column_then_the_fields_asked_for(
@@ -425,18 +428,36 @@ def test_an_item_of_a_stale_namespace_says_so(client: httpx.Client, store: Cache
     assert headers["cache-control"] == "private, max-age=0, stale-if-error=0"
 
 
-@pytest.mark.parametrize("held", ["{etag}", "W/{etag}", '"x", {etag}', "*"])
+@pytest.mark.parametrize(
+    "held", ["{etag}", "W/{etag}", '"x", {etag}', "*", "{bare}", '"x", {bare}']
+)
 def test_if_none_match_naming_the_current_etag_is_304(
     client: httpx.Client, demo: list[dict[str, Any]], held: str
 ) -> None:
     first = client.get(ITEM)
     etag = first.headers["etag"]
-    response = client.get(ITEM, headers={"If-None-Match": held.format(etag=etag)})
+    held = held.format(etag=etag, bare=etag.strip('"'))  # bare: as a page shows it
+    response = client.get(ITEM, headers={"If-None-Match": held})
     assert response.status_code == 304
     assert response.content == b""
     assert response.headers["etag"] == etag
     assert response.headers["last-modified"] == first.headers["last-modified"]
     assert response.headers["cache-control"].startswith("private, max-age=")
+
+
+def test_if_modified_since_is_304_unless_the_item_changed_after_or_if_none_match_is_sent(
+    client: httpx.Client, demo: list[dict[str, Any]]
+) -> None:
+    modified = client.get(ITEM).headers["last-modified"]
+    earlier = format_datetime(parsedate_to_datetime(modified) - timedelta(seconds=1), usegmt=True)
+    cases = [
+        ({"If-Modified-Since": modified}, 304),
+        ({"If-Modified-Since": earlier}, 200),
+        ({"If-Modified-Since": "yesterday"}, 200),  # not a date: ignored
+        ({"If-Modified-Since": modified, "If-None-Match": '"x"'}, 200),  # the tag decides
+    ]
+    for headers, status in cases:
+        assert client.get(ITEM, headers=headers).status_code == status, headers
 
 
 def test_if_none_match_with_an_old_etag_is_200(

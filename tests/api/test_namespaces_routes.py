@@ -232,10 +232,44 @@ def test_an_unknown_route_is_404_problem(client: httpx.Client) -> None:
     assert "/docs" in _problem(client.get("/v2/nothing"), 404)["detail"]
 
 
-def test_a_wrong_method_is_405_problem(client: httpx.Client) -> None:
+def test_a_trailing_slash_is_a_404_naming_the_route_without_it_never_a_redirect(
+    client: httpx.Client,
+) -> None:
+    response = client.get("/v1/namespaces/", headers={"Host": "elsewhere.example"})
+    body = _problem(response, 404)
+    assert "location" not in response.headers
+    assert "did you mean '/v1/namespaces'" in body["detail"]
+
+
+def test_a_wrong_method_is_405_problem_saying_which_to_use(client: httpx.Client) -> None:
     response = client.delete("/v1/namespaces")
-    _problem(response, 405)
-    assert response.headers["allow"] == "GET"
+    body = _problem(response, 405)
+    assert response.headers["allow"] == "GET, HEAD"
+    assert body["detail"] == "DELETE is not allowed on '/v1/namespaces': use GET, HEAD"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/namespaces", "/v1/namespaces/demo/items?limit=2", "/v1/namespaces/demo/items/a"]
+)
+def test_head_answers_as_get_without_the_body(
+    client: httpx.Client, store: CacheStore, path: str
+) -> None:
+    store.apply("demo", [{"id": "a"}, {"id": "b"}, {"id": "c"}])
+    got, head = client.get(path), client.head(path)
+    assert (head.status_code, got.status_code) == (200, 200)
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(got.content))
+    assert head.headers.get("etag") == got.headers.get("etag")
+    missing = client.head("/v1/namespaces/demo/items/zz")
+    assert (missing.status_code, missing.content) == (404, b"")
+    assert missing.headers["content-type"] == PROBLEM
+
+
+def test_a_very_long_path_is_cut_short_in_the_problem(client: httpx.Client) -> None:
+    key = "k" * 5000
+    body = _problem(client.get(f"/v1/namespaces/demo/items/{key}"), 404)
+    assert len(body["instance"]) <= 300
+    assert len(body["detail"]) < 300
 
 
 @pytest.mark.parametrize(

@@ -244,7 +244,17 @@ def test_a_cursor_from_another_namespace_is_refused(store: CacheStore) -> None:
         store.page("products", cursor=encode_cursor("users", "item-00001"))
 
 
-@pytest.mark.parametrize("cursor", ["%%%", "bm90IGpzb24", "e30", "W10"])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "%%%",
+        "bm90IGpzb24",
+        "e30",
+        "W10",
+        "eyJuIjoicHJvZHVjdHMiLCJrIjo1fQ",  # {"n":"products","k":5}
+        "eyJuIjpbInByb2R1Y3RzIl0sImsiOiJhIn0",  # {"n":["products"],"k":"a"}
+    ],
+)
 def test_a_malformed_cursor_is_refused(store: CacheStore, cursor: str) -> None:
     store.apply("products", catalogue(3))
 
