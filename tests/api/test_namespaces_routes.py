@@ -3,6 +3,8 @@ and tokens minted by the devstack issuer."""
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -263,6 +265,29 @@ def test_head_answers_as_get_without_the_body(
     missing = client.head("/v1/namespaces/demo/items/zz")
     assert (missing.status_code, missing.content) == (404, b"")
     assert missing.headers["content-type"] == PROBLEM
+
+
+def test_an_oversized_token_arriving_in_pieces_still_gets_the_apis_401(
+    client: httpx.Client,
+) -> None:
+    """h11 limits a head it has not fully received (16 KiB by default); the served
+    config reads up to 64 KiB, so a 40 kB token sent in two writes reaches the app."""
+    url = httpx.URL(str(client.base_url))
+    head = (
+        f"GET /v1/namespaces HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n"
+        f"Authorization: Bearer {'a' * 40_000}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.host, url.port), timeout=10) as sock:
+        sock.sendall(head[:20_000])
+        time.sleep(0.2)  # the server has read the first piece and waits for the rest
+        sock.sendall(head[20_000:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 401 Unauthorized", answer[:200]
+    assert b"content-type: application/problem+json" in rest.lower()
+    assert b"longer than" in rest
 
 
 def test_a_very_long_path_is_cut_short_in_the_problem(client: httpx.Client) -> None:
