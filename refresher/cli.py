@@ -88,6 +88,13 @@ def reported_errors() -> Iterator[None]:
 
 
 HTTP_CLIENT_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "httpx")
+"""Log every request at INFO (azure-core with its headers, values redacted; httpx its URL,
+an API key in the query blanked): quiet unless the log level is DEBUG."""
+RAW_HEADER_LOGGERS = ("httpcore",)
+"""Quiet (WARNING) whatever the log level, DEBUG included. httpcore, httpx's transport,
+logs every response's raw headers at DEBUG (an upstream's ``Link`` header may echo an API
+key sent in the query), and its errors quote a request header's value: nothing can redact
+them, and httpx's own records say what a developer needs."""
 
 
 def observed_scheduler(
@@ -117,6 +124,8 @@ def settings_or_exit(**overrides: object) -> Settings:
         # operator; DEBUG brings them back.
         for name in HTTP_CLIENT_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+    for name in RAW_HEADER_LOGGERS:  # whatever the level: they would log secrets
+        logging.getLogger(name).setLevel(logging.WARNING)
     return settings
 
 

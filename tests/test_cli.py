@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import secrets
@@ -22,12 +23,17 @@ import pytest
 import sqlalchemy as sa
 from azure.identity import ClientSecretCredential
 from azure.keyvault.secrets import SecretClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from typer.testing import CliRunner
 
 from api.cli import app
+from devstack.server import Server
 from devstack.stack import DevStack
 from refresher.cache import CacheStore, lease_name
-from refresher.cli import configured_namespaces
+from refresher.cli import HTTP_CLIENT_LOGGERS, RAW_HEADER_LOGGERS, configured_namespaces
 from refresher.db import create_engine, init_schema
 from refresher.ddl import DIALECTS
 from refresher.lease import LeaseManager
@@ -537,3 +543,66 @@ def test_secrets_status_without_a_vault_exits_2() -> None:
     result = runner.invoke(app, ["secrets", "status"], env=_env(vault_url=""))
     assert result.exit_code == 2
     assert "CACHE_REFRESHER_VAULT_URL" in result.stderr
+
+
+# -- logging ---------------------------------------------------------------------------------
+
+ECHO_NAMESPACES_TOML = """\
+[namespaces.echo]
+key_field = "id"
+every = "1h"
+
+[namespaces.echo.source]
+kind = "http_json"
+url = "{url}/items"
+auth = "api_key"
+secret = "{secret}"
+query_param = "api_key"
+pagination = "none"
+ca_bundle = "{ca_bundle}"
+"""
+
+
+async def _echo_in_link(request: Request) -> JSONResponse:
+    """One item, and a ``Link`` to the URL asked for: the API key in its query, echoed."""
+    return JSONResponse([{"id": "a"}], headers={"Link": f'<{request.url}>; rel="self"'})
+
+
+@pytest.fixture
+def http_loggers() -> Iterator[None]:
+    """The HTTP clients' loggers as a new process has them (no level; other commands of
+    this process set some), put back after the test."""
+    loggers = [logging.getLogger(name) for name in (*HTTP_CLIENT_LOGGERS, *RAW_HEADER_LOGGERS)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("http_loggers")
+def test_debug_logging_never_shows_a_key_the_upstream_echoes_in_a_header(
+    stack: DevStack, tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name, key = f"cli-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(24)
+    stack.vault.set(name, key)
+    engine = create_engine(sqlite_url)
+    init_schema(engine)
+    engine.dispose()
+    echo = Server(certificate=stack.ca.issue_server_certificate("echo"), name="echo")
+    path = tmp_path / "namespaces.toml"
+    path.write_text(ECHO_NAMESPACES_TOML.format(url=echo.url, secret=name, ca_bundle=stack.ca_path))
+    env = {
+        **_vault_env(stack, [name]),
+        **_env(database_url=sqlite_url, namespaces_file=str(path), log_level="DEBUG"),
+    }
+    caplog.set_level(logging.DEBUG)  # what the command's logging.basicConfig does in a process
+
+    with echo:
+        echo.start(Starlette(routes=[Route("/items", _echo_in_link)]))
+        result = runner.invoke(app, ["refresh", "echo"], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "api_key=%5Bredacted%5D" in caplog.text  # httpx's request line, at INFO, blanked
+    assert key not in caplog.text and key not in result.output

@@ -19,6 +19,10 @@ do when the upstream refuses it:
 - :class:`NoAuth`: nothing is sent.
 
 Values never reach a ``repr`` or a message: :class:`Credentials` hides them.
+A key for a header that holds a control character (a trailing newline, say),
+a non-ASCII character or surrounding spaces is refused before anything is sent
+(:class:`~refresher.errors.ConfigurationError` naming the secret and version):
+httpx and h11 would refuse it too, quoting it.
 """
 
 from __future__ import annotations
@@ -178,11 +182,31 @@ class ApiKeyAuth:
         return frozenset({self.secret})
 
     def carry(self, value: SecretValue) -> Credentials:
-        """``value`` placed where the upstream expects it."""
+        """``value`` placed where the upstream expects it.
+
+        :class:`ConfigurationError` for a key a header cannot carry (see :func:`header_safe`):
+        refused here, because httpx and h11 would quote it in their errors and logs.
+        """
         if self.query_param is not None:
             return Credentials(params={self.query_param: value.value}, version=value.version)
         assert self.header is not None
+        if not header_safe(value.value):
+            raise ConfigurationError(
+                f"secret {self.secret!r} (version {value.version}) holds a control character "
+                "(such as a trailing newline), a non-ASCII character or a leading or trailing "
+                f"space, which the HTTP header {self.header!r} cannot carry: store the key "
+                "without it"
+            )
         return Credentials(headers={self.header: value.value}, version=value.version)
+
+
+def header_safe(value: str) -> bool:
+    """Whether ``value`` is printable ASCII (spaces inside, none around), as a header needs.
+
+    Not stripped: a key stored with a final newline is a mistake to fix in Key Vault,
+    and the upstream may have registered the key as it is.
+    """
+    return value.isascii() and value.isprintable() and value == value.strip(" ")
 
 
 class _ApiKeySession:

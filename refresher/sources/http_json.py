@@ -51,13 +51,19 @@ and the URL without its query string, never a key or token):
   truncated document), a page over ``max_response_bytes``, no item list at
   ``items``, a next page on another origin, more than ``max_pages``:
   :class:`~refresher.errors.UpstreamDataError`, not retried.
+- A header the request cannot carry (a control character, a non-ASCII
+  character): :class:`~refresher.errors.ConfigurationError`, not retried, never
+  quoting the value; an API key is checked before it is sent, naming its secret
+  (:mod:`refresher.sources.http_auth`).
 - An item without the namespace's key field is left to the cache store, which
   refuses the whole refresh with :class:`~refresher.errors.InvalidItemsError`
   naming the item's position and the field (the source does not know the key
   field; the store checks every item of every source the same way).
 
 httpx logs each request's URL at INFO; a key sent in ``query_param`` is
-blanked out of that line (:class:`QueryRedaction`).
+blanked out of that line (:class:`QueryRedaction`). httpcore, its transport,
+logs raw headers at DEBUG, which nothing can blank: the command line keeps it
+at WARNING whatever the log level (``refresher.cli.RAW_HEADER_LOGGERS``).
 """
 
 from __future__ import annotations
@@ -75,7 +81,12 @@ from typing import Any
 
 import httpx
 
-from refresher.errors import UpstreamDataError, UpstreamRejectedError, UpstreamUnavailableError
+from refresher.errors import (
+    ConfigurationError,
+    UpstreamDataError,
+    UpstreamRejectedError,
+    UpstreamUnavailableError,
+)
 from refresher.sources.base import FetchContext
 from refresher.sources.http_auth import REJECTED_STATUSES, AuthSession, Credentials
 from refresher.sources.http_options import (
@@ -327,7 +338,8 @@ def _not_json(response: httpx.Response) -> str:
 @contextmanager
 def _transport_errors(what: str) -> Iterator[None]:
     """httpx's transport errors, translated once: transient ones for the retrier, a TLS
-    verification failure as a clear permanent error."""
+    verification failure as a clear permanent error, a request that cannot be sent as
+    the configuration error it is (never quoting the header h11 or the codec refused)."""
     try:
         yield
     except httpx.TimeoutException as exc:
@@ -341,6 +353,14 @@ def _transport_errors(what: str) -> Iterator[None]:
         raise TransientFailure("could not be reached (connection failed)") from exc
     except httpx.RemoteProtocolError as exc:
         raise TransientFailure("closed the connection before the answer was complete") from exc
+    except (httpx.LocalProtocolError, UnicodeEncodeError):
+        # Our own request is malformed: sending it again fails again. Not chained: h11
+        # quotes the header's value (API keys are checked before, see http_auth.header_safe).
+        raise ConfigurationError(
+            f"{what} could not be sent: a header from the source's header or headers options "
+            "is not valid HTTP (a control character, a non-ASCII character, or a space at "
+            "either end of a value or anywhere in a name): fix it in the namespaces file"
+        ) from None
     except httpx.DecodingError as exc:
         raise UpstreamDataError(f"{what} sent a body that could not be decompressed") from exc
     except httpx.TransportError as exc:

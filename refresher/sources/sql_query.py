@@ -27,7 +27,10 @@ source database is only read: no pragmas, no schema changes.
 Errors name the namespace and the secret, never the URL or its password (any
 piece of them a driver quotes is blanked): a database that cannot be reached
 or drops the connection → :class:`~refresher.errors.UpstreamUnavailableError`;
-a failing query → :class:`~refresher.errors.UpstreamDataError`.
+a failing query → :class:`~refresher.errors.UpstreamDataError`. A URL that is
+no URL, or whose password holds an unescaped '@' (SQLAlchemy would take the
+rest of the password for the host, and the driver would quote it), is a
+:class:`~refresher.errors.ConfigurationError` before any driver sees it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import re
 import threading
 import uuid
 from collections import Counter
@@ -121,6 +125,14 @@ class SqlQuerySource:
         with self._lock:
             if self._engine is not None and self._engine[0] == secret.version:
                 return self._engine[1]
+            if _password_cut_short(secret.value):
+                raise ConfigurationError(
+                    f"namespace {self.namespace!r}: secret {self.options.url_secret!r} (version "
+                    f"{secret.version}) holds a URL with an unescaped '@' in its password (or "
+                    "user name): SQLAlchemy ends the password at the first '@' and reads the "
+                    "rest as the host, database or query: percent-encode each '@' in the user "
+                    "name and password (and any in the database name or query) as %40"
+                )
             try:
                 engine = self._engine_factory(secret.value)
             except (ArgumentError, NoSuchModuleError, ValueError):
@@ -206,6 +218,24 @@ def _column_names(columns: Sequence[str], where: str) -> list[str]:
             "give them distinct names with AS"
         )
     return list(columns)
+
+
+_AFTER_PASSWORD = re.compile(r"[\w+]+://[^:/]*:[^@]*@(?P<rest>.*)", re.DOTALL)
+"""What ``make_url`` reads as host, port, database and query in a URL with a password:
+all after the first '@' that follows the user name's ':' (``make_url``'s own pattern for
+the user name and password)."""
+
+
+def _password_cut_short(url: str) -> bool:
+    """Whether a URL's password (or user name) holds an unescaped '@'.
+
+    ``make_url`` ends the password at the first '@'; the rest of it becomes the
+    host (or the port, database or query), which a driver then quotes back
+    ("failed to resolve host ..."), out of the scrubber's reach. A host never
+    holds an '@', and one in the database or query is written %40 as well.
+    """
+    after = _AFTER_PASSWORD.match(url)
+    return after is not None and "@" in after["rest"]
 
 
 def _scrubber(url: str) -> Callable[[str], str]:

@@ -5,8 +5,10 @@ CacheStore.apply on SQLite and PostgreSQL. Nothing patched; retries have small b
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ from devstack.stack import DevStack
 from devstack.upstream import UPSTREAM_RESOURCE
 from refresher.cache import CacheStore, RefreshResult
 from refresher.errors import (
+    ConfigurationError,
     InvalidItemsError,
     NamespaceNotFoundError,
     SourceError,
@@ -249,6 +252,40 @@ def test_an_api_key_from_key_vault_is_accepted_in_a_header_or_the_query(
 
     assert result.inserted == USERS
     assert store.runs(NS)[0].secret_versions == {name: [vault.get(name).version]}
+
+
+@SQLITE_CACHE
+@pytest.mark.parametrize(
+    "flaw", ["\n", "\u00e9", " "], ids=["trailing-newline", "non-ascii", "trailing-space"]
+)
+def test_a_key_a_header_cannot_carry_is_refused_naming_the_secret_never_the_key(
+    store: CacheStore,
+    make_source: MakeSource,
+    make_store: MakeStore,
+    users: list[dict[str, Any]],
+    upstream: DevStack,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    flaw: str,
+) -> None:
+    name, key = f"flawed-key-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
+    version = upstream.vault.set(name, key + flaw).version  # e.g. a key file's final newline
+    context = FetchContext(secrets=make_store([name]))
+    sent = upstream.upstream_counters["list_users"]
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(ConfigurationError) as caught:
+        refresh(store, make_source(auth="api_key", secret=name), context)
+
+    message = str(caught.value)
+    assert message == (
+        f"secret {name!r} (version {version}) holds a control character (such as a trailing "
+        "newline), a non-ASCII character or a leading or trailing space, which the HTTP header "
+        "'x-api-key' cannot carry: store the key without it"
+    )
+    assert store.runs(NS)[0].error_message == message
+    told = ["".join(traceback.format_exception(caught.value)), message, caplog.text]
+    assert not [text for text in told if key in text]
+    assert (sleeps, upstream.upstream_counters["list_users"]) == ([], sent)  # nothing sent
 
 
 def test_a_key_rotated_between_two_pages_is_re_read_and_both_versions_are_recorded(
@@ -494,6 +531,31 @@ def test_unusable_pages_fail_the_refresh_cleanly_without_retries(
 
     assert sleeps == []
     assert re.fullmatch(expected, message), message
+
+
+@SQLITE_CACHE
+@pytest.mark.parametrize("value", ["note\n", "caf\u00e9"], ids=["newline", "non-ascii"])
+def test_an_extra_header_a_request_cannot_carry_fails_at_once_without_quoting_it(
+    refreshed: CacheStore,
+    make_source: MakeSource,
+    identity: AppIdentity,
+    upstream: DevStack,
+    sleeps: list[float],
+    value: str,
+) -> None:
+    source = make_source(auth="app_token", scope=SCOPE, headers={"x-note": value})
+
+    with pytest.raises(ConfigurationError) as caught:
+        refresh(refreshed, source, token_context(identity))
+
+    assert str(caught.value) == (
+        f"page 1 of {upstream.upstream_url}/v1.0/users could not be sent: a header from the "
+        "source's header or headers options is not valid HTTP (a control character, a "
+        "non-ASCII character, or a space at either end of a value or anywhere in a name): fix "
+        "it in the namespaces file"
+    )
+    assert value.strip() not in "".join(traceback.format_exception(caught.value))
+    assert sleeps == []
 
 
 @SQLITE_CACHE

@@ -278,6 +278,70 @@ def test_a_secret_that_is_no_url_is_a_configuration_error(
         )
 
 
+@pytest.mark.parametrize(
+    "after_host",
+    [
+        "{rest}@127.0.0.1:1/catalogue?connect_timeout=2",  # the rest of it read as the host
+        "{rest}/{rest}@127.0.0.1:1/catalogue",  # ... as the host and the database
+        "{rest}?{rest}@127.0.0.1:1/catalogue",  # ... as the host and the query
+    ],
+    ids=["host", "database", "query"],
+)
+def test_a_password_with_an_unescaped_at_sign_is_refused_without_quoting_it(
+    cache: CacheStore,
+    stack: DevStack,
+    make_store: MakeStore,
+    secret_name: str,
+    sources: Callable[..., SqlQuerySource],
+    after_host: str,
+) -> None:
+    start, rest = f"Xk9{secrets.token_hex(4)}", f"Hunter2{secrets.token_hex(6)}"
+    url = f"postgresql+psycopg://reader:{start}@{after_host.format(rest=rest)}"
+    version = stack.vault.set(secret_name, url).version
+
+    with pytest.raises(ConfigurationError) as caught:
+        refresh(
+            cache, sources(url_secret=secret_name), FetchContext(secrets=make_store([secret_name]))
+        )
+
+    message = str(caught.value)
+    assert message == (
+        f"namespace {NS!r}: secret {secret_name!r} (version {version}) holds a URL with an "
+        "unescaped '@' in its password (or user name): SQLAlchemy ends the password at the "
+        "first '@' and reads the rest as the host, database or query: percent-encode each '@' "
+        "in the user name and password (and any in the database name or query) as %40"
+    )
+    assert start not in message and rest not in message
+    assert cache.runs(NS)[0].error_message == message
+
+
+@pytest.mark.parametrize(
+    "userinfo",
+    ["reader%40tenant:{password}%40x", "reader@tenant:{password}"],
+    ids=["percent-encoded", "raw-at-in-the-user-name"],
+)
+def test_an_at_sign_sqlalchemy_reads_right_is_not_refused(
+    cache: CacheStore,
+    stack: DevStack,
+    make_store: MakeStore,
+    secret_name: str,
+    sources: Callable[..., SqlQuerySource],
+    userinfo: str,
+) -> None:
+    password = secrets.token_urlsafe(12)
+    host = "127.0.0.1:1/catalogue?connect_timeout=2"
+    stack.vault.set(
+        secret_name, f"postgresql+psycopg://{userinfo.format(password=password)}@{host}"
+    )
+
+    with pytest.raises(UpstreamUnavailableError, match="could not be reached") as caught:
+        refresh(
+            cache, sources(url_secret=secret_name), FetchContext(secrets=make_store([secret_name]))
+        )
+
+    assert password not in str(caught.value)
+
+
 def test_options_are_checked_and_the_kind_is_registered() -> None:
     source = build_source(NS, {"kind": "sql_query", "url_secret": "db", "query": "SELECT 1"})
     assert source.secret_names() == frozenset({"db"})
