@@ -79,6 +79,18 @@ async def page_request(
 ) -> PageRequest:
     """The page parameters, parsed: 422 for a bad filter, 406 for an ``Accept`` naming
     no format served (``async``: nothing blocks, no thread-pool hop)."""
+    repeated = [name for name in _SINGLE_PARAMS if len(request.query_params.getlist(name)) > 1]
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": "give it once (it was repeated)",
+                    "type": "value_error",
+                }
+                for name in repeated
+            ]
+        )
     media_type = query.negotiate(request.headers.get("accept"))
     if media_type is None:
         raise HTTPException(
@@ -91,6 +103,10 @@ async def page_request(
         _parsed("fields", query.parse_fields, fields),
         media_type,
     )
+
+
+_SINGLE_PARAMS = ("limit", "cursor", "fields")
+"""Page parameters taken once: a repeated one is refused, not read as its last value."""
 
 
 def _parsed(name: str, parse: Any, value: Any) -> Any:

@@ -308,6 +308,15 @@ def test_another_namespaces_cursor_is_422_problem(
     _problem(response, 422, mentions="another namespace")
 
 
+@pytest.mark.parametrize("query", ["limit=2&limit=3", "cursor=a&cursor=b", "fields=id&fields=name"])
+def test_a_page_parameter_given_twice_is_a_422_naming_it(
+    client: httpx.Client, demo: list[dict[str, Any]], query: str
+) -> None:
+    name = query.partition("=")[0]
+    body = _problem(client.get(f"/v1/namespaces/demo/items?{query}"), 422, mentions=name)
+    assert ["query", name] in [error["location"] for error in body["errors"]]
+
+
 # -- access and not found (both routes) ----------------------------------------------
 
 
