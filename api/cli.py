@@ -33,6 +33,7 @@ from typing import Annotated
 
 import typer
 from prometheus_client import CollectorRegistry
+from rich.markup import escape
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
@@ -45,6 +46,7 @@ from api.devenv import (
     USERS_BY_KEY,
     KeyRotation,
     check_columns,
+    claim_dev_directory,
     demo_token,
     devstack_settings,
     quiet_logs,
@@ -55,7 +57,7 @@ from api.devenv import (
 )
 from api.devtoken import devstack_app
 from api.resources import ApiResources, build_resources, open_resources
-from api.serve import base_url, is_loopback, listen, serve, sigterm_interrupts
+from api.serve import base_url, is_loopback, listen, serve
 from devstack.stack import DevStack
 from refresher.cache import CacheStore
 from refresher.cli import (
@@ -67,6 +69,7 @@ from refresher.cli import (
     observed_scheduler,
     reported_errors,
     settings_or_exit,
+    sigterm_interrupts,
 )
 from refresher.db import cache_engine, init_schema
 from refresher.lease import LeaseManager
@@ -79,10 +82,11 @@ __all__ = ["app", "main"]
 
 app.add_typer(devstack_app, name="devstack")
 
+# Help texts are Rich markup: a literal "[...]" is escaped, else Rich takes it for a style.
 PortOption = Annotated[
     int | None,
     typer.Option(
-        min=1, max=65535, help="Port to serve on [default: CACHE_REFRESHER_PORT, or 8000]."
+        min=1, max=65535, help=escape("Port to serve on [default: CACHE_REFRESHER_PORT, or 8000].")
     ),
 ]
 
@@ -139,8 +143,10 @@ def dev(
         float | None,
         typer.Option(
             min=MIN_INTERVAL_SECONDS,
-            help="Seconds between refreshes of each namespace "
-            "[default: CACHE_REFRESHER_REFRESH_INTERVAL_SECONDS, or 30].",
+            help=escape(
+                "Seconds between refreshes of each namespace "
+                "[default: CACHE_REFRESHER_REFRESH_INTERVAL_SECONDS, or 30]."
+            ),
         ),
     ] = None,
 ) -> None:
@@ -162,15 +168,15 @@ def dev(
             f"dev refreshes at most every {MIN_INTERVAL_SECONDS:g} s, set it to that or more",
             EXIT_USAGE,
         )
-    with reported_errors():
+    with reported_errors(), claim_dev_directory():  # one dev per directory: see devenv
         listener = listen(settings.host, settings.port)
-    try:
-        with sigterm_interrupts(), reported_errors(), ExitStack() as running:
-            _run_dev(running, settings, listener)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        listener.close()
+        try:
+            with sigterm_interrupts(), ExitStack() as running:
+                _run_dev(running, settings, listener)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            listener.close()
     console.print("Stopped.", highlight=False)
 
 

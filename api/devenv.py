@@ -26,14 +26,20 @@ Everything here is for local development only; production never reaches it
   migrations yet) is named at start instead of failing every refresh and read.
 - :func:`quiet_logs`: keeps the console to what an operator follows (a line per
   refresh, rotation and secret version), not every HTTP exchange.
+- :func:`claim_dev_directory`: one ``dev`` per directory: a second would rewrite
+  the first's namespaces file and credentials, and delete them when it stops.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shlex
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -70,6 +76,35 @@ JOIN_SECONDS = 5.0
 CHATTY_LOGGERS = HTTP_CLIENT_LOGGERS
 """Log every request (azure-core with all its headers) at INFO: warnings only in dev."""
 UVICORN_LOGGERS = ("uvicorn.access", "uvicorn.error")
+
+
+LOCK_FILE = DEV_DIR / "dev.lock"
+
+
+@contextmanager
+def claim_dev_directory(lock_file: Path = LOCK_FILE) -> Iterator[None]:
+    """Hold ``lock_file`` (an OS lock, gone with the process however it ends) while ``dev``
+    runs; :class:`ConfigurationError` if another process holds it."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ConfigurationError(
+                f"another cache-refresher dev (pid {holder}) is running in this directory, "
+                f"and shares its {DEV_DIR}/ files: stop it first, or start this one in "
+                "another directory"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def devstack_settings(settings: Settings, stack: DevStack, *, namespaces_file: Path) -> Settings:

@@ -3,23 +3,21 @@
 The listening socket is bound before anything is announced (a port in use is
 a clear error, not a traceback from inside uvicorn), and SIGTERM stops the
 process like Ctrl-C: uvicorn handles both while it serves, shuts down
-gracefully, then re-raises the signal into :func:`sigterm_interrupts`'s
-handler, so the command's ``with`` blocks close everything in reverse order.
+gracefully, then re-raises the signal into the handler of
+:func:`refresher.cli.sigterm_interrupts`, so the command's ``with`` blocks
+close everything in reverse order.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import signal
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
 from refresher.errors import ConfigurationError
+from refresher.metrics import cannot_listen
 from refresher.settings import Settings
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -44,8 +42,14 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigurationError(
-            f"cannot listen on {host}:{port} ({exc.strerror}): stop whatever uses it, "
-            "or pass another --port"
+            cannot_listen(
+                "cannot listen on",
+                host,
+                port,
+                exc,
+                host_setting="CACHE_REFRESHER_HOST",
+                port_setting="--port or CACHE_REFRESHER_PORT",
+            )
         ) from None
     return sock
 
@@ -78,17 +82,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so both stop the process the same clean way."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

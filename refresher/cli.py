@@ -29,10 +29,10 @@ from typing import Annotated, NoReturn
 import typer
 from prometheus_client import CollectorRegistry
 from rich.console import Console
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
-from refresher.cache import CacheStore, describe_error
-from refresher.db import cache_engine, init_schema, utcnow
+from refresher.cache import CacheStore, check_namespace, describe_error
+from refresher.db import cache_engine, database_problem, init_schema, utcnow
 from refresher.ddl import DIALECTS, render_ddl
 from refresher.errors import CacheRefresherError, ConfigurationError
 from refresher.lease import LeaseManager, default_holder
@@ -241,36 +241,66 @@ def refresh(
         float, typer.Option(min=0, help="With --queue: seconds to wait for the outcome.")
     ] = 300.0,
 ) -> None:
-    """Refresh one namespace now, with progress; exit 1 (saying why) if it fails."""
+    """Refresh one namespace now, with progress; exit 1 (saying why) if it fails.
+
+    Ctrl-C or SIGTERM stops it: the refresh rolls back (the run is recorded
+    abandoned, the lease released) and the command exits 1.
+    """
     settings = settings_or_exit()
     with reported_errors():
         chosen = configured_namespace(settings, namespace)
     if queue:
+        chosen.source.close()  # the replicas use their own
         _queue_refresh(settings, namespace, wait)
         return
-    with (
-        reported_errors(),
-        sources_closed_after([chosen]),
-        open_services(settings, background=False) as services,
-        cache_engine(settings, identity=services.identity) as engine,
-        RefreshProgress(errors) as progress,
-    ):
-        outcome = refresh_now(
-            _store(settings, engine), chosen, services=services.for_sources(),
-            progress=progress.items, page_progress=progress.pages,
-        )  # fmt: skip
-    _report(outcome)
+    try:
+        with (
+            sigterm_interrupts(),
+            reported_errors(),
+            sources_closed_after([chosen]),
+            open_services(settings, background=False) as services,
+            cache_engine(settings, identity=services.identity) as engine,
+            RefreshProgress(errors) as progress,
+        ):
+            outcome = refresh_now(
+                _store(settings, engine), chosen, services=services.for_sources(),
+                progress=progress.items, page_progress=progress.pages,
+            )  # fmt: skip
+    except KeyboardInterrupt as exc:
+        fail(
+            f"refresh of namespace {namespace!r} stopped ({type(exc).__name__}): nothing was "
+            "committed (a run in progress is recorded abandoned and its lease released); the "
+            "cache keeps its last complete refresh"
+        )
+    _report(outcome, settings)
 
 
-def _report(outcome: RefreshOutcome) -> None:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C's ``KeyboardInterrupt`` is (the run history names it)."""
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C (:class:`Terminated` in the main thread), so both stop a
+    command the same clean way: its ``with`` blocks roll back and close what it opened."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report(outcome: RefreshOutcome, settings: Settings) -> None:
     error = outcome.error
     if error is not None:
         if not is_expected(error):
             logger.error("refresh of %r failed unexpectedly", outcome.namespace, exc_info=error)
-        fail(
-            f"refresh of namespace {outcome.namespace!r} failed ({type(error).__name__}): "
-            f"{describe_error(error)}"
-        )
+        why = database_problem(error, make_url(settings.database_url)) or describe_error(error)
+        fail(f"refresh of namespace {outcome.namespace!r} failed ({type(error).__name__}): {why}")
     assert outcome.result is not None
     console.print(
         refresh_summary(outcome.namespace, outcome.result, outcome.seconds), highlight=False
@@ -336,8 +366,15 @@ def list_runs(
     namespace: Annotated[str, typer.Argument(help="The namespace whose history to show.")],
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs, newest first.")] = 20,
 ) -> None:
-    """Show the recent refresh runs of a namespace: when, how long, outcome, counts, why."""
+    """Show the recent refresh runs of a namespace: when, how long, outcome, counts, why.
+
+    With CACHE_REFRESHER_NAMESPACES_FILE set, the namespace must be one it defines.
+    """
     settings = settings_or_exit()
+    with reported_errors():
+        check_namespace(namespace)
+        if settings.namespaces_file is not None:
+            configured_namespace(settings, namespace).source.close()
     with reported_errors(), cache_engine(settings) as engine:
         runs = CacheStore(engine).runs(namespace, limit=limit)
     if not runs:
@@ -381,8 +418,14 @@ def configured_namespaces(settings: Settings) -> list[Namespace]:
 
 
 def configured_namespace(settings: Settings, name: str) -> Namespace:
-    """One namespace of the configured file, or a ConfigurationError naming the known ones."""
+    """One namespace of the configured file (the caller closes its source), or a
+    ConfigurationError: a name no namespace may have, or one the file does not define
+    (naming those it does)."""
+    check_namespace(name)
     namespaces = {namespace.name: namespace for namespace in configured_namespaces(settings)}
+    for other in namespaces.values():
+        if other.name != name:
+            other.source.close()
     if name not in namespaces:
         raise ConfigurationError(
             f"namespace {name!r} is not defined in {settings.namespaces_file}: "

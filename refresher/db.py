@@ -13,12 +13,20 @@
 With a credential (the app identity), Azure SQL and Azure Database for
 PostgreSQL connections log in with its Entra ID access token instead of a
 password: :mod:`refresher.db_tokens`.
+
+When the database cannot be used at all, :func:`database_problem` says why and
+what to do, told apart by the driver's error: the server cannot be reached or
+refuses the login (named by host, port and database, never the password), the
+ODBC driver is not installed, a SQLite file or folder is read-only, or the
+login lacks a permission. :func:`cache_engine` puts that in place of the store's
+generic message, so every command reads it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,12 +36,14 @@ from weakref import WeakKeyDictionary
 import sqlalchemy as sa
 from azure.core.credentials import TokenCredential
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
+from refresher import azure_sql
 from refresher.checkpointer import WalCheckpointer, connection_pragmas
 from refresher.db_tokens import ConnectRetry, TokenConnector, TokenExpiry, token_method
-from refresher.errors import ConfigurationError, StoreError
+from refresher.db_urls import driver_says, password_cut_short, scrubber
+from refresher.errors import CacheRefresherError, ConfigurationError, StoreError
 from refresher.identity.build import build_credential
 from refresher.identity.credential import AppIdentity
 from refresher.schema import metadata
@@ -44,6 +54,37 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 IMMEDIATE = {"sqlite_begin": "BEGIN IMMEDIATE"}
 """Execution options for a connection that will write (takes SQLite's lock at BEGIN)."""
+
+URL_SETTING = "CACHE_REFRESHER_DATABASE_URL"
+DEFAULT_PORTS = {"postgresql": 5432, "mssql": 1433}
+DDL_DIALECTS = {"mssql": "azure-sql"}
+"""``cache-refresher db sql --dialect`` by SQLAlchemy backend, where the names differ."""
+
+ODBC_DRIVER_HELP = (
+    "https://learn.microsoft.com/sql/connect/odbc/linux-mac/"
+    "installing-the-microsoft-odbc-driver-for-sql-server"
+)
+ODBC_DRIVER_NOT_FOUND = ("IM002", "Can't open lib")
+"""unixODBC's answer when the driver (or DSN) a connection string names is not installed:
+SQLSTATE IM002, or "Can't open lib '<driver>' : file not found" under SQLSTATE 01000."""
+
+CONNECT_SQLSTATE_CLASSES = ("08", "28", "3D", "HYT", "57P03", "53300")
+"""SQLSTATEs of a failed connect: connection exceptions, refused logins, an unknown
+database, login timeouts, a server starting up or out of connections. psycopg raises
+its connect errors without any (nothing answered, or the server refused the login)."""
+CONNECT_SQL_SERVER_ERRORS = frozenset({4060, 18456, 40532, 40615})
+"""SQL Server: cannot open the database, login failed, cannot open the server, firewall."""
+
+PERMISSION_SQLSTATES = ("42501",)
+"""PostgreSQL's insufficient_privilege."""
+PERMISSION_SQL_SERVER_ERRORS = frozenset({229, 230, 262, 297, 300, 2760, 15247})
+"""SQL Server's permission denied (on an object, a column, CREATE TABLE, the action, a
+server permission, the schema, the statement)."""
+READ_ONLY_SQLSTATES = ("25006",)
+"""PostgreSQL's read_only_sql_transaction: a standby, or read-only transactions."""
+
+SQLITE_READONLY = 8
+SQLITE_CANTOPEN = 14
 
 
 def create_engine(
@@ -69,6 +110,13 @@ def create_engine(
             "the database URL could not be parsed: give a SQLAlchemy URL such as "
             "sqlite:///path/cache.db or postgresql+psycopg://user@host/db"
         ) from exc
+    if password_cut_short(url):
+        # Else the rest of the password would be read as the host, and named in messages.
+        raise ConfigurationError(
+            f"{URL_SETTING} has an unescaped '@' in its password (or user name): SQLAlchemy "
+            "ends the password at the first '@' and reads the rest as the host: percent-encode "
+            "each '@' in the user name and password as %40"
+        )
     method = token_method(parsed, credential, database_auth)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -76,7 +124,7 @@ def create_engine(
     if backend == "mssql":
         kwargs.setdefault("fast_executemany", True)
     kwargs.setdefault("pool_pre_ping", True)
-    engine = sa.create_engine(url, **kwargs)
+    engine = _loaded(lambda: sa.create_engine(url, **kwargs), parsed)
     if method is not None:
         assert credential is not None  # token_method refuses "entra" without one
         TokenConnector(credential, method, retry=retry, expiry=expiry).install(engine)
@@ -104,6 +152,11 @@ def cache_engine(settings: Settings, *, identity: AppIdentity | None = None) -> 
         )
         try:
             yield engine
+        except (StoreError, SQLAlchemyError) as exc:
+            problem = database_problem(exc, engine.url)
+            if problem is None or _database(engine.url) in str(exc):
+                raise  # not a problem of the database as a whole, or already said so
+            raise StoreError(problem) from exc
         finally:
             engine.dispose()
     finally:
@@ -111,10 +164,30 @@ def cache_engine(settings: Settings, *, identity: AppIdentity | None = None) -> 
             identity.close()
 
 
+def _loaded(create: Callable[[], Engine], url: URL) -> Engine:
+    """``create()``; a dialect or driver module that cannot be loaded is a ConfigurationError."""
+    try:
+        return create()
+    except NoSuchModuleError:
+        raise ConfigurationError(
+            f"{URL_SETTING} names the database kind {url.drivername!r}, which SQLAlchemy "
+            "does not know: use sqlite:///..., postgresql+psycopg://... or mssql+pyodbc://..."
+        ) from None
+    except ImportError as exc:
+        if url.get_driver_name() == "pyodbc":
+            advice = "install unixODBC, which pyodbc loads (sudo apt-get install -y unixodbc)"
+        else:
+            advice = f"install the Python package {exc.name or url.get_driver_name()!r} here"
+        raise ConfigurationError(
+            f"the database driver of {url.drivername}:// cannot be loaded ({exc}): {advice}, "
+            f"or set {URL_SETTING} to a driver that is installed"
+        ) from None
+
+
 def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
     checkpointer = None
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(Path(database).parent)
         checkpointer = WalCheckpointer(os.path.abspath(database))
     pragmas = (
         f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}",
@@ -145,6 +218,17 @@ def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
         conn.exec_driver_sql(options.get("sqlite_begin", "BEGIN"))
 
     return engine
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the folder {str(folder)!r} of the SQLite database "
+            f"({exc.strerror or exc}): set {URL_SETTING} to a file in a folder this user may "
+            "create and write, e.g. sqlite:///.dev/cache.db"
+        ) from None
 
 
 _checkpointers: WeakKeyDictionary[Engine, WalCheckpointer] = WeakKeyDictionary()
@@ -181,14 +265,165 @@ def db_now(conn: Connection) -> datetime:
 def init_schema(engine: Engine) -> None:
     """Create the cache tables that do not exist yet.
 
-    Raises ``StoreError`` naming the reviewed DDL in ``sql/`` when the URL's
-    identity may not create tables (the production case: a DBA applies it).
+    Raises ``StoreError`` saying why not: naming the reviewed DDL in ``sql/``
+    when the URL's identity may not create tables (the production case: a DBA
+    applies it), else what :func:`database_problem` finds.
     """
     try:
         metadata.create_all(engine)
-    except (ProgrammingError, OperationalError) as exc:
-        raise StoreError(
-            f"could not create the cache tables on the {engine.dialect.name} database "
-            f"({type(exc.orig).__name__}): this identity may lack DDL rights; "
-            "have a DBA apply the reviewed DDL (cache-refresher db sql --dialect ...)"
-        ) from exc
+    except SQLAlchemyError as exc:
+        backend = engine.url.get_backend_name()
+        dba = (
+            "have a DBA apply the reviewed DDL "
+            f"(cache-refresher db sql --dialect {DDL_DIALECTS.get(backend, backend)})"
+        )
+        driver = _driver_error(exc)
+        if driver is not None and _permission_denied(driver[1]):
+            raise StoreError(
+                f"could not create the cache tables: {_database(engine.url)} refused it "
+                f"({_said(driver[0], engine.url)}): this login lacks DDL rights; {dba}"
+            ) from exc
+        problem = database_problem(exc, engine.url)
+        if problem is None:
+            problem = (
+                f"{_database(engine.url)} failed ({_said(exc, engine.url)}): see its "
+                f"message; if this login may not create tables, {dba}"
+            )
+        raise StoreError(f"could not create the cache tables: {problem}") from exc
+
+
+def database_problem(exc: BaseException, url: URL) -> str | None:
+    """What an operator reads when ``exc`` (or the database error it was raised from) shows
+    that the database at ``url`` cannot be used at all, and what to do; ``None`` when it is
+    some other failure.
+
+    Told apart: the ODBC driver is not installed; a SQLite file or folder cannot be
+    written; the login lacks a permission, or the database takes no writes; the server
+    cannot be reached or refuses the login. Names host, port and database, never the
+    password; the driver's first line only with the URL and password blanked out.
+    """
+    driver = _driver_error(exc)
+    if driver is None:
+        return None
+    error, orig = driver
+    said = _said(error, url)
+    if _odbc_driver_missing(orig):
+        return f"cannot connect to {_database(url)}: {_odbc_driver_problem(url, said)}"
+    if isinstance(orig, sqlite3.Error):
+        return _sqlite_problem(orig, url, said)
+    if _permission_denied(orig):
+        return (
+            f"{_database(url)} refused this login ({said}): grant it SELECT, INSERT, UPDATE "
+            "and DELETE on the cache tables (sql/README.md), or use the login that has them "
+            f"in {URL_SETTING}"
+        )
+    if _sqlstate(orig) in READ_ONLY_SQLSTATES:
+        return (
+            f"{_database(url)} takes no writes here ({said}): point {URL_SETTING} at the "
+            "primary server, not a read replica"
+        )
+    if error.statement is None and _failed_connect(orig):
+        return (
+            f"cannot connect to {_database(url)} ({said}): check that the server is up and "
+            "reachable from here, that the database exists and that this login may connect "
+            f"(host, port, database and user in {URL_SETTING}; CACHE_REFRESHER_DATABASE_AUTH)"
+        )
+    return None
+
+
+def _odbc_driver_problem(url: URL, said: str) -> str:
+    driver = url.query.get("driver")
+    if not driver:
+        return (
+            f"{URL_SETTING} names no ODBC driver ({said}): add "
+            "driver=ODBC+Driver+18+for+SQL+Server to it (odbcinst -q -d lists the installed "
+            "ones)"
+        )
+    return (
+        f"the ODBC driver {str(driver)!r} that {URL_SETTING} asks for (driver=) is not "
+        f"installed here ({said}): install it (Microsoft's msodbcsql18 package: "
+        f"{ODBC_DRIVER_HELP}), or set driver= in the URL to an installed one "
+        "(odbcinst -q -d lists them)"
+    )
+
+
+def _sqlite_problem(orig: sqlite3.Error, url: URL, said: str) -> str | None:
+    code = getattr(orig, "sqlite_errorcode", 0) & 0xFF
+    if code == SQLITE_READONLY:
+        return (
+            f"{_database(url)} is read-only here ({said}): make the file and "
+            "its folder writable by this user (SQLite writes -wal and -shm files next to "
+            f"it), or set {URL_SETTING} to a writable path"
+        )
+    if code == SQLITE_CANTOPEN:
+        return (
+            f"cannot open or create {_database(url)} ({said}): its folder must "
+            "exist and this user must be able to create and write files in it (SQLite "
+            f"writes -wal and -shm files next to it); or set {URL_SETTING} to a writable path"
+        )
+    return None
+
+
+def _driver_error(exc: BaseException) -> tuple[DBAPIError, Exception] | None:
+    """The driver's error in ``exc`` (SQLAlchemy's wrapper and the driver's own), or in the
+    error ``exc`` was raised from (our StoreError translates one); ``None`` if there is none."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DBAPIError):
+            return None if seen.orig is None else (seen, seen.orig)
+        if not isinstance(seen, CacheRefresherError | SQLAlchemyError):
+            return None
+        seen = seen.__cause__
+    return None
+
+
+def _sqlstate(orig: BaseException) -> str:
+    """The error's SQLSTATE: psycopg's attribute, pyodbc's first argument ("" if none)."""
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is None and orig.args and isinstance(orig.args[0], str):
+        sqlstate = orig.args[0] if len(orig.args[0]) == 5 else None
+    return (sqlstate or "").upper()
+
+
+def _sql_server_errors(orig: BaseException) -> frozenset[int]:
+    message = orig.args[1] if len(orig.args) > 1 and isinstance(orig.args[1], str) else ""
+    return azure_sql.native_error_numbers(message)
+
+
+def _odbc_driver_missing(orig: BaseException) -> bool:
+    if type(orig).__module__ != "pyodbc":
+        return False
+    return _sqlstate(orig) == ODBC_DRIVER_NOT_FOUND[0] or ODBC_DRIVER_NOT_FOUND[1] in str(orig)
+
+
+def _permission_denied(orig: BaseException) -> bool:
+    return _sqlstate(orig) in PERMISSION_SQLSTATES or bool(
+        _sql_server_errors(orig) & PERMISSION_SQL_SERVER_ERRORS
+    )
+
+
+def _failed_connect(orig: BaseException) -> bool:
+    sqlstate = _sqlstate(orig)
+    return (
+        not sqlstate
+        or sqlstate.startswith(CONNECT_SQLSTATE_CLASSES)
+        or bool(_sql_server_errors(orig) & CONNECT_SQL_SERVER_ERRORS)
+    )
+
+
+def _database(url: URL) -> str:
+    """The database as an operator knows it: kind, name, host and port (no password)."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return f"the SQLite database {url.database or ':memory:'!r}"
+    where = ""
+    if url.host:
+        where = f" on {url.host}:{url.port or DEFAULT_PORTS.get(backend, '(default port)')}"
+    return f"the {backend} database {url.database or '(default)'!r}{where}"
+
+
+def _said(exc: BaseException, url: URL) -> str:
+    """The driver's class and first line, with the URL and its password blanked out."""
+    if not isinstance(exc, SQLAlchemyError):
+        return type(exc).__name__
+    return driver_says(exc, scrubber(url.render_as_string(hide_password=False)))

@@ -28,7 +28,9 @@ at scrape time too. Labels carry names and classes, never values.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
@@ -200,8 +202,14 @@ def serve_metrics(registry: CollectorRegistry, *, host: str, port: int) -> Calla
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise ConfigurationError(
-            f"cannot serve metrics on {host}:{port} ({exc.strerror}): set "
-            "CACHE_REFRESHER_METRICS_PORT to a free port, or to 0 to turn the endpoint off"
+            cannot_listen(
+                "cannot serve metrics on",
+                host,
+                port,
+                exc,
+                host_setting="CACHE_REFRESHER_METRICS_HOST",
+                port_setting="CACHE_REFRESHER_METRICS_PORT, or 0 to turn the endpoint off",
+            )
         ) from None
 
     def stop() -> None:
@@ -210,3 +218,32 @@ def serve_metrics(registry: CollectorRegistry, *, host: str, port: int) -> Calla
         thread.join()
 
     return stop
+
+
+def cannot_listen(
+    what: str, host: str, port: int, exc: OSError, *, host_setting: str, port_setting: str
+) -> str:
+    """Why ``host:port`` cannot be listened on, and which setting to change: the host's when
+    it is no address of this machine (or no address at all), the port's when another process
+    has it or it is a privileged one."""
+    said = f"{what} {host}:{port} ({exc.strerror or exc})"
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"{said}: {host!r} is not a name this machine can resolve: set {host_setting} to "
+            "an address of this machine, such as 127.0.0.1"
+        )
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return (
+            f"{said}: {host!r} is not an address of this machine: set {host_setting} to one "
+            "that is, such as 127.0.0.1"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{said}: another process listens there: stop it, or use another port ({port_setting})"
+        )
+    if exc.errno == errno.EACCES and port < 1024:
+        return (
+            f"{said}: ports below 1024 need privileges this process does not have: use a port "
+            f"above 1023 ({port_setting})"
+        )
+    return f"{said}: check {host_setting} and the port ({port_setting})"

@@ -74,11 +74,37 @@ def test_db_init_creates_the_tables_on_the_configured_database(sqlite_url: str) 
 
 
 def test_db_init_reports_an_unreachable_database_and_exits_1() -> None:
-    url = "postgresql+psycopg://postgres@127.0.0.1:1/nothing?connect_timeout=2"
-    result = runner.invoke(app, ["db", "init"], env=_env(database_url=url))
+    url = "postgresql+psycopg://postgres:pw-not-shown@127.0.0.1:1/nothing?connect_timeout=2"
+    result = runner.invoke(app, ["db", "init"], env={**_env(database_url=url), **WIDE})
     assert result.exit_code == 1
-    assert "could not create the cache tables" in result.stderr
+    assert (
+        "could not create the cache tables: cannot connect to the postgresql database "
+        "'nothing' on 127.0.0.1:1" in result.stderr
+    )
+    assert "DDL" not in result.stderr
+    assert "pw-not-shown" not in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [["db", "init"], ["namespaces"], ["runs", "catalogue"]])
+def test_a_sqlite_folder_that_cannot_be_created_exits_2_naming_it(args: list[str]) -> None:
+    url = "sqlite:////proc/cache-refresher-test/cache.db"  # nobody may create folders in /proc
+    result = runner.invoke(app, args, env={**_env(database_url=url), **WIDE})
+    assert result.exit_code == 2, result.output
+    assert "cannot create the folder '/proc/cache-refresher-test' of the SQLite database" in (
+        result.stderr
+    )
+    assert "set CACHE_REFRESHER_DATABASE_URL to a file in a folder" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_namespaces_on_a_database_it_cannot_reach_says_so_and_exits_1() -> None:
+    url = f"postgresql+psycopg://postgres:pw-not-shown@127.0.0.1:{free_port()}/cache"
+    result = runner.invoke(app, ["namespaces"], env={**_env(database_url=url), **WIDE})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot connect to the postgresql database 'cache'")
+    assert "check that the server is up and reachable from here" in result.stderr
+    assert "pw-not-shown" not in result.output
 
 
 def test_bad_settings_print_what_is_wrong_and_exit_2() -> None:
@@ -119,6 +145,19 @@ def test_every_command_has_help(args: list[str]) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0
     assert "Usage" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["api", "--help"], "Port to serve on [default: CACHE_REFRESHER_PORT, or 8000]."),
+        (["dev", "--help"], "[default: CACHE_REFRESHER_REFRESH_INTERVAL_SECONDS, or 30]."),
+    ],
+)
+def test_help_shows_the_defaults_taken_from_the_environment(args: list[str], shown: str) -> None:
+    result = runner.invoke(app, args, env=WIDE)
+    assert result.exit_code == 0
+    assert shown in result.stdout
 
 
 def test_dev_refuses_a_port_in_use(tmp_path: Path) -> None:
@@ -479,6 +518,94 @@ def test_runs_of_a_namespace_without_history_says_so(configured: dict[str, str])
     result = runner.invoke(app, ["runs", "catalogue"], env=configured)
     assert result.exit_code == 0
     assert "Namespace 'catalogue' has no refresh runs yet." in result.stdout
+
+
+def test_runs_of_a_namespace_the_file_does_not_define_exits_2_naming_the_known_ones(
+    configured: dict[str, str],
+) -> None:
+    result = runner.invoke(app, ["runs", "nope"], env=configured)
+    assert result.exit_code == 2
+    assert "namespace 'nope' is not defined in" in result.stderr
+    assert "use one of catalogue, down" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["runs", "refresh"])
+@pytest.mark.parametrize("name", ["bad name!", ""])
+def test_runs_and_refresh_refuse_a_name_no_namespace_may_have(
+    configured: dict[str, str], command: str, name: str
+) -> None:
+    result = runner.invoke(app, [command, name], env=configured)
+    assert result.exit_code == 2
+    assert f"namespace name {name!r} is not valid: use 1 to" in result.stderr
+
+
+def test_runs_without_a_namespaces_file_refuses_an_invalid_name_only(sqlite_url: str) -> None:
+    engine = create_engine(sqlite_url)
+    init_schema(engine)
+    engine.dispose()
+    env = _env(database_url=sqlite_url)
+    assert runner.invoke(app, ["runs", "bad name!"], env=env).exit_code == 2
+    result = runner.invoke(app, ["runs", "anything"], env=env)
+    assert result.exit_code == 0
+    assert "Namespace 'anything' has no refresh runs yet." in result.stdout
+
+
+def test_refresh_on_a_read_only_database_says_so_and_exits_1(configured: dict[str, str]) -> None:
+    path = configured["CACHE_REFRESHER_DATABASE_URL"].removeprefix("sqlite:///")
+    env = {**configured, **_env(database_url=f"sqlite:///file:{path}?mode=ro&uri=true")}
+    result = runner.invoke(app, ["refresh", "catalogue"], env=env)
+    assert result.exit_code == 1
+    assert f"the SQLite database 'file:{path}' is read-only here" in result.stderr
+    assert "make the file and its folder writable by this user" in result.stderr
+
+
+SLOW_NAMESPACES_TOML = """\
+[namespaces.slow]
+key_field = "id"
+every = "1h"
+source = { kind = "demo", size = 3000, fetch_seconds = 60 }
+"""
+"""A refresh that takes a minute: 30 pages of 100 items, one every 2 s."""
+
+
+def test_refresh_stopped_by_sigterm_abandons_its_run_and_releases_the_lease(
+    db_url: str, tmp_path: Path
+) -> None:
+    engine = create_engine(db_url)
+    init_schema(engine)
+    (tmp_path / "namespaces.toml").write_text(SLOW_NAMESPACES_TOML)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
+    env = {**base, **_env(database_url=db_url, namespaces_file=str(tmp_path / "namespaces.toml"))}
+    process = subprocess.Popen(
+        [str(SCRIPT), "refresh", "slow"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = Output(process, "pages fetched")
+    store = CacheStore(engine)
+    try:
+        running = _wait_for(
+            lambda: [run.status for run in store.runs("slow")] == ["running"], READY_SECONDS
+        )
+        assert running, output.text
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(STOP_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(STOP_SECONDS)
+        text = output.text
+        assert process.stdout is not None
+        process.stdout.close()
+
+    assert code == 1, text
+    assert "error: refresh of namespace 'slow' stopped (Terminated): nothing was committed" in text
+    assert "Traceback" not in text
+    (run,) = store.runs("slow")
+    assert (run.status, run.error_class) == ("abandoned", "Terminated")
+    lease = LeaseManager(engine, holder="next", ttl=30).acquire(lease_name("slow"))  # at once
+    assert lease.holder == "next"
+    engine.dispose()
 
 
 def test_run_without_a_namespaces_file_exits_2(sqlite_url: str) -> None:

@@ -22,9 +22,14 @@ from refresher.identity.entra_errors import aadsts_code, classify, retry_after_s
 class AzureIdentityTokenRequest:
     """Tokens from one azure-identity credential, with its errors translated."""
 
-    def __init__(self, credential: SupportsTokenInfo, *, description: str) -> None:
+    def __init__(
+        self, credential: SupportsTokenInfo, *, description: str, advice: str | None = None
+    ) -> None:
+        """``advice`` says what to do when the credential is not available here (appended to
+        azure-identity's reason, which names none)."""
         self._credential = credential
         self._description = description
+        self._advice = advice
 
     @property
     def description(self) -> str:
@@ -35,8 +40,11 @@ class AzureIdentityTokenRequest:
         try:
             info = self._credential.get_token_info(scope)
         except AzureCredentialUnavailable as exc:
+            said = f"{self._description} is not available here"
             raise CredentialUnavailableError(
-                f"{self._description} is not available here: {_first_line(exc.message)}"
+                f"{said} ({_first_line(exc.message)}): {self._advice}"
+                if self._advice
+                else f"{said}: {_first_line(exc.message)}"
             ) from None
         except ClientAuthenticationError as exc:
             if exc.response is None and _caused_by_network(exc):

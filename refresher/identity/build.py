@@ -24,6 +24,14 @@ from refresher.identity.credential import AppIdentity
 from refresher.identity.msal_client import CertificateFile, MsalTokenRequest, RecordingSession
 from refresher.settings import IdentityKind, Settings
 
+OTHER_CREDENTIALS = (
+    "client certificate (AZURE_CLIENT_CERTIFICATE_PATH), client secret "
+    "(AZURE_CLIENT_SECRET or CACHE_REFRESHER_CLIENT_SECRET_FILE) or federated token "
+    "(AZURE_FEDERATED_TOKEN_FILE)"
+)
+"""The credentials ``auto`` looks for before the managed identity, by their settings."""
+MANAGED_IDENTITY_HOSTS = "an Azure VM, App Service, Container Apps or AKS pod"
+
 
 def build_credential(settings: Settings) -> AppIdentity:
     """The service's app identity as its settings describe it (not started)."""
@@ -50,6 +58,22 @@ def resolve_kind(settings: Settings) -> IdentityKind:
     if settings.azure_federated_token_file:
         return "workload_identity"
     return "managed_identity"
+
+
+def managed_identity_advice(settings: Settings) -> str:
+    """What to do when the managed identity is not available here: which credential kinds
+    were considered, how to give one, and how CACHE_REFRESHER_IDENTITY chooses."""
+    if settings.identity == "auto":
+        return (
+            f"CACHE_REFRESHER_IDENTITY=auto found no {OTHER_CREDENTIALS} and fell back to "
+            "the managed identity: set one of those, or run where this managed identity is "
+            f"assigned ({MANAGED_IDENTITY_HOSTS})"
+        )
+    return (
+        f"CACHE_REFRESHER_IDENTITY={settings.identity} uses the managed identity only: run "
+        f"where it is assigned ({MANAGED_IDENTITY_HOSTS}), or set a {OTHER_CREDENTIALS} "
+        "and CACHE_REFRESHER_IDENTITY=auto"
+    )
 
 
 def _require_app_registration(settings: Settings) -> tuple[str, str]:
@@ -166,6 +190,10 @@ def _azure_identity_request(settings: Settings, kind: IdentityKind) -> AzureIden
             if settings.azure_client_id
             else "system-assigned"
         )
-        return AzureIdentityTokenRequest(managed, description=f"managed identity ({who})")
+        return AzureIdentityTokenRequest(
+            managed,
+            description=f"managed identity ({who})",
+            advice=managed_identity_advice(settings),
+        )
     default = DefaultAzureCredential(authority=settings.azure_authority_host, **verify)
     return AzureIdentityTokenRequest(default, description="DefaultAzureCredential")

@@ -38,28 +38,25 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
-import re
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote_plus
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from refresher.db_urls import driver_says, password_cut_short, scrubber
 from refresher.errors import ConfigurationError, UpstreamDataError, UpstreamUnavailableError
 from refresher.secrets.base import SecretValue
 from refresher.sources.base import FetchContext
 
 FETCH_SIZE = 1000
 """Rows fetched per round trip (and per progress report)."""
-
-HIDDEN = "***"
 
 
 class SqlQueryOptions(BaseModel):
@@ -116,7 +113,7 @@ class SqlQuerySource:
         """Every row of the query, converted (lazily, ``fetch_size`` rows per round trip)."""
         secret = context.secret(self.options.url_secret)
         engine = self._engine_for(secret)
-        scrub = _scrubber(secret.value)
+        scrub = scrubber(secret.value)
         with _connect(engine, self._where(secret), scrub) as conn:
             yield from self._rows(conn, secret, scrub, context)
 
@@ -125,7 +122,7 @@ class SqlQuerySource:
         with self._lock:
             if self._engine is not None and self._engine[0] == secret.version:
                 return self._engine[1]
-            if _password_cut_short(secret.value):
+            if password_cut_short(secret.value):
                 raise ConfigurationError(
                     f"namespace {self.namespace!r}: secret {self.options.url_secret!r} (version "
                     f"{secret.version}) holds a URL with an unescaped '@' in its password (or "
@@ -174,7 +171,7 @@ class SqlQuerySource:
     def _query_error(
         self, exc: SQLAlchemyError, secret: SecretValue, scrub: Callable[[str], str]
     ) -> UpstreamDataError | UpstreamUnavailableError:
-        said = _driver_says(exc, scrub)
+        said = driver_says(exc, scrub)
         if getattr(exc, "connection_invalidated", False):
             return UpstreamUnavailableError(
                 f"{self._where(secret)} dropped the connection during the query ({said}); "
@@ -203,7 +200,7 @@ def _connect(engine: Engine, where: str, scrub: Callable[[str], str]) -> Iterato
         conn = engine.connect()
     except SQLAlchemyError as exc:
         raise UpstreamUnavailableError(
-            f"{where} could not be reached ({_driver_says(exc, scrub)}): check that the "
+            f"{where} could not be reached ({driver_says(exc, scrub)}): check that the "
             "database is up and reachable and that the URL in the secret is right"
         ) from None
     with conn:
@@ -218,53 +215,6 @@ def _column_names(columns: Sequence[str], where: str) -> list[str]:
             "give them distinct names with AS"
         )
     return list(columns)
-
-
-_AFTER_PASSWORD = re.compile(r"[\w+]+://[^:/]*:[^@]*@(?P<rest>.*)", re.DOTALL)
-"""What ``make_url`` reads as host, port, database and query in a URL with a password:
-all after the first '@' that follows the user name's ':' (``make_url``'s own pattern for
-the user name and password)."""
-
-
-def _password_cut_short(url: str) -> bool:
-    """Whether a URL's password (or user name) holds an unescaped '@'.
-
-    ``make_url`` ends the password at the first '@'; the rest of it becomes the
-    host (or the port, database or query), which a driver then quotes back
-    ("failed to resolve host ..."), out of the scrubber's reach. A host never
-    holds an '@', and one in the database or query is written %40 as well.
-    """
-    after = _AFTER_PASSWORD.match(url)
-    return after is not None and "@" in after["rest"]
-
-
-def _scrubber(url: str) -> Callable[[str], str]:
-    """Blanks the URL and its password (and their URL-encoded forms) out of a text."""
-    pieces = {url}
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        parsed = None
-    if parsed is not None and parsed.password:
-        password = str(parsed.password)
-        pieces |= {password, quote_plus(password), parsed.render_as_string(hide_password=False)}
-    ordered = sorted((piece for piece in pieces if piece), key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for piece in ordered:
-            text = text.replace(piece, HIDDEN)
-        return text
-
-    return scrub
-
-
-def _driver_says(exc: SQLAlchemyError, scrub: Callable[[str], str]) -> str:
-    """The driver's first line (scrubbed), after its class name."""
-    orig = getattr(exc, "orig", None)
-    cause = orig if orig is not None else exc
-    lines = str(cause).strip().splitlines()
-    first = scrub(lines[0])[:300] if lines else ""
-    return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
 
 
 def json_safe(value: Any) -> Any:

@@ -139,6 +139,28 @@ def test_api_refuses_a_port_in_use(api_env: dict[str, str]) -> None:
         result = runner.invoke(app, ["api", "--port", str(port)], env=api_env)
     assert result.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "another process listens there: stop it, or use another port (--port" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("nonexistent.invalid", "is not a name this machine can resolve"),
+        ("256.1.1.1", "is not a name this machine can resolve"),
+        ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1: nobody's
+    ],
+)
+def test_api_refuses_a_host_that_is_not_this_machines_naming_the_setting(
+    host: str, reason: str
+) -> None:
+    port = free_port()
+    result = runner.invoke(
+        app, ["api", "--port", str(port)], env={"CACHE_REFRESHER_HOST": host, "COLUMNS": "250"}
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: cannot listen on {host}:{port} (")
+    assert f"{host!r} {reason}: set CACHE_REFRESHER_HOST to " in result.stderr
+    assert "--port" not in result.stderr
 
 
 def test_api_without_the_tables_exits_1_pointing_at_db_init(

@@ -4,8 +4,11 @@ key rotation. Against the session's real devstack; the whole command runs in tes
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import stat
+import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -25,6 +28,7 @@ from api.devenv import (
     UVICORN_LOGGERS,
     KeyRotation,
     check_columns,
+    claim_dev_directory,
     demo_token,
     devstack_settings,
     namespaces_toml,
@@ -186,3 +190,31 @@ def test_tables_of_this_version_pass_the_column_check(sqlite_url: str) -> None:
     init_schema(engine)
     check_columns(engine)
     engine.dispose()
+
+
+def test_a_second_dev_in_the_same_directory_is_refused_naming_the_first(tmp_path: Path) -> None:
+    lock = tmp_path / ".dev" / "dev.lock"
+    holder = subprocess.Popen(  # another process, as a second `dev` would find it
+        [sys.executable, "-c", HOLD_LOCK, str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        refused = pytest.raises(ConfigurationError, match=f"pid {holder.pid}\\) is running")
+        with refused, claim_dev_directory(lock):
+            pass
+    finally:
+        holder.communicate("", timeout=10)  # stdin closed: it lets go and ends
+    with claim_dev_directory(lock):  # the first one gone, the directory is free
+        assert lock.read_text() == str(os.getpid())
+    assert lock.read_text() == ""
+
+
+HOLD_LOCK = """\
+import sys
+from pathlib import Path
+from api.devenv import claim_dev_directory
+with claim_dev_directory(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""

@@ -3,6 +3,7 @@ the database at scrape time, token requests and secret version changes, the HTTP
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections import Counter
 from datetime import timedelta
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from refresher.cache import CacheStore, RefreshResult
 from refresher.db import create_engine
 from refresher.errors import ConfigurationError, UpstreamUnavailableError
-from refresher.metrics import RefreshMetrics, serve_metrics
+from refresher.metrics import RefreshMetrics, cannot_listen, serve_metrics
 from refresher.namespaces import Namespace, Readers, Schedule
 from refresher.refresh import RefreshInterrupted, RefreshOutcome
 from refresher.sources.demo import DemoSource
@@ -151,3 +152,43 @@ def test_a_port_in_use_is_a_configuration_error_naming_the_setting() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigurationError, match="CACHE_REFRESHER_METRICS_PORT"):
             serve_metrics(CollectorRegistry(), host="127.0.0.1", port=port)
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("nonexistent.invalid", "is not a name this machine can resolve"),
+        ("256.1.1.1", "is not a name this machine can resolve"),
+        ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1: nobody's
+    ],
+)
+def test_a_host_that_is_not_this_machines_is_an_error_naming_the_host_setting(
+    host: str, reason: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        serve_metrics(CollectorRegistry(), host=host, port=_free_port())
+
+    message = str(caught.value)
+    assert message.startswith(f"cannot serve metrics on {host}:")
+    assert f"{host!r} {reason}: set CACHE_REFRESHER_METRICS_HOST to " in message
+    assert "such as 127.0.0.1" in message
+    assert "CACHE_REFRESHER_METRICS_PORT" not in message
+
+
+@pytest.mark.parametrize(
+    ("error", "port", "advice"),
+    [
+        (OSError(errno.EADDRINUSE, "Address already in use"), 9464,
+         "another process listens there: stop it, or use another port (--port)"),
+        (OSError(errno.EACCES, "Permission denied"), 80,
+         "ports below 1024 need privileges this process does not have: use a port above 1023"),
+        (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), 8000,
+         "'10.9.9.9' is not an address of this machine: set HOST to one that is"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), 8000,
+         "'10.9.9.9' is not a name this machine can resolve: set HOST to"),
+    ],
+)  # fmt: skip
+def test_cannot_listen_advises_by_the_reason(error: OSError, port: int, advice: str) -> None:
+    message = cannot_listen("cannot listen on", "10.9.9.9", port, error,
+                            host_setting="HOST", port_setting="--port")  # fmt: skip
+    assert message.startswith(f"cannot listen on 10.9.9.9:{port} ({error.strerror}): {advice}")

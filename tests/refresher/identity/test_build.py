@@ -132,3 +132,53 @@ def test_the_azure_identity_adapter_says_when_a_credential_is_not_configured() -
 
     with pytest.raises(CredentialUnavailableError, match="environment is not available here"):
         request.request(VAULT_SCOPE)
+
+
+MANAGED_ONLY = {"azure_tenant_id": "tenant-1", "azure_client_id": "client-1"}
+"""An app registration named, but no secret, certificate or federated token: ``auto``
+falls back to the managed identity, which this machine (not an Azure host) lacks."""
+
+
+def test_auto_without_a_credential_says_what_it_looked_for_and_how_to_give_one() -> None:
+    identity = build_credential(load_settings(**MANAGED_ONLY))
+    try:
+        with pytest.raises(CredentialUnavailableError) as caught:
+            identity.get_token(VAULT_SCOPE)
+    finally:
+        identity.close()
+
+    message = str(caught.value)
+    assert "managed identity (user-assigned 'client-1') is not available here (" in message
+    assert (
+        "CACHE_REFRESHER_IDENTITY=auto found no client certificate "
+        "(AZURE_CLIENT_CERTIFICATE_PATH), client secret (AZURE_CLIENT_SECRET or "
+        "CACHE_REFRESHER_CLIENT_SECRET_FILE) or federated token (AZURE_FEDERATED_TOKEN_FILE) "
+        "and fell back to the managed identity: set one of those, or run where this managed "
+        "identity is assigned" in message
+    )
+
+
+def test_a_managed_identity_chosen_explicitly_says_how_to_use_another_kind() -> None:
+    identity = build_credential(load_settings(identity="managed_identity", **MANAGED_ONLY))
+    try:
+        with pytest.raises(CredentialUnavailableError) as caught:
+            identity.get_token(VAULT_SCOPE)
+    finally:
+        identity.close()
+
+    message = str(caught.value)
+    assert "CACHE_REFRESHER_IDENTITY=managed_identity uses the managed identity only" in message
+    assert "AZURE_CLIENT_SECRET" in message
+    assert "and CACHE_REFRESHER_IDENTITY=auto" in message
+
+
+def test_the_azure_identity_adapter_adds_the_advice_it_was_given() -> None:
+    request = AzureIdentityTokenRequest(
+        EnvironmentCredential(), description="environment", advice="set AZURE_CLIENT_SECRET"
+    )
+
+    with pytest.raises(CredentialUnavailableError) as caught:
+        request.request(VAULT_SCOPE)
+
+    assert str(caught.value).startswith("environment is not available here (")
+    assert str(caught.value).endswith("): set AZURE_CLIENT_SECRET")
