@@ -96,7 +96,11 @@ class Backoff:
 
 
 def due_at(name: str, schedule: Schedule, history: History, backoff: Backoff) -> datetime | None:
-    """When namespace ``name`` is next due (``None``: now, it never ran)."""
+    """When namespace ``name`` is next due (``None``: now, it never ran).
+
+    Raises :class:`~refresher.errors.ConfigurationError` when ``schedule`` has no next
+    time (see :meth:`Schedule.next_after`); the scheduler then plans the others.
+    """
     last = history.last_started
     if last is None:
         return None

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from azure.core.credentials import TokenCredential
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from refresher import azure_sql
 from refresher.checkpointer import WalCheckpointer, connection_pragmas
@@ -47,7 +47,7 @@ from refresher.errors import CacheRefresherError, ConfigurationError, StoreError
 from refresher.identity.build import build_credential
 from refresher.identity.credential import AppIdentity
 from refresher.schema import metadata
-from refresher.settings import DatabaseAuth, Settings
+from refresher.settings import DatabaseAuth, Settings, database_url_problem
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another's lock before giving up."""
@@ -117,6 +117,9 @@ def create_engine(
             "ends the password at the first '@' and reads the rest as the host: percent-encode "
             "each '@' in the user name and password as %40"
         )
+    problem = database_url_problem(parsed)
+    if problem is not None:
+        raise ConfigurationError(f"{URL_SETTING}: {problem}")
     method = token_method(parsed, credential, database_auth)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -124,7 +127,7 @@ def create_engine(
     if backend == "mssql":
         kwargs.setdefault("fast_executemany", True)
     kwargs.setdefault("pool_pre_ping", True)
-    engine = _loaded(lambda: sa.create_engine(url, **kwargs), parsed)
+    engine = sa.create_engine(url, **kwargs)
     if method is not None:
         assert credential is not None  # token_method refuses "entra" without one
         TokenConnector(credential, method, retry=retry, expiry=expiry).install(engine)
@@ -162,26 +165,6 @@ def cache_engine(settings: Settings, *, identity: AppIdentity | None = None) -> 
     finally:
         if owned and identity is not None:
             identity.close()
-
-
-def _loaded(create: Callable[[], Engine], url: URL) -> Engine:
-    """``create()``; a dialect or driver module that cannot be loaded is a ConfigurationError."""
-    try:
-        return create()
-    except NoSuchModuleError:
-        raise ConfigurationError(
-            f"{URL_SETTING} names the database kind {url.drivername!r}, which SQLAlchemy "
-            "does not know: use sqlite:///..., postgresql+psycopg://... or mssql+pyodbc://..."
-        ) from None
-    except ImportError as exc:
-        if url.get_driver_name() == "pyodbc":
-            advice = "install unixODBC, which pyodbc loads (sudo apt-get install -y unixodbc)"
-        else:
-            advice = f"install the Python package {exc.name or url.get_driver_name()!r} here"
-        raise ConfigurationError(
-            f"the database driver of {url.drivername}:// cannot be loaded ({exc}): {advice}, "
-            f"or set {URL_SETTING} to a driver that is installed"
-        ) from None
 
 
 def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:

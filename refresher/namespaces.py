@@ -16,23 +16,35 @@
 Everything is validated when the file is loaded; every mistake in every
 namespace is reported at once, one line each, naming the namespace and the
 field (an unknown source kind, a missing key field, a bad interval, a secret
-the settings do not name...).
+the settings do not name...). Durations are finite and at most
+``MAX_DURATION_SECONDS`` (a year): ``every`` at least ``MIN_INTERVAL_SECONDS``,
+``max_staleness`` more than 0. A ``cron`` line must fire (``"0 0 31 2 *"``,
+31 February, never does).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import tomllib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from croniter import CroniterBadDateError, croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from refresher.cache import check_namespace
 from refresher.errors import ConfigurationError
@@ -41,6 +53,15 @@ from refresher.sources import Source, build_source
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 MIN_INTERVAL_SECONDS = 1.0
+"""The shortest ``every`` (``max_staleness`` only has to be more than 0)."""
+MAX_DURATION_SECONDS = 365 * 86400.0
+"""The longest ``every`` or ``max_staleness``: a year (longer is a typo, or ``inf``)."""
+DURATION_RANGE = "from 1 s to 365 d"
+STALENESS_RANGE = "of more than 0 s, up to 365 d"
+NEVER_FIRES = (
+    'never fires (no date matches it, e.g. "0 0 31 2 *" asks for 31 February): '
+    'give one that does, such as "0 3 * * *"'
+)
 
 
 def parse_duration(value: object) -> float:
@@ -48,7 +69,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError('must be a duration such as 30, "90s", "5m", "2h" or "1d"')
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a float
+            raise ValueError(f"must be a duration {DURATION_RANGE}") from None
     match = _DURATION.match(value) if isinstance(value, str) else None
     if match is None:
         raise ValueError('must be a duration such as 30, "90s", "5m", "2h" or "1d"')
@@ -75,7 +99,7 @@ class NamespaceSpec(BaseModel):
     fields: tuple[str, ...] | None = None
     every: float | None = None
     cron: str | None = None
-    jitter: float = Field(default=0.1, ge=0, le=0.5)
+    jitter: float = Field(default=0.1, ge=0, le=0.5, allow_inf_nan=False)
     max_staleness: float | None = None
     readers: Readers = Readers()
     source: dict[str, Any]
@@ -85,18 +109,35 @@ class NamespaceSpec(BaseModel):
     def _duration(cls, value: object) -> object:
         return None if value is None else parse_duration(value)
 
-    @field_validator("every")
+    @field_validator("every", "max_staleness")
     @classmethod
-    def _positive(cls, value: float | None) -> float | None:
-        if value is not None and value < MIN_INTERVAL_SECONDS:
-            raise ValueError(f"must be at least {MIN_INTERVAL_SECONDS:g} s")
-        return value
+    def _bounded(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None:
+            return None
+        staleness = info.field_name == "max_staleness"
+        # Written so that NaN fails too: every comparison with it is false.
+        low = value > 0 if staleness else value >= MIN_INTERVAL_SECONDS
+        if low and value <= MAX_DURATION_SECONDS:
+            return value
+        got = f"{value:g} s" if math.isfinite(value) else f"{value:g}"
+        if staleness:
+            raise ValueError(
+                f'must be a duration {STALENESS_RANGE}, such as "30m" or "2h" (or leave it '
+                f"out: three intervals); got {got}"
+            )
+        raise ValueError(
+            f'must be a duration {DURATION_RANGE}, such as 30, "5m" or "2h"; got {got}'
+        )
 
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None and not croniter.is_valid(value):
+        if value is None:
+            return None
+        if not croniter.is_valid(value):
             raise ValueError('is not a cron expression such as "*/5 * * * *"')
+        if cron_times(value, datetime.now(UTC), 2) is None:  # two: for its nominal gap
+            raise ValueError(NEVER_FIRES)
         return value
 
     @field_validator("fields")
@@ -124,12 +165,26 @@ class Schedule:
     jitter: float
 
     def next_after(self, last: datetime, rng: random.Random) -> datetime:
-        """The first time after ``last`` (a refresh's start) that the namespace is due again."""
+        """The first time after ``last`` (a refresh's start) that the namespace is due again.
+
+        Raises :class:`ConfigurationError` if the schedule has none (a cron line that
+        stopped firing, an interval no date can be that far from ``last``): the files
+        loaded refuse those, but a :class:`Schedule` may be built directly.
+        """
         if self.cron is not None:
-            return croniter(self.cron, last).get_next(datetime)
+            times = cron_times(self.cron, last, 1)
+            if times is None:
+                raise ConfigurationError(f"the cron expression {self.cron!r} {NEVER_FIRES}")
+            return times[0]
         assert self.interval is not None
         spread = self.interval * self.jitter
-        return last + timedelta(seconds=self.interval + rng.uniform(-spread, spread))
+        try:
+            return last + timedelta(seconds=self.interval + rng.uniform(-spread, spread))
+        except (ValueError, OverflowError):  # NaN, infinite, or past the year 9999
+            raise ConfigurationError(
+                f"the interval {self.interval:g} s gives no next time: "
+                f"give 'every' a duration {DURATION_RANGE}"
+            ) from None
 
     @property
     def nominal_seconds(self) -> float:
@@ -137,10 +192,21 @@ class Schedule:
         if self.interval is not None:
             return self.interval
         assert self.cron is not None
-        start = datetime(2000, 1, 1)
-        runs = croniter(self.cron, start)
-        first, second = runs.get_next(datetime), runs.get_next(datetime)
+        times = cron_times(self.cron, datetime(2000, 1, 1), 2)
+        if times is None:
+            raise ConfigurationError(f"the cron expression {self.cron!r} {NEVER_FIRES}")
+        first, second = times
         return (second - first).total_seconds()
+
+
+def cron_times(cron: str, start: datetime, count: int) -> list[datetime] | None:
+    """The next ``count`` times the (valid) ``cron`` line fires after ``start``; ``None``
+    if it fires fewer times than that (croniter gives up after decades without a match)."""
+    runs = croniter(cron, start)
+    try:
+        return [runs.get_next(datetime) for _ in range(count)]
+    except CroniterBadDateError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +307,9 @@ def _build(
     except ConfigurationError as exc:
         problems.append(str(exc))
         return None
+    except OSError as exc:  # its factory opened a file the options name, and could not
+        problems.append(_unopened(name, spec.source, exc))
+        return None
     missing = sorted(source.secret_names() - set(configured_secrets))
     if missing:
         problems.append(
@@ -249,11 +318,23 @@ def _build(
         )
         return None
     schedule = Schedule(spec.every, spec.cron, spec.jitter)
-    staleness = spec.max_staleness or schedule.nominal_seconds * DEFAULT_STALENESS_INTERVALS
+    if spec.max_staleness is not None:
+        staleness = spec.max_staleness
+    else:
+        staleness = schedule.nominal_seconds * DEFAULT_STALENESS_INTERVALS
     return Namespace(
         name, source, spec.key_field, spec.version_field, spec.fields, schedule, staleness,
         spec.readers,
     )  # fmt: skip
+
+
+def _unopened(name: str, options: Mapping[str, Any], exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    where = f" {str(exc.filename)!r}" if exc.filename else ""
+    return (
+        f"namespace {name!r}: its {options.get('kind')} source cannot open a file{where} "
+        f"({reason}): check the file paths among its source options (such as ca_bundle)"
+    )
 
 
 def _where(location: tuple[int | str, ...]) -> str:

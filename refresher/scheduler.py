@@ -21,6 +21,12 @@ Replicas cooperate through the database alone:
   ``request_poll`` seconds and claimed atomically; a request runs whether or
   not the namespace is due.
 
+Planning one namespace may fail (the database, a schedule with no next time):
+that namespace is looked at again ``error_recheck`` seconds later and the
+others are planned as usual. The failure is logged once, naming the namespace
+(an error of ours in one line, anything else with its traceback), and again
+only when it changes or is over.
+
 :meth:`Scheduler.stop` stops taking work, lets refreshes in progress finish
 within a grace period, then interrupts the rest (their transaction rolls back,
 their run is recorded abandoned) and releases their leases.
@@ -108,6 +114,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._busy: set[str] = set()  # guarded by _lock
         self._looks: dict[str, datetime] = {}  # worker -> loop: look again at (under _lock)
+        self._unplanned: dict[str, str] = {}  # the loop's: why a namespace cannot be planned
         self._plan = Plan(self.namespaces, clock())
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -206,15 +213,34 @@ class Scheduler:
                 return
             try:
                 due = self._due(self.namespaces[name])
-            except CacheRefresherError as exc:
-                logger.warning("cannot plan namespace %r: %s", name, exc)
+            except Exception as exc:  # one namespace's failure must not stop the others
+                self._cannot_plan(name, exc)
                 self._plan.look_at(name, now + self.error_recheck, now)
                 continue
+            if self._unplanned.pop(name, None) is not None:
+                logger.info("namespace %r can be planned again", name)
             if is_due(now, due):
                 self._submit(name, None)
             else:
                 assert due is not None
                 self._plan.look_at(name, due, now)
+
+    def _cannot_plan(self, name: str, exc: Exception) -> None:
+        """Log why ``name`` cannot be planned: once, and again only when the reason changes."""
+        problem = f"{type(exc).__name__}: {exc}"
+        if self._unplanned.get(name) == problem:
+            return
+        self._unplanned[name] = problem
+        again = self.error_recheck.total_seconds()
+        if isinstance(exc, CacheRefresherError):
+            logger.warning(
+                "cannot plan namespace %r: %s (trying again every %g s)", name, exc, again
+            )
+        else:
+            logger.error(
+                "cannot plan namespace %r: unexpected %s (trying again every %g s)",
+                name, type(exc).__name__, again, exc_info=exc,
+            )  # fmt: skip
 
     def _serve_requests(self, now: datetime) -> None:
         try:
@@ -278,7 +304,11 @@ class Scheduler:
                 self._give_back(request)
                 return started_at
             if request is None:
-                due = self._due(namespace)  # under the lease: someone may have just finished
+                try:
+                    due = self._due(namespace)  # under the lease: someone may have just finished
+                except CacheRefresherError as exc:
+                    logger.warning("cannot plan namespace %r: %s", namespace.name, exc)
+                    return started_at + self.error_recheck
                 if not is_due(self._clock(), due):
                     assert due is not None
                     return due

@@ -3,11 +3,18 @@
 Our own settings live under the ``CACHE_REFRESHER_`` prefix; later the Azure
 SDK's own variables (``AZURE_TENANT_ID``, ...) are read here too. Nothing else
 in the code base reads the environment.
+
+Every number is finite and bounded (``inf`` and ``nan`` are refused, naming
+the variable and its unit); an optional file set to an empty value counts as
+not set; the CA bundle must be a readable PEM file; the database URL must name
+a database this service supports, through a driver that is installed.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import ssl
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,9 +28,10 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from refresher.errors import ConfigurationError
 
@@ -37,6 +45,14 @@ IdentityKind = Literal[
 ]
 DatabaseAuth = Literal["password", "entra"]
 ENTRA_DATABASE_BACKENDS = ("mssql", "postgresql")
+DATABASE_BACKENDS = ("sqlite", "postgresql", "mssql")
+"""The databases :mod:`refresher.db` can hold the cache in."""
+DATABASE_EXAMPLES = (
+    "sqlite:///path/cache.db, postgresql+psycopg://user@host/db or "
+    "mssql+pyodbc://server/db?driver=..."
+)
+UNITS = {"_seconds": "seconds", "_days": "days", "_ms": "milliseconds"}
+"""The unit of a number setting, by the end of its name (said in its error messages)."""
 
 
 def _azure(variable: str) -> AliasChoices:
@@ -48,7 +64,11 @@ class Settings(BaseSettings):
     """Every setting of the service, validated when built."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        allow_inf_nan=False,
     )
 
     database_url: str = Field(
@@ -67,7 +87,10 @@ class Settings(BaseSettings):
         default=60.0, gt=0, le=3600, description="How long a refresh lease lasts unless renewed."
     )
     refresh_interval_seconds: float = Field(
-        default=30.0, gt=0, description="How often `cache-refresher dev` refreshes its namespaces."
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="How often `cache-refresher dev` refreshes its namespaces.",
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
 
@@ -141,7 +164,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Names of the Key Vault secrets the service uses."
     )
     secret_poll_seconds: float = Field(
-        default=300.0, gt=0, description="How often each secret is checked for a new version."
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="How often each secret is checked for a new version.",
     )
     vault_verify_challenge_resource: bool = Field(
         default=True,
@@ -224,11 +250,13 @@ class Settings(BaseSettings):
     api_metadata_refresh_seconds: float = Field(
         default=12 * 3600.0,
         ge=60,
+        le=7 * 86400,
         description="How often the issuer's OpenID configuration and signing keys are re-read.",
     )
     api_kid_refetch_seconds: float = Field(
         default=300.0,
         ge=0,
+        le=86400,
         description="Least time between two key re-reads caused by an unknown kid (per issuer); "
         "the first unknown kid after a good read is honoured at once.",
     )
@@ -261,12 +289,12 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_url(cls, value: str) -> str:
         try:
-            make_url(value)
+            url = make_url(value)
         except (ArgumentError, ValueError):
-            raise ValueError(
-                "must be a SQLAlchemy URL such as sqlite:///path/cache.db, "
-                "postgresql+psycopg://user@host/db or mssql+pyodbc://server/db?driver=..."
-            ) from None
+            raise ValueError(f"must be a SQLAlchemy URL such as {DATABASE_EXAMPLES}") from None
+        problem = database_url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("database_auth")
@@ -296,6 +324,28 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator(
+        "azure_client_certificate_path",
+        "azure_federated_token_file",
+        "client_secret_file",
+        "ca_bundle",
+        "namespaces_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Path("") is ".", the working directory: an empty variable means "not set".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable_pem(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _check_ca_bundle(value)
         return value
 
     @field_validator("azure_authority_host")
@@ -351,14 +401,95 @@ def api_tenants(settings: Settings) -> list[str]:
     return [settings.azure_tenant_id] if settings.azure_tenant_id else []
 
 
+def database_url_problem(url: URL) -> str | None:
+    """What is wrong with a URL of a database we do not support or whose driver cannot be
+    loaded (``None``: nothing). Names the URL's scheme only: the rest may hold a password.
+    Both the setting's check and :func:`refresher.db.create_engine` ask it."""
+    scheme = url.drivername
+    if url.get_backend_name() == "postgres":
+        return f"{scheme}:// is not a SQLAlchemy scheme: write postgresql+psycopg://"
+    if url.get_backend_name() not in DATABASE_BACKENDS:
+        return (
+            f"{scheme}:// is not a database the cache can use: give a URL such as "
+            f"{DATABASE_EXAMPLES}"
+        )
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        return (
+            f"{scheme}:// names a driver SQLAlchemy does not know: give a URL such as "
+            f"{DATABASE_EXAMPLES}"
+        )
+    if dialect.is_async:
+        return (
+            f"{scheme}:// is an asyncio driver, which this service cannot use: give a URL "
+            f"such as {DATABASE_EXAMPLES}"
+        )
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        if url.get_driver_name() == "pyodbc":
+            advice = "install unixODBC, which pyodbc loads (sudo apt-get install -y unixodbc)"
+        else:
+            advice = f"install the Python package {exc.name or url.get_driver_name()!r}"
+        return (
+            f"the driver of {scheme}:// cannot be loaded ({exc}): {advice}, or give a URL "
+            f"with a driver that is installed, such as {DATABASE_EXAMPLES}"
+        )
+    return None
+
+
+def _check_ca_bundle(path: Path) -> None:
+    """Refuse (ValueError) a CA bundle that is not a readable file of PEM certificates."""
+    what = "point it at a PEM file of the CAs to trust, or unset it to trust the system's"
+    if not path.exists():
+        raise ValueError(f"{str(path)!r} does not exist: {what}")
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a file: {what}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{str(path)!r} cannot be read by this process: {what}")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.__class__.__name__
+        raise ValueError(f"{str(path)!r} holds no usable certificate ({reason}): {what}") from None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and ``overrides``), or raise
     :class:`ConfigurationError` with one line per wrong setting."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = [f"{_variable(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        lines = [f"{_variable(err['loc'])}: {_message(err)}" for err in exc.errors()]
         raise ConfigurationError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def _message(error: ErrorDetails) -> str:
+    """The error's message, saying the unit and range of a number setting given a number
+    out of its range, or ``inf`` or ``nan``."""
+    name = str(error["loc"][0]) if error["loc"] else ""
+    unit = next((unit for end, unit in UNITS.items() if name.endswith(end)), None)
+    if unit is None or name not in Settings.model_fields:
+        return error["msg"]
+    bounds = _bounds(name)
+    if error["type"] == "finite_number":
+        return f"must be a finite number of {unit}{bounds}"
+    if error["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"must be a number of {unit}{bounds}"
+    return error["msg"]
+
+
+def _bounds(name: str) -> str:
+    """`` (more than 0, at most 3600)``: the range of the number setting ``name``."""
+    words = (("gt", "more than"), ("ge", "at least"), ("lt", "less than"), ("le", "at most"))
+    parts = [
+        f"{said} {getattr(limit, bound):g}"
+        for limit in Settings.model_fields[name].metadata
+        for bound, said in words
+        if hasattr(limit, bound)
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _variable(location: tuple[int | str, ...]) -> str:

@@ -35,6 +35,8 @@ NOUNS = ("anchor", "basket", "candle", "drawer", "easel", "funnel", "grater", "h
 COLOURS = ("amber", "azure", "coral", "ivory", "jade", "olive", "slate", "umber")
 PAGE_SIZE = 100
 """Items per simulated page (what the progress callback counts)."""
+MAX_FETCH_SECONDS = 3600.0
+"""The slowest upstream the demo plays."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +105,8 @@ class DemoSource:
         churn_fraction: float = 0.002,
         fetch_seconds: float = 0.0,
     ) -> None:
-        if fetch_seconds < 0:
-            raise ValueError("fetch_seconds must not be negative")
+        if not 0 <= fetch_seconds <= MAX_FETCH_SECONDS:  # also refuses nan
+            raise ValueError(f"fetch_seconds must be from 0 to {MAX_FETCH_SECONDS:g} seconds")
         if size < 1:
             raise ValueError("the demo catalogue needs at least one product")
         if not (0 <= change_fraction <= 1 and 0 <= churn_fraction <= 1):

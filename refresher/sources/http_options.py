@@ -9,6 +9,7 @@ uses. The options themselves are described in :mod:`refresher.sources.http_json`
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ from refresher.sources.http_retry import ATTEMPTS
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 60.0
+MAX_TIMEOUT_SECONDS = 3600.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """The largest page read (after decompression); larger ones fail the refresh."""
 MAX_PAGES = 10_000
@@ -55,8 +57,12 @@ class HttpJsonOptions(BaseModel):
     page_size: int | None = Field(default=None, ge=1)
     page_size_param: str = Field(default="$top", min_length=1)
     headers: dict[str, str] = Field(default_factory=dict)
-    connect_timeout: float = Field(default=CONNECT_TIMEOUT_SECONDS, gt=0)
-    read_timeout: float = Field(default=READ_TIMEOUT_SECONDS, gt=0)
+    connect_timeout: float = Field(
+        default=CONNECT_TIMEOUT_SECONDS, gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False
+    )
+    read_timeout: float = Field(
+        default=READ_TIMEOUT_SECONDS, gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False
+    )
     max_response_bytes: int = Field(default=MAX_RESPONSE_BYTES, ge=1)
     max_pages: int = Field(default=MAX_PAGES, ge=1)
     retries: int = Field(default=ATTEMPTS - 1, ge=0, le=10)
@@ -71,6 +77,16 @@ class HttpJsonOptions(BaseModel):
             raise ValueError(f"is not a URL ({exc})") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("must be an absolute http(s) URL, e.g. https://host/v1.0/users")
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_file() and os.access(value, os.R_OK)):
+            raise ValueError(
+                f"{str(value)!r} is not a readable file: point ca_bundle at a PEM file of the "
+                "CAs to trust, or leave it out to trust the system's"
+            )
         return value
 
     @field_validator("items", "cursor_field")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from refresher.cadence import (
     history_of,
     is_due,
 )
+from refresher.errors import ConfigurationError
 from refresher.namespaces import Schedule
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -61,6 +63,21 @@ def test_a_cron_namespace_is_due_at_its_next_cron_time() -> None:
     schedule = Schedule(None, "*/15 * * * *", 0.1)
     due = due_at("users", schedule, History(T0 + seconds(61), 0), NO_JITTER)
     assert due == T0 + timedelta(minutes=15)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "says"),
+    [
+        (Schedule(None, "0 0 31 2 *", 0.1), "cron expression '0 0 31 2 *' never fires"),
+        (Schedule(float("nan"), None, 0.1), "the interval nan s gives no next time"),
+        (Schedule(float("inf"), None, 0.0), "the interval inf s gives no next time"),
+    ],
+)
+def test_a_schedule_without_a_next_time_is_a_configuration_error(
+    schedule: Schedule, says: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(says)):
+        due_at("users", schedule, History(T0, 0), NO_JITTER)
 
 
 def test_failures_in_a_row_back_off_exponentially_up_to_the_bound() -> None:

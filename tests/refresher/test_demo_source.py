@@ -101,6 +101,7 @@ def test_fetch_seconds_plays_a_slow_upstream() -> None:
     assert time.monotonic() - started >= 0.2
 
 
-def test_negative_fetch_seconds_are_refused_naming_the_namespace() -> None:
+@pytest.mark.parametrize("seconds", [-1, float("nan"), float("inf")])
+def test_fetch_seconds_out_of_range_are_refused_naming_the_namespace(seconds: float) -> None:
     with pytest.raises(ConfigurationError, match="namespace 'slow': demo source: fetch_seconds"):
-        from_options("slow", {"fetch_seconds": -1})
+        from_options("slow", {"fetch_seconds": seconds})

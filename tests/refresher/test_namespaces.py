@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tomllib
 from datetime import datetime
 from pathlib import Path
 
@@ -133,6 +134,123 @@ def test_unreadable_and_malformed_files_are_clear_errors(tmp_path: Path) -> None
     broken.write_text("[namespaces.x\n")
     with pytest.raises(ConfigurationError, match="is not valid TOML"):
         load_namespaces(broken, configured_secrets=[])
+
+
+def _problems(toml: str) -> list[str]:
+    """The problem lines of a namespaces file (read as TOML, which allows nan and inf)."""
+    with pytest.raises(ConfigurationError) as caught:
+        parse_namespaces(tomllib.loads(toml), configured_secrets=[])
+    return [line.strip() for line in str(caught.value).splitlines()[1:]]
+
+
+@pytest.mark.parametrize(
+    ("lines", "got"),
+    [
+        ("every = nan", "got nan"),
+        ("every = inf", "got inf"),
+        ("every = -inf", "got -inf"),
+        ("every = 0.5", "got 0.5 s"),
+        ('every = "400d"', "got 3.456e+07 s"),
+    ],
+)
+def test_an_interval_must_be_finite_and_within_bounds(lines: str, got: str) -> None:
+    (problem,) = _problems(
+        f'[namespaces.n]\nkey_field = "id"\n{lines}\nsource = {{ kind = "demo" }}\n'
+    )
+
+    assert problem == (
+        "namespace 'n': every: Value error, must be a duration from 1 s to 365 d, "
+        f'such as 30, "5m" or "2h"; {got}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [("-1", "got -1 s"), ("0", "got 0 s"), ("nan", "got nan"), ("inf", "got inf"),
+     ('"1000d"', "got 8.64e+07 s")],
+)  # fmt: skip
+def test_a_max_staleness_must_be_positive_finite_and_within_bounds(value: str, got: str) -> None:
+    (problem,) = _problems(
+        f'[namespaces.n]\nkey_field = "id"\nevery = 60\nmax_staleness = {value}\n'
+        'source = { kind = "demo" }\n'
+    )
+
+    assert problem == (
+        "namespace 'n': max_staleness: Value error, must be a duration of more than 0 s, "
+        f'up to 365 d, such as "30m" or "2h" (or leave it out: three intervals); {got}'
+    )
+
+
+def test_a_short_max_staleness_is_kept_as_given() -> None:
+    (namespace,) = parse_namespaces(
+        tomllib.loads(
+            '[namespaces.n]\nkey_field = "id"\nevery = 60\nmax_staleness = "0.5s"\n'
+            'source = { kind = "demo" }\n'
+        ),
+        configured_secrets=[],
+    )
+
+    assert namespace.max_staleness == 0.5
+
+
+def test_a_jitter_must_be_a_finite_fraction() -> None:
+    (problem,) = _problems(
+        '[namespaces.n]\nkey_field = "id"\nevery = 60\njitter = nan\nsource = { kind = "demo" }\n'
+    )
+
+    assert problem == "namespace 'n': jitter: Input should be a finite number"
+
+
+@pytest.mark.parametrize("cron", ["0 0 31 2 *", "0 0 31 4,6,9,11 *", "0 0 30 2 *"])
+def test_a_cron_line_that_never_fires_is_refused_at_load(cron: str) -> None:
+    (problem,) = _problems(
+        f'[namespaces.n]\nkey_field = "id"\ncron = "{cron}"\nsource = {{ kind = "demo" }}\n'
+    )
+
+    assert problem.startswith("namespace 'n': cron: ")
+    assert 'never fires (no date matches it, e.g. "0 0 31 2 *" asks for 31 February)' in problem
+    assert 'give one that does, such as "0 3 * * *"' in problem
+
+
+def test_a_cron_line_that_fires_rarely_is_accepted() -> None:
+    leap_day = {"key_field": "id", "cron": "0 0 29 2 *", "source": {"kind": "demo"}}
+    (namespace,) = parse_namespaces({"namespaces": {"n": leap_day}}, configured_secrets=[])
+
+    assert namespace.schedule.nominal_seconds == (4 * 365 + 1) * 86400  # 2000-02-29 to 2004-02-29
+
+
+def test_a_schedule_with_no_next_time_is_a_configuration_error_not_a_crash() -> None:
+    last = datetime(2026, 1, 1)
+    with pytest.raises(ConfigurationError, match="'0 0 31 2 \\*' never fires"):
+        Schedule(None, "0 0 31 2 *", 0.1).next_after(last, random.Random())
+    with pytest.raises(ConfigurationError, match="never fires"):
+        _ = Schedule(None, "0 0 31 2 *", 0.1).nominal_seconds
+    with pytest.raises(ConfigurationError, match="the interval nan s gives no next time"):
+        Schedule(float("nan"), None, 0.1).next_after(last, random.Random())
+
+
+def test_a_source_file_that_cannot_be_opened_is_a_problem_of_its_namespace(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    toml = f"""
+[namespaces.upstream]
+key_field = "id"
+every = 60
+source = {{ kind = "http_json", url = "https://api.example/v1/items", ca_bundle = "{missing}" }}
+
+[namespaces.other]
+key_field = "id"
+every = nan
+source = {{ kind = "demo" }}
+"""
+
+    problems = _problems(toml)
+
+    assert len(problems) == 2  # every namespace's mistakes at once, one line each
+    assert problems[0].startswith("namespace 'upstream': http_json source: ca_bundle: ")
+    assert f"{str(missing)!r} is not a readable file" in problems[0]
+    assert problems[1].startswith("namespace 'other': every: ")
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -394,3 +396,46 @@ def test_the_loop_survives_a_database_without_tables_and_recovers_once_they_exis
     assert outcome.result is not None
     scheduler.stop(grace=1)
     engine.dispose()
+
+
+class Unplannable(Schedule):
+    """A schedule that fails the way a bug would (not an error of ours)."""
+
+    def next_after(self, last: datetime, rng: random.Random) -> datetime:
+        raise RuntimeError("a bug in the schedule")
+
+
+def _planning_records(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if f"cannot plan namespace {name!r}" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "level", "traceback"),
+    [
+        (Schedule(float("nan"), None, 0.0), logging.WARNING, False),  # every = nan, as audited
+        (Unplannable(60.0, None, 0.0), logging.ERROR, True),
+    ],
+)
+def test_a_namespace_that_cannot_be_planned_does_not_stop_the_others(
+    store: CacheStore,
+    run: Callable[..., Scheduler],
+    caplog: pytest.LogCaptureFixture,
+    schedule: Schedule,
+    level: int,
+    traceback: bool,
+) -> None:
+    caplog.set_level(logging.INFO, logger="refresher")
+    store.apply("a-broken", [{"id": "old"}])  # a last run: its next time must be computed
+    broken = Namespace("a-broken", DemoSource(size=5), "id", None, None, schedule, 60, Readers())
+    outcomes = Outcomes()
+    # "a-broken" comes first in every planning pass (same time to look, name first).
+    run(broken, namespace("b-fine", DemoSource(size=5), every=0.1), on_outcome=outcomes,
+        error_recheck=0.02)  # fmt: skip
+
+    outcomes.wait_for("b-fine", 4)
+
+    assert outcomes.by_namespace["a-broken"] == []
+    (record,) = _planning_records(caplog, "a-broken")  # once, not once per recheck
+    assert record.levelno == level
+    assert (record.exc_info is not None) == traceback
+    assert "the scheduler's loop failed" not in caplog.text

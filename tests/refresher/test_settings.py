@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
+import certifi
 import pytest
 
 from refresher.errors import ConfigurationError
@@ -53,7 +55,7 @@ def test_the_azure_sdk_variables_are_read_without_a_prefix(
         ("CACHE_REFRESHER_PORT", "0", "greater than or equal to 1"),
         ("CACHE_REFRESHER_LOG_LEVEL", "LOUD", "must be one of DEBUG"),
         ("CACHE_REFRESHER_IDENTITY", "magic", "Input should be 'auto'"),
-        ("CACHE_REFRESHER_RUNS_KEEP_DAYS", "-1", "greater than or equal to 0"),
+        ("CACHE_REFRESHER_RUNS_KEEP_DAYS", "-1", "must be a number of days (at least 0, at most"),
     ],
 )
 def test_a_wrong_setting_is_named_with_what_it_should_be(
@@ -67,6 +69,125 @@ def test_a_wrong_setting_is_named_with_what_it_should_be(
     line = str(caught.value).splitlines()[1].strip()
     assert line.startswith(f"{variable}: ")
     assert says in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("CACHE_REFRESHER_REFRESH_INTERVAL_SECONDS", "inf",
+         "must be a finite number of seconds (more than 0, at most 86400)"),
+        ("CACHE_REFRESHER_REFRESH_INTERVAL_SECONDS", "1e300",
+         "must be a number of seconds (more than 0, at most 86400)"),
+        ("CACHE_REFRESHER_LEASE_TTL_SECONDS", "nan",
+         "must be a finite number of seconds (more than 0, at most 3600)"),
+        ("CACHE_REFRESHER_SECRET_POLL_SECONDS", "inf",
+         "must be a finite number of seconds (more than 0, at most 86400)"),
+        ("CACHE_REFRESHER_API_METADATA_REFRESH_SECONDS", "-inf",
+         "must be a finite number of seconds (at least 60, at most 604800)"),
+        ("CACHE_REFRESHER_API_KID_REFETCH_SECONDS", "1e300",
+         "must be a number of seconds (at least 0, at most 86400)"),
+        ("CACHE_REFRESHER_RUNS_KEEP_DAYS", "nan",
+         "must be a finite number of days (at least 0, at most 3650)"),
+        ("CACHE_REFRESHER_API_GENERATION_CHECK_MS", "inf",
+         "must be a finite number of milliseconds (more than 0, at most 60000)"),
+    ],
+)  # fmt: skip
+def test_a_number_setting_must_be_finite_and_in_range_in_its_unit(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    assert str(caught.value).splitlines()[1].strip() == f"{variable}: {says}"
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "CACHE_REFRESHER_NAMESPACES_FILE",
+        "CACHE_REFRESHER_CA_BUNDLE",
+        "CACHE_REFRESHER_CLIENT_SECRET_FILE",
+        "AZURE_CLIENT_CERTIFICATE_PATH",
+        "AZURE_FEDERATED_TOKEN_FILE",
+    ],
+)
+def test_an_optional_file_set_to_nothing_is_not_set(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "")
+
+    settings = load_settings()
+
+    field = variable.lower().removeprefix("cache_refresher_")
+    assert getattr(settings, field) is None  # not Path(""), which is "." (a directory)
+
+
+def test_the_ca_bundle_must_be_a_readable_file_of_certificates(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("not a certificate")
+    cases = {
+        tmp_path / "missing.pem": "does not exist",
+        tmp_path: "is not a file",
+        not_pem: "holds no usable certificate",
+    }
+    for path, says in cases.items():
+        monkeypatch.setenv("CACHE_REFRESHER_CA_BUNDLE", str(path))
+
+        with pytest.raises(ConfigurationError) as caught:
+            load_settings()
+
+        line = str(caught.value).splitlines()[1].strip()
+        assert line.startswith(f"CACHE_REFRESHER_CA_BUNDLE: Value error, {str(path)!r} {says}")
+        assert line.endswith("point it at a PEM file of the CAs to trust, or unset it to "
+                             "trust the system's")  # fmt: skip
+    monkeypatch.setenv("CACHE_REFRESHER_CA_BUNDLE", certifi.where())
+    assert load_settings().ca_bundle == Path(certifi.where())
+
+
+PASSWORD = "hunter2-do-not-echo"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (f"postgres://app:{PASSWORD}@127.0.0.1/test",
+         "postgres:// is not a SQLAlchemy scheme: write postgresql+psycopg://"),
+        (f"mysql://app:{PASSWORD}@db.example/cache",
+         "mysql:// is not a database the cache can use: give a URL such as sqlite:///"),
+        (f"nosuchdb://app:{PASSWORD}@db.example/cache",
+         "nosuchdb:// is not a database the cache can use: give a URL such as sqlite:///"),
+        (f"postgresql+nosuchdriver://app:{PASSWORD}@db.example/cache",
+         "postgresql+nosuchdriver:// names a driver SQLAlchemy does not know: give a URL"),
+        (f"postgresql+asyncpg://app:{PASSWORD}@db.example/cache",
+         "postgresql+asyncpg:// is an asyncio driver, which this service cannot use"),
+        (f"sqlite+pysqlcipher://:{PASSWORD}@/cache.db",
+         "the driver of sqlite+pysqlcipher:// cannot be loaded (No module named "),
+    ],
+)  # fmt: skip
+def test_a_database_url_must_name_a_supported_database_with_an_installed_driver(
+    monkeypatch: pytest.MonkeyPatch, url: str, says: str
+) -> None:
+    monkeypatch.setenv("CACHE_REFRESHER_DATABASE_URL", url)
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    line = str(caught.value).splitlines()[1].strip()
+    assert line.startswith("CACHE_REFRESHER_DATABASE_URL: ")
+    assert says in line
+    assert PASSWORD not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///cache.db", "postgresql+psycopg://app@db.example/cache",
+            "postgresql://app@db.example/cache", "mssql+pyodbc://db.example/cache"],
+)  # fmt: skip
+def test_a_supported_database_url_is_accepted(url: str) -> None:
+    assert load_settings(database_url=url).database_url == url
 
 
 def test_every_wrong_setting_gets_its_own_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -410,6 +410,12 @@ def test_every_wrong_option_is_named_with_the_namespace() -> None:
         ({"url": "https://h/u", "pagination": "cursor"}, "give 'cursor_field'"),
         ({"url": "https://h/u", "items": "value"}, "is not a JSON pointer"),
         ({"url": "https://h/u", "headers": {"Authorization": "Bearer x"}}, "keep credentials in"),
+        (
+            {"url": "https://h/u", "ca_bundle": "/nonexistent/ca.pem"},
+            "'/nonexistent/ca.pem' is not",
+        ),
+        ({"url": "https://h/u", "read_timeout": float("inf")}, "read_timeout: Input should be a"),
+        ({"url": "https://h/u", "connect_timeout": float("nan")}, "connect_timeout: Input should"),
     ],
 )
 def test_inconsistent_options_are_explained(options: dict[str, Any], message: str) -> None:
