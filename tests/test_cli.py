@@ -435,13 +435,15 @@ def test_refresh_of_a_namespace_leased_elsewhere_exits_1_naming_the_holder(
     assert "held by 'replica-7'" in result.stderr
 
 
-def test_refresh_of_an_unknown_namespace_exits_2_naming_the_known_ones(
-    configured: dict[str, str],
+@pytest.mark.parametrize("command", ["refresh", "runs"])
+def test_a_namespace_the_file_does_not_define_exits_2_naming_the_known_ones(
+    configured: dict[str, str], command: str
 ) -> None:
-    result = runner.invoke(app, ["refresh", "nope"], env=configured)
+    result = runner.invoke(app, [command, "nope"], env=configured)
     assert result.exit_code == 2
     assert "namespace 'nope' is not defined in" in result.stderr
     assert "use one of catalogue, down" in result.stderr
+    assert result.stdout == ""
 
 
 def test_refresh_without_a_namespaces_file_exits_2(sqlite_url: str) -> None:
@@ -518,16 +520,6 @@ def test_runs_of_a_namespace_without_history_says_so(configured: dict[str, str])
     result = runner.invoke(app, ["runs", "catalogue"], env=configured)
     assert result.exit_code == 0
     assert "Namespace 'catalogue' has no refresh runs yet." in result.stdout
-
-
-def test_runs_of_a_namespace_the_file_does_not_define_exits_2_naming_the_known_ones(
-    configured: dict[str, str],
-) -> None:
-    result = runner.invoke(app, ["runs", "nope"], env=configured)
-    assert result.exit_code == 2
-    assert "namespace 'nope' is not defined in" in result.stderr
-    assert "use one of catalogue, down" in result.stderr
-    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("command", ["runs", "refresh"])

@@ -56,24 +56,7 @@ def test_the_azure_sdk_variables_are_read_without_a_prefix(
         ("CACHE_REFRESHER_LOG_LEVEL", "LOUD", "must be one of DEBUG"),
         ("CACHE_REFRESHER_IDENTITY", "magic", "Input should be 'auto'"),
         ("CACHE_REFRESHER_RUNS_KEEP_DAYS", "-1", "must be a number of days (at least 0, at most"),
-    ],
-)
-def test_a_wrong_setting_is_named_with_what_it_should_be(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
-) -> None:
-    monkeypatch.setenv(variable, value)
-
-    with pytest.raises(ConfigurationError) as caught:
-        load_settings()
-
-    line = str(caught.value).splitlines()[1].strip()
-    assert line.startswith(f"{variable}: ")
-    assert says in line
-
-
-@pytest.mark.parametrize(
-    ("variable", "value", "says"),
-    [
+        # numbers must be finite and in range, said in their unit
         ("CACHE_REFRESHER_REFRESH_INTERVAL_SECONDS", "inf",
          "must be a finite number of seconds (more than 0, at most 86400)"),
         ("CACHE_REFRESHER_REFRESH_INTERVAL_SECONDS", "1e300",
@@ -92,7 +75,7 @@ def test_a_wrong_setting_is_named_with_what_it_should_be(
          "must be a finite number of milliseconds (more than 0, at most 60000)"),
     ],
 )  # fmt: skip
-def test_a_number_setting_must_be_finite_and_in_range_in_its_unit(
+def test_a_wrong_setting_is_named_with_what_it_should_be(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
 ) -> None:
     monkeypatch.setenv(variable, value)
@@ -100,7 +83,9 @@ def test_a_number_setting_must_be_finite_and_in_range_in_its_unit(
     with pytest.raises(ConfigurationError) as caught:
         load_settings()
 
-    assert str(caught.value).splitlines()[1].strip() == f"{variable}: {says}"
+    line = str(caught.value).splitlines()[1].strip()
+    assert line.startswith(f"{variable}: ")
+    assert says in line
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.identity import ClientSecretCredential, EnvironmentCredential
@@ -139,15 +140,19 @@ MANAGED_ONLY = {"azure_tenant_id": "tenant-1", "azure_client_id": "client-1"}
 falls back to the managed identity, which this machine (not an Azure host) lacks."""
 
 
-def test_auto_without_a_credential_says_what_it_looked_for_and_how_to_give_one() -> None:
-    identity = build_credential(load_settings(**MANAGED_ONLY))
+def _unavailable(**settings: Any) -> str:
+    """What asking the identity built from ``settings`` for a token says."""
+    identity = build_credential(load_settings(**settings))
     try:
         with pytest.raises(CredentialUnavailableError) as caught:
             identity.get_token(VAULT_SCOPE)
     finally:
         identity.close()
+    return str(caught.value)
 
-    message = str(caught.value)
+
+def test_auto_without_a_credential_says_what_it_looked_for_and_how_to_give_one() -> None:
+    message = _unavailable(**MANAGED_ONLY)
     assert "managed identity (user-assigned 'client-1') is not available here (" in message
     assert (
         "CACHE_REFRESHER_IDENTITY=auto found no client certificate "
@@ -159,14 +164,7 @@ def test_auto_without_a_credential_says_what_it_looked_for_and_how_to_give_one()
 
 
 def test_a_managed_identity_chosen_explicitly_says_how_to_use_another_kind() -> None:
-    identity = build_credential(load_settings(identity="managed_identity", **MANAGED_ONLY))
-    try:
-        with pytest.raises(CredentialUnavailableError) as caught:
-            identity.get_token(VAULT_SCOPE)
-    finally:
-        identity.close()
-
-    message = str(caught.value)
+    message = _unavailable(identity="managed_identity", **MANAGED_ONLY)
     assert "CACHE_REFRESHER_IDENTITY=managed_identity uses the managed identity only" in message
     assert "AZURE_CLIENT_SECRET" in message
     assert "and CACHE_REFRESHER_IDENTITY=auto" in message
