@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default=f"sqlite:///{DEV_DIR}/cache.db",
         description="SQLAlchemy URL of the cache database.",
+        repr=False,  # it may hold a password
     )
     database_auth: DatabaseAuth = Field(
         default="password",

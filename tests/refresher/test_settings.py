@@ -201,3 +201,12 @@ def test_settings_are_frozen() -> None:
 
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_the_settings_repr_leaves_out_the_database_url_and_secrets() -> None:
+    password, secret = "pw-" + "x" * 12, "cs-" + "y" * 12
+    settings = load_settings(
+        database_url=f"postgresql+psycopg://app:{password}@db.example/cache",
+        azure_client_secret=secret,
+    )
+    assert password not in repr(settings) and secret not in repr(settings)
