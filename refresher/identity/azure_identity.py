@@ -40,15 +40,12 @@ class AzureIdentityTokenRequest:
         try:
             info = self._credential.get_token_info(scope)
         except AzureCredentialUnavailable as exc:
-            said = f"{self._description} is not available here"
-            raise CredentialUnavailableError(
-                f"{said} ({_first_line(exc.message)}): {self._advice}"
-                if self._advice
-                else f"{said}: {_first_line(exc.message)}"
-            ) from None
+            raise self._not_available(exc) from None
         except ClientAuthenticationError as exc:
             if exc.response is None and _caused_by_network(exc):
                 raise self._unreachable(exc) from None
+            if _chain_found_nothing(exc):
+                raise self._not_available(exc) from None
             response = exc.response
             raise classify(
                 f"Entra ID refused {self._description}: {_first_line(exc.message)}",
@@ -63,11 +60,28 @@ class AzureIdentityTokenRequest:
         refresh_on = float(info.refresh_on) if info.refresh_on else None
         return IssuedToken(info.token, float(info.expires_on), now, refresh_on)
 
+    def _not_available(self, exc: ClientAuthenticationError) -> CredentialUnavailableError:
+        said = f"{self._description} is not available here"
+        return CredentialUnavailableError(
+            f"{said} ({_first_line(exc.message)}): {self._advice}"
+            if self._advice
+            else f"{said}: {_first_line(exc.message)}"
+        )
+
     def _unreachable(self, exc: Exception) -> IssuerUnavailableError:
         return IssuerUnavailableError(
             f"could not reach the token endpoint for {self._description} "
             f"({type(exc).__name__}): check the network and AZURE_AUTHORITY_HOST"
         )
+
+
+CHAIN_FOUND_NOTHING = "failed to retrieve a token from the included credentials"
+"""How azure-identity's credential chains (DefaultAzureCredential) say that no credential
+of theirs applied here, as opposed to one that was refused."""
+
+
+def _chain_found_nothing(exc: ClientAuthenticationError) -> bool:
+    return exc.response is None and CHAIN_FOUND_NOTHING in (exc.message or "")
 
 
 def _caused_by_network(exc: BaseException) -> bool:

@@ -196,4 +196,13 @@ def _azure_identity_request(settings: Settings, kind: IdentityKind) -> AzureIden
             advice=managed_identity_advice(settings),
         )
     default = DefaultAzureCredential(authority=settings.azure_authority_host, **verify)
-    return AzureIdentityTokenRequest(default, description="DefaultAzureCredential")
+    return AzureIdentityTokenRequest(
+        default,
+        description="DefaultAzureCredential",
+        advice=(
+            "CACHE_REFRESHER_IDENTITY=default lets azure-identity try its chain (environment, "
+            "workload identity, managed identity, developer tools) and none applied here: set "
+            "AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE, "
+            "sign in with az login, or run where a managed identity is assigned"
+        ),
+    )

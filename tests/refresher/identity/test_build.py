@@ -180,3 +180,10 @@ def test_the_azure_identity_adapter_adds_the_advice_it_was_given() -> None:
 
     assert str(caught.value).startswith("environment is not available here (")
     assert str(caught.value).endswith("): set AZURE_CLIENT_SECRET")
+
+
+def test_default_with_nothing_to_use_says_not_available_rather_than_refused() -> None:
+    message = _unavailable(identity="default", **MANAGED_ONLY)
+    assert "DefaultAzureCredential is not available here (" in message
+    assert "refused" not in message
+    assert "none applied here: set AZURE_CLIENT_SECRET" in message
