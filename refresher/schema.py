@@ -40,6 +40,7 @@ from sqlalchemy import (
     Unicode,
     UnicodeText,
 )
+from sqlalchemy.dialects import mssql
 
 NAMESPACE_MAX = 100
 """Longest namespace name (characters)."""
@@ -84,14 +85,28 @@ def _id_column() -> Column[int]:
     return Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True)
 
 
+BINARY_COLLATION = "Latin1_General_100_BIN2"
+"""Azure SQL's collation of names and keys. A database's default (case- and accent-
+insensitive, e.g. ``SQL_Latin1_General_CP1_CI_AS``) would take the keys ``ABC`` and
+``abc``, or the namespaces ``Demo`` and ``demo``, for one, as PostgreSQL and SQLite
+never do; a binary collation compares them as they are, and pages them in the order of
+their characters' codes, as the others do. (SQL Server still ignores trailing spaces
+when it compares: ``'a'`` and ``'a '`` stay one key there.)"""
+
+
+def _name(length: int) -> Unicode:
+    """A name or key column: ``NVARCHAR`` in the binary collation on Azure SQL."""
+    return Unicode(length).with_variant(mssql.NVARCHAR(length, collation=BINARY_COLLATION), "mssql")
+
+
 metadata = MetaData(naming_convention={"pk": "pk_%(table_name)s"})
 """Named primary keys, so every engine (and a DBA's diff) sees the same names."""
 
 entries = Table(
     "cache_entries",
     metadata,
-    Column("namespace", Unicode(NAMESPACE_MAX), primary_key=True),
-    Column("key", Unicode(KEY_MAX), primary_key=True),
+    Column("namespace", _name(NAMESPACE_MAX), primary_key=True),
+    Column("key", _name(KEY_MAX), primary_key=True),
     Column("payload", UnicodeText, nullable=False),
     Column("etag", String(64), nullable=False),
     Column("generation", BigInteger, nullable=False),
@@ -103,7 +118,7 @@ entries = Table(
 namespaces = Table(
     "cache_namespaces",
     metadata,
-    Column("namespace", Unicode(NAMESPACE_MAX), primary_key=True),
+    Column("namespace", _name(NAMESPACE_MAX), primary_key=True),
     Column("generation", BigInteger, nullable=False),
     Column("row_count", BigInteger, nullable=False),
     Column("refreshed_at", UTCDateTime, nullable=True),
@@ -117,7 +132,7 @@ refresh_runs = Table(
     "cache_refresh_runs",
     metadata,
     _id_column(),
-    Column("namespace", Unicode(NAMESPACE_MAX), nullable=False),
+    Column("namespace", _name(NAMESPACE_MAX), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("status", String(20), nullable=False),
@@ -136,7 +151,7 @@ refresh_runs = Table(
 leases = Table(
     "cache_leases",
     metadata,
-    Column("name", Unicode(200), primary_key=True),
+    Column("name", _name(200), primary_key=True),
     Column("holder", Unicode(200), nullable=False),
     Column("token", BigInteger, nullable=False),
     Column("acquired_at", UTCDateTime, nullable=False),
@@ -147,7 +162,7 @@ refresh_requests = Table(
     "cache_refresh_requests",
     metadata,
     _id_column(),
-    Column("namespace", Unicode(NAMESPACE_MAX), nullable=False),
+    Column("namespace", _name(NAMESPACE_MAX), nullable=False),
     Column("requested_at", UTCDateTime, nullable=False),
     Column("requested_by", Unicode(200), nullable=False),
     Column("status", String(20), nullable=False),

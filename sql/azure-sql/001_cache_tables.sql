@@ -22,8 +22,8 @@
 -- them by hand.
 
 CREATE TABLE cache_entries (
-    namespace NVARCHAR(100) NOT NULL,
-    [key] NVARCHAR(256) NOT NULL,
+    namespace NVARCHAR(100) COLLATE Latin1_General_100_BIN2 NOT NULL,
+    [key] NVARCHAR(256) COLLATE Latin1_General_100_BIN2 NOT NULL,
     payload NVARCHAR(max) NOT NULL,
     etag VARCHAR(64) NOT NULL,
     generation BIGINT NOT NULL,
@@ -35,7 +35,7 @@ CREATE TABLE cache_entries (
 CREATE INDEX ix_cache_entries_namespace_generation ON cache_entries (namespace, generation);
 
 CREATE TABLE cache_leases (
-    name NVARCHAR(200) NOT NULL,
+    name NVARCHAR(200) COLLATE Latin1_General_100_BIN2 NOT NULL,
     holder NVARCHAR(200) NOT NULL,
     token BIGINT NOT NULL,
     acquired_at DATETIMEOFFSET NOT NULL,
@@ -44,7 +44,7 @@ CREATE TABLE cache_leases (
 );
 
 CREATE TABLE cache_namespaces (
-    namespace NVARCHAR(100) NOT NULL,
+    namespace NVARCHAR(100) COLLATE Latin1_General_100_BIN2 NOT NULL,
     generation BIGINT NOT NULL,
     row_count BIGINT NOT NULL,
     refreshed_at DATETIMEOFFSET NULL,
@@ -57,7 +57,7 @@ CREATE TABLE cache_namespaces (
 
 CREATE TABLE cache_refresh_requests (
     id BIGINT NOT NULL IDENTITY,
-    namespace NVARCHAR(100) NOT NULL,
+    namespace NVARCHAR(100) COLLATE Latin1_General_100_BIN2 NOT NULL,
     requested_at DATETIMEOFFSET NOT NULL,
     requested_by NVARCHAR(200) NOT NULL,
     status VARCHAR(20) NOT NULL,
@@ -73,7 +73,7 @@ CREATE INDEX ix_cache_refresh_requests_status_requested ON cache_refresh_request
 
 CREATE TABLE cache_refresh_runs (
     id BIGINT NOT NULL IDENTITY,
-    namespace NVARCHAR(100) NOT NULL,
+    namespace NVARCHAR(100) COLLATE Latin1_General_100_BIN2 NOT NULL,
     started_at DATETIMEOFFSET NOT NULL,
     finished_at DATETIMEOFFSET NULL,
     status VARCHAR(20) NOT NULL,

@@ -209,6 +209,42 @@ def test_azure_sql_migration_003_creates_the_index_online_unless_it_exists() -> 
     assert any(s.startswith("CREATE INDEX ix_cache_entries_namespace_generation") for s in created)
 
 
+MIGRATION_004 = "004_binary_collation.sql"
+
+
+def test_azure_sql_names_and_keys_are_binary_and_migration_004_makes_them_so() -> None:
+    dialect = DIALECTS["azure-sql"]
+    binary = [
+        (table, column)
+        for table in metadata.sorted_tables
+        for column in table.columns
+        if "COLLATE" in column.type.compile(dialect=dialect)
+    ]
+    assert {f"{t.name}.{c.name}" for t, c in binary} == {
+        "cache_entries.namespace", "cache_entries.key", "cache_leases.name",
+        "cache_namespaces.namespace", "cache_refresh_runs.namespace",
+        "cache_refresh_requests.namespace",
+    }  # fmt: skip
+    migration = " ".join((SQL_DIR / "azure-sql" / MIGRATION_004).read_text().split())
+    quote = dialect.identifier_preparer.quote
+    for table, column in binary:
+        wanted = column.type.compile(dialect=dialect)
+        assert "COLLATE Latin1_General_100_BIN2" in wanted
+        assert (
+            f"ALTER TABLE {table.name} ALTER COLUMN {quote(column.name)} {wanted} NOT NULL;"
+            in migration
+        )
+        constraint = table.primary_key.name
+        if column.primary_key:  # dropped around the change and made again, as declared
+            keys = ", ".join(quote(c.name) for c in table.primary_key.columns)
+            assert f"ALTER TABLE {table.name} DROP CONSTRAINT {constraint};" in migration
+            assert f"ADD CONSTRAINT {constraint} PRIMARY KEY ({keys});" in migration
+        for index in (i for i in table.indexes if column.name in i.columns):
+            columns = ", ".join(quote(c.name) for c in index.columns)
+            assert f"DROP INDEX IF EXISTS {index.name} ON {table.name};" in migration
+            assert f"CREATE INDEX {index.name} ON {table.name} ({columns});" in migration
+
+
 @pytest.mark.parametrize(
     "build", [init_schema, apply_reviewed_ddl], ids=["by-init-schema", "by-reviewed-ddl"]
 )
