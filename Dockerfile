@@ -6,6 +6,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends unixodbc \
     && rm -rf /var/lib/apt/lists/*
 
+# Microsoft's ODBC Driver 18 for SQL Server, for Azure SQL: installed only from a
+# package put in docker/drivers/ and with its licence accepted (see that folder's README).
+ARG ACCEPT_EULA=""
+COPY docker/odbc-driver.sh /usr/local/bin/
+COPY docker/drivers/ /tmp/drivers/
+RUN ACCEPT_EULA="$ACCEPT_EULA" odbc-driver.sh /tmp/drivers && rm -rf /tmp/drivers
+
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY refresher ./refresher
