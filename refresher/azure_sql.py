@@ -14,7 +14,11 @@
   message)``; the message ends each diagnostic record with the server's error
   number in parentheses, e.g. ``"[HY000] [Microsoft][ODBC Driver 18 for SQL
   Server][SQL Server]Database 'db' on server 'srv' is not currently available.
-  ... (40613) (SQLDriverConnect)"``. Transient numbers and connection-level
+  ... (40613) (SQLDriverConnect)"`` (the first record also names the ODBC
+  function; further ones follow as ``"; [state] text (n)"``, though pyodbc
+  reads only the first outside Windows). Only that trailing number counts: the
+  text may quote digits in parentheses of its own (a duplicate key value
+  ``(40613)``, a namespace named ``18456``). Transient numbers and connection-level
   SQLSTATEs are retried with backoff; "login failed" (18456) and "token
   expired" (37396) mean the token was refused: get a new one.
 """
@@ -44,6 +48,8 @@ TRANSIENT_ERRORS: Mapping[int, str] = MappingProxyType(
         40613: "database not currently available (reconfiguration or failover)",
         40197: "the service had an error processing the request (upgrade or failover)",
         40501: "the service is currently busy",
+        40540: "the service had an error processing the request",
+        40143: "the service had an error processing the request (replica)",
         49918: "not enough resources to process the request",
         49919: "too many create or update operations in progress",
         49920: "too many operations in progress",
@@ -86,7 +92,9 @@ CREDENTIAL_KEYWORDS = frozenset(
 )
 """Connection-string keywords that name another way to log in (lower case)."""
 
-_NATIVE_ERROR = re.compile(r"\((\d+)\)")
+_NATIVE_ERROR = re.compile(r"\((-?\d+)\)(?=(?: \(\w+\))?(?:; \[|$))")
+"""A record's native error number: ``(n)`` before the ODBC function's name, the next
+record (``; [``) or the end of the message; not any ``(n)`` inside the text."""
 
 
 def sql_server_token_struct(token: str) -> bytes:
@@ -203,7 +211,7 @@ def describe(exc: BaseException) -> str:
 
 
 def native_error_numbers(message: str) -> frozenset[int]:
-    """The server's error numbers in a pyodbc message (the ``(nnnn)`` of each record)."""
+    """The server's error numbers in a pyodbc message (the trailing ``(nnnn)`` of each record)."""
     return frozenset(int(n) for n in _NATIVE_ERROR.findall(message)) - {0}
 
 

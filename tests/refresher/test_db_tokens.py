@@ -420,6 +420,8 @@ def test_checkout_refuses_a_connection_whose_token_expires_soon() -> None:
 TRANSIENT_BY_NUMBER = {
     40613: ("HY000", "[SQL Server]Database 'mydb' on server 'myserver' is not currently available.  Please retry the connection later.  If the problem persists, contact customer support, and provide them the session tracing ID of '5A1B0C2D-0000-4000-8000-000000000001'. (40613) (SQLDriverConnect)"),  # noqa: E501
     40197: ("HY000", "[SQL Server]The service has encountered an error processing your request. Please try again. Error code 4815. (40197) (SQLExecDirectW)"),  # noqa: E501
+    40540: ("HY000", "[SQL Server]The service has encountered an error processing your request. Please try again. (40540) (SQLDriverConnect)"),  # noqa: E501
+    40143: ("HY000", "[SQL Server]The service has encountered an error processing your request. Please try again. (40143) (SQLDriverConnect)"),  # noqa: E501
     40501: ("HY000", "[SQL Server]The service is currently busy. Retry the request after 10 seconds. Incident ID: 0A1B2C3D. Code: 8912896. (40501) (SQLExecDirectW)"),  # noqa: E501
     49918: ("HY000", "[SQL Server]Cannot process request. Not enough resources to process request. The service is currently busy. Please retry the request later. (49918) (SQLExecDirectW)"),  # noqa: E501
     49919: ("HY000", "[SQL Server]Cannot process create or update request. Too many create or update operations in progress for subscription \"0000\". (49919) (SQLExecDirectW)"),  # noqa: E501
@@ -498,6 +500,32 @@ def test_database_unavailable_with_its_login_failed_record_is_transient_not_refu
     assert azure_sql.native_error_numbers(text) == {4060, 18456}
     assert is_transient(error)
     assert not is_token_refused(error)
+
+
+@pytest.mark.parametrize("quoted", [40613, 18456, 4060])
+def test_a_number_the_text_quotes_in_parentheses_is_not_an_error_number(quoted: int) -> None:
+    # A namespace may be named "40613": SQL Server quotes the duplicate key in the text.
+    text = (
+        "[SQL Server]Violation of PRIMARY KEY constraint 'pk_cache_namespaces'. Cannot insert "
+        f"duplicate key in object 'dbo.cache_namespaces'. The duplicate key value is ({quoted}). "
+        "(2627) (SQLExecDirectW)"
+    )
+    error = odbc_error("23000", text, cls=pyodbc.IntegrityError)
+
+    assert azure_sql.native_error_numbers(error.args[1]) == {2627}
+    assert not is_transient(error)
+    assert not is_token_refused(error)
+
+
+def test_each_records_trailing_number_is_read_from_a_message_of_several() -> None:
+    text = (
+        "[01000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Changed database "
+        "context to 'mydb'. (5701) (SQLDriverConnect); [01000] [Microsoft][ODBC Driver 18 for "
+        "SQL Server][SQL Server]Changed language setting to us_english. (5703); [HY000] "
+        "[Microsoft][ODBC Driver 18 for SQL Server]Row (12) failed. (40613)"
+    )
+
+    assert azure_sql.native_error_numbers(text) == {5701, 5703, 40613}
 
 
 def test_the_driver_managers_own_errors_are_permanent() -> None:
