@@ -20,10 +20,14 @@ from typing import Any, NamedTuple
 import orjson
 
 from refresher.errors import InvalidItemsError
-from refresher.schema import KEY_MAX, VERSION_MAX
+from refresher.schema import KEY_MAX, VERSION_MAX, fits, nvarchar_length
 
 _CANONICAL = orjson.OPT_SORT_KEYS
 """orjson's option for canonical JSON: sorted keys (and no whitespace, its default)."""
+
+_KEY_SURELY_FITS, _VERSION_SURELY_FITS = KEY_MAX // 2, VERSION_MAX // 2
+"""Keys and versions up to this many code points fit whatever their characters (``fits``):
+the hot loops check that inline and call ``fits`` only for longer ones."""
 
 MAX_REPORTED_PROBLEMS = 5
 """How many bad items an :class:`InvalidItemsError` message names before summarising."""
@@ -85,9 +89,16 @@ def _key_of(item: Any, key_field: str, position: int, problems: list[str]) -> st
     if not key:
         problems.append(f"item {position}: key field {key_field!r} is empty")
         return None
-    if len(key) > KEY_MAX:
+    if not fits(key, KEY_MAX):
+        length = nvarchar_length(key)
+        twice = (
+            " (counting a character outside the Basic Multilingual Plane, such as an emoji, "
+            "as two, as Azure SQL does)"
+            if length != len(key)
+            else ""
+        )
         problems.append(
-            f"item {position}: key {key[:40]!r}... is {len(key)} characters; "
+            f"item {position}: key {key[:40]!r}... is {length} characters{twice}; "
             f"the longest key the cache stores is {KEY_MAX}"
         )
         return None
@@ -401,13 +412,16 @@ def _diff_versions_loop(
     # as the source gave them (an int stays an int); text only when stored.
     for position, item in enumerate(_counted(items, on_item)):
         key = item.get(key_field) if type(item) is dict else None
-        if type(key) is not str or not 0 < len(key) <= KEY_MAX:
+        if type(key) is not str or not 0 < len(key) <= _KEY_SURELY_FITS:
             key = _key_of(item, key_field, position, scan.problems)
             if key is None:
                 continue
         version = item.get(version_field)
         numeric = type(version) is int
-        if not numeric and not (type(version) is str and 0 < len(version) <= VERSION_MAX):
+        if not numeric and not (
+            type(version) is str
+            and (0 < len(version) <= _VERSION_SURELY_FITS or _long_version_fits(version))
+        ):
             _bad_version(item, version_field, position, key, scan.problems)
             continue
         if key in memo:
@@ -516,7 +530,7 @@ def _changed_rows(
 
 def _regular_keys(keys: list[Any]) -> bool:
     """Keys all non-empty strings of at most KEY_MAX characters."""
-    return set(map(type, keys)) == {str} and "" not in keys and max(map(len, keys)) <= KEY_MAX
+    return set(map(type, keys)) == {str} and "" not in keys and _all_fit(keys, KEY_MAX)
 
 
 def _regular(keys: list[Any], versions: list[Any], *, checked_keys: bool = False) -> bool:
@@ -528,7 +542,13 @@ def _regular(keys: list[Any], versions: list[Any], *, checked_keys: bool = False
     types = set(map(type, versions))
     if types == {int}:
         return True
-    return types == {str} and "" not in versions and max(map(len, versions)) <= VERSION_MAX
+    return types == {str} and "" not in versions and _all_fit(versions, VERSION_MAX)
+
+
+def _all_fit(texts: list[str], limit: int) -> bool:
+    """Whether every one of ``texts`` (not empty) :func:`~refresher.schema.fits` ``limit``:
+    one pass in C when none is longer than half of it (the common case)."""
+    return max(map(len, texts)) <= limit // 2 or all(fits(text, limit) for text in texts)
 
 
 def _report_done(count: int, on_item: Callable[[int], None] | None) -> None:
@@ -578,6 +598,10 @@ def _reporting(
     on_item(count)
 
 
+def _long_version_fits(version: str) -> bool:
+    return bool(version) and fits(version, VERSION_MAX)
+
+
 def _bad_version(
     item: Mapping[str, Any], version_field: str, position: int, key: str, problems: list[str]
 ) -> None:
@@ -585,6 +609,7 @@ def _bad_version(
     what = (
         "is missing"
         if raw is None
-        else f"is not a string or integer of 1 to {VERSION_MAX} characters"
+        else f"is not a string or integer of 1 to {VERSION_MAX} characters (a character "
+        "outside the Basic Multilingual Plane, such as an emoji, counting as two)"
     )
     problems.append(f"item {position} (key {key!r}): version field {version_field!r} {what}")

@@ -46,11 +46,30 @@ NAMESPACE_MAX = 100
 """Longest namespace name (characters)."""
 
 KEY_MAX = 256
-"""Longest item key (characters). With ``NAMESPACE_MAX`` it keeps the primary
-key within Azure SQL's 900-byte clustered index limit (NVARCHAR: 2 bytes/char)."""
+"""Longest item key (characters, counted as :func:`nvarchar_length` does). With
+``NAMESPACE_MAX`` it keeps the primary key within Azure SQL's 900-byte clustered
+index limit (NVARCHAR: 2 bytes per UTF-16 code unit)."""
 
 VERSION_MAX = 200
-"""Longest per-item source version (an ETag, rowversion or timestamp as text)."""
+"""Longest per-item source version (an ETag, rowversion or timestamp as text;
+characters counted as :func:`nvarchar_length` does)."""
+
+
+def nvarchar_length(text: str) -> int:
+    """``text``'s length as Azure SQL's ``NVARCHAR(n)`` counts it: in UTF-16 code units,
+    so a character outside the Basic Multilingual Plane (an emoji, say) counts twice.
+
+    ``n`` is a number of byte-pairs there, not of characters: a key of 200 emoji
+    fits PostgreSQL's ``VARCHAR(256)`` but not ``NVARCHAR(256)``. Items are checked
+    against this count on every engine, so one limit holds wherever the cache lives.
+    """
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+
+
+def fits(text: str, limit: int) -> bool:
+    """Whether ``text`` is at most ``limit`` characters as :func:`nvarchar_length` counts."""
+    return len(text) <= limit // 2 or nvarchar_length(text) <= limit
+
 
 ERROR_MESSAGE_MAX = 2000
 

@@ -17,6 +17,7 @@ from refresher.items import (
     diff_by_version,
     row,
 )
+from refresher.schema import KEY_MAX, VERSION_MAX, fits, nvarchar_length
 
 
 def catalogue(count: int, *, changed: frozenset[int] = frozenset()) -> list[dict[str, object]]:
@@ -325,3 +326,60 @@ def test_every_diff_refuses_bad_items_whole(diff: Callable[..., object]) -> None
     assert "item 1: duplicate key 'a'" in message
     assert "item 2: has no key field 'id'" in message
     assert "item 3 (key 'b'): payload is not JSON" in message
+
+
+# -- lengths as Azure SQL counts them ------------------------------------------------------
+
+EMOJI = "\N{GRINNING FACE}"  # outside the Basic Multilingual Plane: two UTF-16 code units
+
+
+def test_nvarchar_length_counts_utf16_code_units() -> None:
+    assert nvarchar_length("key-1") == 5
+    assert nvarchar_length("é" * 10) == 10
+    assert nvarchar_length(EMOJI * 10) == 20
+    assert fits(EMOJI * 128, KEY_MAX)
+    assert not fits(EMOJI * 129, KEY_MAX)
+    assert fits("é" * KEY_MAX, KEY_MAX)
+
+
+def content_diffs() -> list[Callable[[list[dict[str, object]]], Diff]]:
+    return [
+        lambda items: diff_by_etag(items, "id", {}),
+        lambda items: diff_by_fingerprint(items, "id", {}),
+        lambda items: diff_by_version(items, "id", "v", {}),
+    ]
+
+
+@pytest.mark.parametrize("diff", content_diffs())
+@pytest.mark.parametrize("count", [1, 3000])  # one item, and enough for the columnar paths
+def test_a_key_too_long_for_nvarchar_is_refused_though_its_code_points_fit(
+    diff: Callable[[list[dict[str, object]]], Diff], count: int
+) -> None:
+    # 200 code points, 400 UTF-16 code units: NVARCHAR(256) on Azure SQL cannot hold it.
+    items: list[dict[str, object]] = [{"id": f"k{i}", "v": 1} for i in range(count - 1)]
+    items.append({"id": EMOJI * 200, "v": 1})
+
+    with pytest.raises(InvalidItemsError) as caught:
+        diff(items)
+
+    message = str(caught.value)
+    assert "is 400 characters (counting a character outside" in message
+    assert f"the longest key the cache stores is {KEY_MAX}" in message
+
+
+@pytest.mark.parametrize("diff", content_diffs())
+def test_keys_that_fit_nvarchar_are_kept_whatever_their_characters(
+    diff: Callable[[list[dict[str, object]]], Diff],
+) -> None:
+    keys = [EMOJI * 128, "é" * KEY_MAX, "x" * KEY_MAX, "k" * 200]
+    items: list[dict[str, object]] = [{"id": key, "v": 1} for key in keys]
+
+    assert set(diff(items).inserts) == set(keys)
+
+
+def test_a_version_too_long_for_nvarchar_is_refused() -> None:
+    items: list[dict[str, object]] = [{"id": "a", "v": EMOJI * (VERSION_MAX // 2 + 1)}]
+
+    with pytest.raises(InvalidItemsError, match="version field 'v' is not a string or integer"):
+        diff_by_version(items, "id", "v", {})
+    assert set(diff_by_version([{"id": "a", "v": EMOJI * 100}], "id", "v", {}).inserts) == {"a"}
