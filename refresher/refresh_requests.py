@@ -41,6 +41,11 @@ CLAIM_STALE_SECONDS = 30.0
 
 REQUESTER_MAX = 200
 
+IN_LIST_MAX = 1000
+"""Namespaces per ``IN (...)`` list: each is a bound parameter, and Azure SQL takes at
+most 2,100 parameters per request (error 8003), so a replica with more namespaces than
+that polls in several queries."""
+
 
 @dataclass(frozen=True, slots=True)
 class RefreshRequest:
@@ -102,19 +107,14 @@ def claim_pending(
     for ``namespaces`` only (the ones this replica knows and is not refreshing now)."""
     if limit <= 0 or not namespaces:
         return []
-    query = (
-        sa.select(refresh_requests.c.id, refresh_requests.c.namespace)
-        .where(
-            refresh_requests.c.status == PENDING,
-            refresh_requests.c.namespace.in_(sorted(namespaces)),
-        )
-        .order_by(refresh_requests.c.requested_at, refresh_requests.c.id)
-    )
     with _store_errors("poll for refresh requests"):
         with engine.connect() as conn:
-            candidates = conn.execute(query).all()
+            candidates = sorted(
+                (row for query in pending_queries(namespaces) for row in conn.execute(query)),
+                key=lambda row: (row.requested_at, row.id),
+            )
         oldest: dict[str, int] = {}
-        for request_id, namespace in candidates:
+        for request_id, namespace, _ in candidates:
             oldest.setdefault(namespace, request_id)
         claimed = [
             request
@@ -122,6 +122,23 @@ def claim_pending(
             if (request := _claim(engine, request_id, claimer)) is not None
         ]
     return claimed
+
+
+def pending_queries(namespaces: Collection[str]) -> list[sa.Select[int, str, datetime]]:
+    """The queries for the pending requests of ``namespaces`` (id, namespace, requested_at,
+    oldest first): one per :data:`IN_LIST_MAX` of them."""
+    names = sorted(namespaces)
+    return [
+        sa.select(
+            refresh_requests.c.id, refresh_requests.c.namespace, refresh_requests.c.requested_at
+        )
+        .where(
+            refresh_requests.c.status == PENDING,
+            refresh_requests.c.namespace.in_(names[start : start + IN_LIST_MAX]),
+        )
+        .order_by(refresh_requests.c.requested_at, refresh_requests.c.id)
+        for start in range(0, len(names), IN_LIST_MAX)
+    ]
 
 
 def _claim(engine: Engine, request_id: int, claimer: str) -> RefreshRequest | None:

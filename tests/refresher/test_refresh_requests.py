@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import mssql
 from sqlalchemy.engine import Engine
 
 from refresher.cache import lease_name
@@ -17,6 +18,7 @@ from refresher.refresh_requests import (
     CLAIM_STALE_SECONDS,
     claim_pending,
     finish,
+    pending_queries,
     request_refresh,
     request_status,
     requeue_dead_claims,
@@ -150,3 +152,40 @@ def test_an_old_claim_whose_replica_holds_the_lease_is_kept(engine: Engine) -> N
     assert requeue_dead_claims(engine, utcnow()) == 0
     with engine.connect() as conn:
         assert conn.execute(sa.select(refresh_requests.c.status)).scalar_one() == "claimed"
+
+
+AZURE_SQL_MAX_PARAMETERS = 2100
+"""Azure SQL refuses a request with more bound parameters (error 8003)."""
+
+
+def test_a_replica_with_thousands_of_namespaces_polls_within_azure_sqls_parameter_limit() -> None:
+    names = {f"ns-{i:04}" for i in range(2 * AZURE_SQL_MAX_PARAMETERS + 1)}
+    dialect = mssql.dialect()
+
+    queries = pending_queries(names)
+    compiled = [
+        query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+        for query in queries
+    ]
+
+    assert all(len(c.positiontup or ()) < AZURE_SQL_MAX_PARAMETERS for c in compiled)
+    asked = [value for c in compiled for value in c.construct_params().values()]
+    assert set(names) <= set(asked)
+
+
+def test_requests_across_several_polling_queries_are_claimed_oldest_first(engine: Engine) -> None:
+    names = [f"ns-{i:04}" for i in range(2500)]
+    late = request_refresh(engine, names[10], "me")
+    first = request_refresh(engine, names[2400], "me")
+    middle = request_refresh(engine, names[1500], "me")
+    with engine.begin() as conn:  # requested_at decides, not the id or the query
+        for request_id, minutes in ((first, 3), (middle, 2), (late, 1)):
+            conn.execute(
+                refresh_requests.update()
+                .where(refresh_requests.c.id == request_id)
+                .values(requested_at=utcnow() - timedelta(minutes=minutes))
+            )
+
+    claimed = claim_pending(engine, "replica", set(names), limit=10)
+
+    assert [r.id for r in claimed] == [first, middle, late]
