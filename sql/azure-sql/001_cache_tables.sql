@@ -16,6 +16,11 @@
 -- The tables are created in the applier's default schema (dbo for an Entra
 -- admin), which is where the service and 002_app_identity_user.sql expect them.
 --
+-- Readers never see half a refresh only with READ_COMMITTED_SNAPSHOT ON, the
+-- default of Azure SQL Database but not of SQL Server (sql/README.md says how
+-- to check it): SELECT is_read_committed_snapshot_on FROM sys.databases
+-- WHERE name = DB_NAME();
+--
 -- Generated from refresher/schema.py: the statements below must stay exactly
 -- what `cache-refresher db sql --dialect azure-sql` prints (a test checks).
 -- Change the schema in the code and regenerate the statements; never edit

@@ -19,6 +19,15 @@
 --
 -- One transaction: it changes everything or nothing. Safe to run again (a
 -- table whose columns are already binary is left alone).
+--
+-- Dropping and re-adding a clustered primary key rewrites the table twice (a
+-- heap, then the key again): on a large cache_entries expect time and
+-- transaction log in proportion to its size; run it when the database has room.
+-- Statistics SQL Server created by itself (_WA_Sys_...) are dropped with the
+-- column change; statistics someone created on these columns with CREATE
+-- STATISTICS are not, and stop it with Msg 5074 "The statistics '...' is
+-- dependent on column '...'": drop them (DROP STATISTICS <table>.<name>) and
+-- run it again.
 
 SET XACT_ABORT ON;
 BEGIN TRANSACTION;
