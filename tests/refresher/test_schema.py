@@ -421,3 +421,35 @@ def test_app_identity_script_grants_no_ddl_or_broad_rights() -> None:
     assert len(re.findall(r"\bALTER\b", code)) == len(
         re.findall(r"\bALTER ROLE \w+ ADD MEMBER", code)
     )
+
+
+AZURE_SQL_CLUSTERED_KEY_BYTES = 900
+AZURE_SQL_NONCLUSTERED_KEY_BYTES = 1700
+
+
+def _azure_sql_key_bytes(columns: list[sa.Column[object]]) -> int:
+    """The most bytes the columns take in an Azure SQL index key (NVARCHAR: 2 per unit)."""
+    dialect = DIALECTS["azure-sql"]
+    total = 0
+    for column in columns:
+        impl = column.type.dialect_impl(dialect)
+        if isinstance(impl, sa.TypeDecorator):
+            impl = impl.impl_instance.dialect_impl(dialect)
+        if isinstance(impl, sa.String):
+            assert impl.length is not None, f"{column} cannot be in an index key"
+            total += impl.length * (2 if isinstance(impl, sa.Unicode | sa.NVARCHAR) else 1)
+        else:
+            assert isinstance(impl, sa.BigInteger | sa.Integer | sa.DateTime), column
+            total += 10 if isinstance(impl, sa.DateTime) else 8
+    return total
+
+
+def test_every_azure_sql_index_key_fits_its_byte_limit() -> None:
+    for table in metadata.sorted_tables:
+        clustered = list(table.primary_key.columns)
+        assert _azure_sql_key_bytes(clustered) <= AZURE_SQL_CLUSTERED_KEY_BYTES, table.name
+        for index in table.indexes:
+            # A nonclustered index's key carries the clustered key too.
+            keyed = {column.name for column in index.columns}
+            columns = [*index.columns, *(c for c in clustered if c.name not in keyed)]
+            assert _azure_sql_key_bytes(columns) <= AZURE_SQL_NONCLUSTERED_KEY_BYTES, index.name
