@@ -160,6 +160,48 @@ class _Known:
     stored: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """How a refresh ended without success, as the run history records it."""
+
+    run_id: int
+    status: str
+    error_class: str
+    message: str
+    at: datetime
+    secret_versions: str | None
+
+
+def _record_failure(conn: Connection, namespace: str, failure: _Failure, now: datetime) -> None:
+    """Mark the run ``failure`` names as ended so, and make it the namespace's last error;
+    nothing if the run is no longer running (a later refresh called it abandoned)."""
+    ended = conn.execute(
+        refresh_runs.update()
+        .where(refresh_runs.c.id == failure.run_id, refresh_runs.c.status == "running")
+        .values(
+            status=failure.status,
+            finished_at=now,
+            error_class=failure.error_class,
+            error_message=failure.message,
+            secret_versions=failure.secret_versions,
+        )
+    )
+    if ended.rowcount != 1:
+        return
+    error = {
+        "last_attempt_at": now,
+        "last_error_class": failure.error_class,
+        "last_error_message": failure.message,
+    }
+    updated = conn.execute(
+        namespaces.update().where(namespaces.c.namespace == namespace).values(error)
+    )
+    if updated.rowcount == 0:  # never refreshed: keep the error where operators look
+        conn.execute(
+            namespaces.insert().values(namespace=namespace, generation=0, row_count=0, **error)
+        )
+
+
 RUNS_KEPT = timedelta(days=30)
 """How long the run history keeps a namespace's refreshes, by default."""
 
@@ -244,6 +286,9 @@ class CacheStore:
         # namespace -> (generation, mode, memo of the content this process wrote);
         # mode is the version field, or "" when comparing by content.
         self._memos: dict[str, tuple[int, str, dict[str, Hashable]]] = {}
+        # namespace -> how this process's last refresh of it failed, when the database
+        # could not take it at the time (see record_failure).
+        self._unrecorded: dict[str, _Failure] = {}
 
     # -- refresh ---------------------------------------------------------------
 
@@ -479,6 +524,7 @@ class CacheStore:
     # -- run history -----------------------------------------------------------
 
     def _start_run(self, namespace: str, runner: str) -> int:
+        self.record_failure(namespace)
         with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
             # We hold the lease, so any run still marked running was killed.
             conn.execute(
@@ -545,40 +591,35 @@ class CacheStore:
         exc: BaseException,
         secret_versions: Mapping[str, Sequence[str]] | None,
     ) -> None:
-        interrupted = not isinstance(exc, Exception)
-        status = "abandoned" if interrupted else "failed"
-        error_class = type(exc).__name__
-        message = describe_error(exc)
+        failure = _Failure(
+            run_id,
+            "failed" if isinstance(exc, Exception) else "abandoned",
+            type(exc).__name__,
+            describe_error(exc),
+            utcnow(),
+            _dump_versions(secret_versions),
+        )
         try:
             with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
-                now = db_now(conn)
-                conn.execute(
-                    refresh_runs.update()
-                    .where(refresh_runs.c.id == run_id)
-                    .values(
-                        status=status,
-                        finished_at=now,
-                        error_class=error_class,
-                        error_message=message,
-                        secret_versions=_dump_versions(secret_versions),
-                    )
-                )
-                error = {
-                    "last_attempt_at": now,
-                    "last_error_class": error_class,
-                    "last_error_message": message,
-                }
-                updated = conn.execute(
-                    namespaces.update().where(namespaces.c.namespace == namespace).values(error)
-                )
-                if updated.rowcount == 0:  # never refreshed: keep the error where operators look
-                    conn.execute(
-                        namespaces.insert().values(
-                            namespace=namespace, generation=0, row_count=0, **error
-                        )
-                    )
+                _record_failure(conn, namespace, failure, db_now(conn))
         except SQLAlchemyError:
-            pass  # the database is what failed; the run stays "running" until the next one
+            # The database is what failed: record this once it is back (record_failure)
+            # rather than leave the run "running" for the next one to call abandoned.
+            self._unrecorded[namespace] = failure
+
+    def record_failure(self, namespace: str) -> None:
+        """Record how this process's last refresh of ``namespace`` failed, if the database
+        could not take it then (it went away mid-refresh): the run's status and error, and
+        the namespace's last error, unless a later refresh has started since. A no-op when
+        there is nothing to record; kept for later when the database still fails."""
+        failure = self._unrecorded.pop(namespace, None)
+        if failure is None:
+            return
+        try:
+            with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
+                _record_failure(conn, namespace, failure, failure.at)
+        except SQLAlchemyError:
+            self._unrecorded.setdefault(namespace, failure)
 
     def _release_quietly(self, lease: Lease) -> None:
         with contextlib.suppress(SQLAlchemyError):  # it expires by itself

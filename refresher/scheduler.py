@@ -25,7 +25,9 @@ Planning one namespace may fail (the database, a schedule with no next time):
 that namespace is looked at again ``error_recheck`` seconds later and the
 others are planned as usual. The failure is logged once, naming the namespace
 (an error of ours in one line, anything else with its traceback), and again
-only when it changes or is over.
+only when it changes or is over; so is a failed poll for requests. A refresh
+whose run the database could not record as failed (it went away mid-refresh) is
+recorded so before the namespace is planned again, and backs off as failures do.
 
 :meth:`Scheduler.stop` stops taking work, lets refreshes in progress finish
 within a grace period, then interrupts the rest (their transaction rolls back,
@@ -115,6 +117,7 @@ class Scheduler:
         self._busy: set[str] = set()  # guarded by _lock
         self._looks: dict[str, datetime] = {}  # worker -> loop: look again at (under _lock)
         self._unplanned: dict[str, str] = {}  # the loop's: why a namespace cannot be planned
+        self._unpolled: str | None = None  # the loop's: why requests cannot be polled
         self._plan = Plan(self.namespaces, clock())
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -252,8 +255,19 @@ class Scheduler:
                 self.store.engine, self.holder, idle, limit=self._free_workers()
             )
         except CacheRefresherError as exc:
-            logger.warning("cannot poll refresh requests: %s", exc)
+            # Once, and again only when the kind of failure changes (which of the poll's
+            # queries failed does not matter).
+            problem = f"{type(exc).__name__}: {type(exc.__cause__).__name__}"
+            if self._unpolled != problem:
+                self._unpolled = problem
+                logger.warning(
+                    "cannot poll refresh requests: %s (trying again every %g s)",
+                    exc, self.request_poll.total_seconds(),
+                )  # fmt: skip
             return
+        if self._unpolled is not None:
+            self._unpolled = None
+            logger.info("refresh requests can be polled again")
         for request in claimed:
             logger.info(
                 "serving refresh request %d for namespace %r (by %s)",
@@ -374,6 +388,8 @@ class Scheduler:
         )
 
     def _history(self, name: str) -> History:
+        # A refresh the database failed under counts as failed (backoff), not as running.
+        self.store.record_failure(name)
         runs = self.store.runs(name, limit=HISTORY_DEPTH)
         return history_of((run.started_at, run.status) for run in runs)
 

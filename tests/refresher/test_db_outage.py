@@ -1,0 +1,370 @@
+"""The refresh loop while its database goes away and comes back, through a real proxy.
+
+The service's engine points at :class:`tests.dbproxy.DbProxy` in front of the
+test PostgreSQL server (a schema of the test's own, a password in the URL that
+must never show); the proxy resets every connection and refuses new ones, then
+accepts again. Scheduler, store and leases are the real ones, with short
+intervals and TTLs; the sources are small fakes of our ``Source`` protocol
+that the test steps through page by page.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from refresher.cache import CacheStore, lease_name
+from refresher.cadence import HELD_RECHECK_SECONDS, Backoff
+from refresher.db import create_engine, init_schema
+from refresher.errors import StoreError
+from refresher.lease import LeaseManager
+from refresher.namespaces import Namespace, Readers, Schedule
+from refresher.refresh import RefreshOutcome, SourceServices, refresh_now
+from refresher.scheduler import Scheduler
+from refresher.schema import leases
+from refresher.sources.base import FetchContext, Source
+from refresher.streaming import STREAM_MIN_ROWS
+from tests.dbproxy import DbProxy
+
+WAIT = 15.0
+"""Upper bound on any wait; the tests go on as soon as what they wait for happened."""
+TTL = 1.5
+"""The lease TTL of these tests' replicas (seconds)."""
+PASSWORD = "not-a-real-pw-7c1e"
+"""In the service's URL (the test server's trust authentication ignores it): it must never
+show in a message or a log."""
+
+
+@pytest.fixture
+def proxy(postgresql_url: str) -> Iterator[DbProxy]:
+    with DbProxy.before(postgresql_url) as running:
+        yield running
+
+
+@pytest.fixture
+def engine(proxy: DbProxy, postgresql_url: str) -> Iterator[Engine]:
+    """The service's engine: the test's schema through the proxy, built by our function."""
+    engine = create_engine(proxy.url(postgresql_url, password=PASSWORD))
+    init_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def direct(postgresql_url: str) -> Iterator[Engine]:
+    """The same schema, not through the proxy: what the test looks at during an outage."""
+    engine = create_engine(postgresql_url)
+    yield engine
+    engine.dispose()
+
+
+class Outcomes:
+    """What the scheduler reports, by namespace; waits until enough came."""
+
+    def __init__(self) -> None:
+        self.by_namespace: defaultdict[str, list[RefreshOutcome]] = defaultdict(list)
+        self._changed = threading.Condition()
+
+    def __call__(self, outcome: RefreshOutcome) -> None:
+        with self._changed:
+            self.by_namespace[outcome.namespace].append(outcome)
+            self._changed.notify_all()
+
+    def wait_for(self, namespace: str, count: int) -> list[RefreshOutcome]:
+        with self._changed:
+            seen = self.by_namespace[namespace]
+            assert self._changed.wait_for(lambda: len(seen) >= count, WAIT), seen
+            return list(seen)
+
+
+def replica(engine: Engine, holder: str) -> CacheStore:
+    return CacheStore(engine, leases=LeaseManager(engine, holder=holder, ttl=TTL))
+
+
+class Paged:
+    """A paged source the test steps through. Fetch ``n`` yields items keyed ``v<n>-...``
+    (all new, so a first refresh of a store copies them while fetching) in two pages;
+    fetch ``pause_at`` stops between its pages (``between`` set) until ``resume`` is set,
+    and fetch ``hold_at`` waits before its first page (``held`` set) until ``release`` is."""
+
+    kind = "paged"
+
+    def __init__(self, size: int, *, pause_at: int = 0, hold_at: int = 0) -> None:
+        self.size, self.pause_at, self.hold_at = size, pause_at, hold_at
+        self.fetches = 0
+        self.between, self.resume = threading.Event(), threading.Event()
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset()
+
+    def close(self) -> None:
+        pass
+
+    def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
+        self.fetches += 1
+        version = self.fetches
+        if version == self.hold_at:
+            self.held.set()
+            assert self.release.wait(WAIT)
+        half = self.size // 2
+        yield from (item(version, n) for n in range(half))
+        if version == self.pause_at:
+            self.between.set()
+            assert self.resume.wait(WAIT)
+        yield from (item(version, n) for n in range(half, self.size))
+
+
+def item(version: int, n: int) -> dict[str, Any]:
+    return {"id": f"v{version}-{n:06d}", "version": version}
+
+
+def namespace(name: str, source: Source, every: float) -> Namespace:
+    return Namespace(
+        name, source, "id", None, None, Schedule(every, None, 0.0), every * 10, Readers()
+    )
+
+
+def seed(engine: Engine, name: str, size: int) -> None:
+    """The namespace's data as a previous process left it (version 0)."""
+    replica(engine, "previous").apply(name, [item(0, n) for n in range(size)])
+
+
+def versions(store: CacheStore, name: str) -> set[int]:
+    """The versions of the namespace's stored items (read through ``store``'s engine)."""
+    found: set[int] = set()
+    cursor = None
+    while True:
+        page = store.page(name, limit=1000, cursor=cursor)
+        found.update(entry.data()["version"] for entry in page.items)
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
+
+
+def lease_row(direct: Engine, name: str) -> sa.Row[Any]:
+    with direct.connect() as conn:
+        return conn.execute(sa.select(leases).where(leases.c.name == lease_name(name))).one()
+
+
+def released(direct: Engine, name: str) -> bool:
+    """Whether the namespace's lease is free (its holder gave it back, or it expired)."""
+    with direct.connect() as conn:
+        now = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+    return bool(lease_row(direct, name).expires_at <= now)
+
+
+def copying(direct: Engine) -> bool:
+    """Whether a refresh's ``COPY`` into the cache table is open on the server."""
+    with direct.connect() as conn:
+        found = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %%cache_entries%%' "
+            "AND state <> 'idle' AND pid <> pg_backend_pid()"
+        ).scalar_one()
+    return bool(found)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def assert_no_traceback_or_password(caplog: pytest.LogCaptureFixture) -> None:
+    ours = [r for r in caplog.records if r.name.startswith("refresher")]
+    assert [r.getMessage() for r in ours if r.exc_info is not None] == []
+    assert "Traceback" not in caplog.text
+    assert PASSWORD not in caplog.text
+
+
+# -- the database goes away in the middle of a refresh ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(40, id="while-fetching"),  # nothing written yet when the cut comes
+        pytest.param(2 * (STREAM_MIN_ROWS + 1000), id="while-copying"),  # a COPY open
+    ],
+)
+def test_a_refresh_that_loses_the_database_fails_clearly_and_the_next_one_succeeds(
+    engine: Engine,
+    direct: Engine,
+    proxy: DbProxy,
+    caplog: pytest.LogCaptureFixture,
+    size: int,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="refresher")
+    seed(engine, "users", size)
+    source, outcomes = Paged(size, pause_at=1, hold_at=2), Outcomes()
+    store = replica(engine, "replica-a")
+    scheduler = Scheduler(
+        store, [namespace("users", source, every=0.5)], on_outcome=outcomes,
+        request_poll=0.1, error_recheck=0.1, backoff=Backoff(first=0.2, maximum=1.0, jitter=0),
+    )  # fmt: skip
+    scheduler.start()
+    try:
+        assert source.between.wait(WAIT)  # the first page fetched
+        if size > STREAM_MIN_ROWS:  # cut once the rows of the first page are being copied
+            wait_until(lambda: copying(direct), "the refresh's COPY")
+        proxy.cut()
+        cut_at = time.monotonic()
+        source.resume.set()
+        (failed,) = outcomes.wait_for("users", 1)
+
+        # It failed with our message: what went wrong and what to do, no secret.
+        assert isinstance(failed.error, StoreError)
+        message = str(failed.error)
+        assert "the database failed during the refresh of namespace 'users'" in message
+        assert "check that the database is reachable" in message
+        assert PASSWORD not in message
+        # The run could not be recorded: the database is away. Nothing was written.
+        assert replica(direct, "observer").runs("users", limit=1)[0].status == "running"
+        assert versions(replica(direct, "observer"), "users") == {0}
+
+        proxy.restore()
+        # The same scheduler, without a restart, refreshes again once its lease expired
+        # (it could not release it while the database was away): within the TTL.
+        assert source.held.wait(WAIT)
+        assert time.monotonic() - cut_at < TTL + HELD_RECHECK_SECONDS + 1.0
+        # Meanwhile: the previous data intact, the failure on record with its reason.
+        assert versions(store, "users") == {0}
+        latest, lost, seeded = store.runs("users", limit=3)
+        assert (latest.status, latest.runner) == ("running", "replica-a")
+        # (The class is the driver's, as for any database failure; the message is ours.)
+        assert (lost.status, lost.error_class) == ("failed", "OperationalError")
+        assert lost.error_message is not None
+        assert lost.error_message.startswith("the database failed during the refresh (")
+        assert "check that the database is reachable" in lost.error_message
+        assert seeded.status == "succeeded"
+        info = store.namespace("users")
+        assert (info.last_error_class, info.last_error_message) == (
+            "OperationalError", lost.error_message
+        )  # fmt: skip
+        assert info.generation == 1
+
+        source.release.set()
+        (_, succeeded) = outcomes.wait_for("users", 2)
+        assert succeeded.result is not None
+        assert succeeded.result.inserted == size
+        assert versions(store, "users") == {2}
+        assert store.namespace("users").last_error_class is None
+    finally:
+        source.resume.set()
+        source.release.set()
+        scheduler.stop(grace=1)
+    assert_no_traceback_or_password(caplog)
+
+
+def test_another_replica_takes_over_within_the_ttl_and_marks_the_lost_run_abandoned(
+    engine: Engine, direct: Engine, proxy: DbProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="refresher")
+    seed(engine, "users", 40)
+    source = Paged(40, pause_at=1)
+    users = namespace("users", source, every=60.0)
+    result: list[RefreshOutcome] = []
+    first = threading.Thread(
+        target=lambda: result.append(
+            refresh_now(replica(engine, "replica-a"), users, services=SourceServices())
+        )
+    )
+    first.start()
+    try:
+        assert source.between.wait(WAIT)
+        proxy.cut()
+        cut_at = time.monotonic()
+        source.resume.set()
+        first.join(WAIT)
+        (lost,) = result
+        assert isinstance(lost.error, StoreError)
+
+        proxy.restore()
+        # Replica B (another process, its own engine) cannot refresh while A's lease lasts,
+        # and can once it has expired: within the TTL of the cut.
+        other = create_engine(proxy.url(str(direct.url.render_as_string(hide_password=False))))
+        try:
+            b = replica(other, "replica-b")
+            outcome = refresh_now(b, users, services=SourceServices())
+            while outcome.result is None:
+                assert time.monotonic() - cut_at < TTL + 1.0, outcome.error
+                outcome = refresh_now(b, users, services=SourceServices())
+            assert versions(b, "users") == {2}
+            runs = b.runs("users", limit=3)
+        finally:
+            other.dispose()
+    finally:
+        source.resume.set()
+        first.join(WAIT)
+    assert [run.status for run in runs] == ["succeeded", "abandoned", "succeeded"]
+    assert runs[1].runner == "replica-a"
+    assert lease_row(direct, "users").holder == "replica-b"
+    assert_no_traceback_or_password(caplog)
+
+
+# -- the database is away between refreshes, for longer than an interval ----------------
+
+
+def _records(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if text in r.getMessage()]
+
+
+def test_the_scheduler_waits_out_an_outage_without_hammering_and_recovers_by_itself(
+    engine: Engine, direct: Engine, proxy: DbProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="refresher")
+    interval, recheck, poll = 0.5, 0.2, 0.1
+    names = ("users", "groups")
+    outcomes = Outcomes()
+    scheduler = Scheduler(
+        replica(engine, "replica-a"), [namespace(name, Paged(10), interval) for name in names],
+        on_outcome=outcomes, request_poll=poll, error_recheck=recheck,
+    )  # fmt: skip
+    scheduler.start()
+    try:
+        for name in names:
+            outcomes.wait_for(name, 1)
+        # Between refreshes: both leases given back (the next refreshes are 0.5 s away).
+        wait_until(lambda: all(released(direct, n) for n in names), "the leases released")
+        before = {name: len(outcomes.by_namespace[name]) for name in names}
+        proxy.cut()
+        outage = 2.5 * interval
+        cut_at = time.monotonic()
+        proxy.wait_until(lambda: proxy.refused >= 3)  # it keeps trying...
+        assert not threading.Event().wait(max(0.0, outage - (time.monotonic() - cut_at)))
+        refused, lasted = proxy.refused, time.monotonic() - cut_at
+        assert scheduler.running
+        # ...at the pace of its settings (a request poll, a recheck per namespace), not
+        # in a loop: each tries at most one connection.
+        expected = lasted / poll + len(names) * lasted / recheck
+        assert refused <= 2 * expected + 4, (refused, expected)
+        print(f"outage of {lasted:.2f} s: {refused} connection attempts ({expected:.0f} paced)")
+        # No refresh was even started while nothing could be planned.
+        assert {name: len(outcomes.by_namespace[name]) for name in names} == before
+        proxy.restore()
+        for name in names:
+            latest = outcomes.wait_for(name, before[name] + 1)[-1]
+            assert latest.result is not None, latest.error
+        assert scheduler.running
+    finally:
+        scheduler.stop(grace=1)
+    # It said so once per cause, and once that it is over; no traceback, no password.
+    assert len(_records(caplog, "cannot poll refresh requests")) == 1
+    assert len(_records(caplog, "refresh requests can be polled again")) == 1
+    for name in names:
+        assert len(_records(caplog, f"cannot plan namespace {name!r}")) == 1
+        assert len(_records(caplog, f"namespace {name!r} can be planned again")) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert_no_traceback_or_password(caplog)
+    with direct.connect() as conn:
+        statuses = conn.exec_driver_sql("SELECT DISTINCT status FROM cache_refresh_runs").all()
+    assert statuses == [("succeeded",)]
