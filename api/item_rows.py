@@ -119,7 +119,11 @@ class ItemRows:
             finally:
                 connection.close()
         except (SQLAlchemyError, self._dbapi_error) as exc:
-            raise StoreError(f"read of namespace {namespace!r} failed") from exc
+            raise StoreError(
+                f"the database failed during the read of an item of namespace {namespace!r} "
+                f"({type(exc).__name__}): check that the database is reachable; try again "
+                "in a few seconds"
+            ) from exc
         if row is None:
             return None
         payload, etag, changed_at = row

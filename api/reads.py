@@ -258,19 +258,22 @@ class ReadLayer:
 
     def _check_done(self, task: asyncio.Task[None]) -> None:
         self._checking = None
-        if not task.cancelled() and (error := task.exception()) is not None:
+        failed = not task.cancelled() and task.exception() is not None
+        if failed:
             # Requests past the interval get the error themselves; this one only ran ahead.
-            logger.debug("a generation check failed: %s", type(error).__name__)
-        self._follow_later()
+            logger.debug("a generation check failed: %s", type(task.exception()).__name__)
+        self._follow_later(at_least=FOLLOW_RETRY_SECONDS if failed else 0.0)
 
-    def _follow_later(self) -> None:
+    def _follow_later(self, at_least: float = 0.0) -> None:
         """Within ``follow_seconds`` of the last read, make sure a check starts when one is
         due even if no request comes to start it: a refresh that commits in a lull (the
         one under way when a burst of reads ends, say) is then read back during the
-        lull, not by the first requests after it (all misses, for a second or two)."""
+        lull, not by the first requests after it (all misses, for a second or two).
+        No sooner than ``at_least`` seconds: after a failed check (the database is down)
+        the next one would be due at once, and fail at once, in a loop."""
         if self._follow_timer is not None or self._clock() - self._last_read >= self.follow_seconds:
             return
-        delay = max(0.0, self._renew_at - self._clock())
+        delay = max(at_least, self._renew_at - self._clock())
         self._follow_timer = asyncio.get_running_loop().call_later(delay, self._follow_now)
 
     def _follow_now(self) -> None:
@@ -526,6 +529,11 @@ RELEASE_IN_THREAD = 10_000
 FOLLOW_AFTER_READS = 30.0
 """Seconds after the last read during which the server's layer goes on checking the
 namespaces on its own (``follow_seconds``; see :meth:`ReadLayer._follow_later`)."""
+
+FOLLOW_RETRY_SECONDS = 1.0
+"""After a failed check, how long the layer waits before it checks again on its own
+(requests still start checks of their own: the first after the database is back
+finds it)."""
 
 INLINE_CHANGES = 10_000
 """The most rows the refreshes since the last check may have written for a check to
