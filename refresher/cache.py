@@ -62,7 +62,14 @@ from refresher.errors import (
 )
 from refresher.items import Diff, diff_by_etag, diff_by_fingerprint, diff_by_version
 from refresher.lease import Lease, LeaseManager
-from refresher.schema import ERROR_MESSAGE_MAX, NAMESPACE_MAX, entries, namespaces, refresh_runs
+from refresher.schema import (
+    ERROR_MESSAGE_MAX,
+    NAMESPACE_MAX,
+    entries,
+    fits,
+    namespaces,
+    refresh_runs,
+)
 from refresher.streaming import InsertStream
 
 PAGE_LIMIT_MAX = 1000
@@ -732,15 +739,17 @@ def lease_name(namespace: str) -> str:
 
 
 def check_namespace(namespace: str) -> None:
-    """Refuse namespace names the table cannot hold or a URL path cannot carry."""
+    """Refuse namespace names the table cannot hold or a URL path cannot carry (lengths
+    as Azure SQL counts them: a letter outside the Basic Multilingual Plane counts twice)."""
     if (
         not namespace
-        or len(namespace) > NAMESPACE_MAX
+        or not fits(namespace, NAMESPACE_MAX)
         or not all(ch.isalnum() or ch in "-_." for ch in namespace)
     ):
         raise ConfigurationError(
             f"namespace name {namespace[:NAMESPACE_MAX]!r} is not valid: use 1 to "
-            f"{NAMESPACE_MAX} letters, digits, '-', '_' or '.'"
+            f"{NAMESPACE_MAX} letters, digits, '-', '_' or '.' (a letter outside the Basic "
+            "Multilingual Plane counting as two)"
         )
 
 

@@ -421,10 +421,24 @@ def test_another_key_field_can_be_named(store: CacheStore) -> None:
     assert store.get_item("users", "ada@example.com").data()["n"] == 1
 
 
-@pytest.mark.parametrize("name", ["", "has space", "slash/y", "x" * 101])
+@pytest.mark.parametrize(
+    "name",
+    ["", "has space", "slash/y", "x" * 101, "\N{MATHEMATICAL BOLD CAPITAL A}" * 51],
+    ids=["empty", "space", "slash", "101 letters", "51 letters taking two UTF-16 units each"],
+)
 def test_bad_namespace_names_are_refused(store: CacheStore, name: str) -> None:
     with pytest.raises(ConfigurationError, match="is not valid"):
         store.apply(name, [])
+
+
+def test_a_namespace_name_of_letters_outside_the_bmp_fits_up_to_half_the_limit(
+    store: CacheStore,
+) -> None:
+    name = "\N{MATHEMATICAL BOLD CAPITAL A}" * 50
+
+    store.apply(name, [{"id": "a"}])
+
+    assert store.namespace(name).row_count == 1
 
 
 def test_progress_reports_items_then_writes(store: CacheStore) -> None:
