@@ -291,12 +291,13 @@ def test_another_replica_takes_over_within_the_ttl_and_marks_the_lost_run_abando
         proxy.restore()
         # Replica B (another process, its own engine) cannot refresh while A's lease lasts,
         # and can once it has expired: within the TTL of the cut.
-        other = create_engine(proxy.url(str(direct.url.render_as_string(hide_password=False))))
+        other = create_engine(proxy.url(direct.url.render_as_string(hide_password=False)))
         try:
             b = replica(other, "replica-b")
             outcome = refresh_now(b, users, services=SourceServices())
             while outcome.result is None:
                 assert time.monotonic() - cut_at < TTL + 1.0, outcome.error
+                time.sleep(0.05)
                 outcome = refresh_now(b, users, services=SourceServices())
             assert versions(b, "users") == {2}
             runs = b.runs("users", limit=3)
