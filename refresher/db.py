@@ -7,7 +7,9 @@
   (:mod:`refresher.checkpointer`), a busy timeout, and explicit ``BEGIN`` /
   ``BEGIN IMMEDIATE`` so a refresh takes the write lock up front instead of
   failing half-way on a lock upgrade.
-- PostgreSQL (psycopg 3): pre-ping, so a restarted server costs no request.
+- PostgreSQL (psycopg 3): pre-ping, so a restarted server costs no request, and
+  network timeouts (:data:`LIBPQ_TIMEOUTS`), so a server that stops answering
+  fails a refresh or a request within about a minute instead of hanging it.
 - Azure SQL (``mssql+pyodbc``): ``fast_executemany`` for batched writes.
 
 With a credential (the app identity), Azure SQL and Azure Database for
@@ -54,6 +56,23 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 IMMEDIATE = {"sqlite_begin": "BEGIN IMMEDIATE"}
 """Execution options for a connection that will write (takes SQLite's lock at BEGIN)."""
+
+LIBPQ_TIMEOUTS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+"""libpq's network timeouts for PostgreSQL, where the URL's query sets none of its own:
+opening a connection (TCP, TLS, login) may take 10 s; an idle connection's server is
+probed after 30 s of silence, every 10 s, and given up after 3 unanswered probes; data
+the server has not acknowledged for 60 s (milliseconds here) ends the connection. libpq's
+own defaults are to wait forever and the kernel's (hours, or some 15 minutes), so a
+server that vanishes (a failover, a dropped route) would hang a refresh, holding its
+lease, or a request's thread. A long query is not cut short: that is the server's
+``statement_timeout``."""
 
 URL_SETTING = "CACHE_REFRESHER_DATABASE_URL"
 DEFAULT_PORTS = {"postgresql": 5432, "mssql": 1433}
@@ -127,11 +146,25 @@ def create_engine(
     if backend == "mssql":
         kwargs.setdefault("fast_executemany", True)
     kwargs.setdefault("pool_pre_ping", True)
+    kwargs["connect_args"] = network_timeouts(parsed, kwargs.get("connect_args", {}))
     engine = sa.create_engine(url, **kwargs)
     if method is not None:
         assert credential is not None  # token_method refuses "entra" without one
         TokenConnector(credential, method, retry=retry, expiry=expiry).install(engine)
     return engine
+
+
+def network_timeouts(url: URL, connect_args: dict[str, Any]) -> dict[str, Any]:
+    """``connect_args`` with :data:`LIBPQ_TIMEOUTS` added for a PostgreSQL ``url`` (libpq's
+    drivers), each only where neither ``url``'s query nor ``connect_args`` sets it."""
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in LIBPQ_DRIVERS:
+        return connect_args
+    given = set(url.query) | set(connect_args)
+    return {**{k: v for k, v in LIBPQ_TIMEOUTS.items() if k not in given}, **connect_args}
+
+
+LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2"})
+"""SQLAlchemy's PostgreSQL drivers that connect through libpq (and take its parameters)."""
 
 
 @contextmanager

@@ -47,9 +47,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from refresher.db import network_timeouts
 from refresher.db_urls import driver_says, password_cut_short, scrubber
 from refresher.errors import ConfigurationError, UpstreamDataError, UpstreamUnavailableError
 from refresher.secrets.base import SecretValue
@@ -72,8 +73,11 @@ class SqlQueryOptions(BaseModel):
 
 def source_engine(url: str) -> Engine:
     """The default engine factory: SQLAlchemy's, with a pre-ping (a restarted server
-    costs no refresh). Raises ``ArgumentError``/``NoSuchModuleError`` for a bad URL."""
-    return sa.create_engine(url, pool_pre_ping=True)
+    costs no refresh) and, on PostgreSQL, the cache's network timeouts (a server that
+    stops answering fails the refresh instead of hanging it while its lease is renewed).
+    Raises ``ArgumentError``/``NoSuchModuleError`` for a bad URL."""
+    connect_args = network_timeouts(make_url(url), {})
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 class SqlQuerySource:

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from refresher.cache import CacheStore, lease_name
 from refresher.cadence import HELD_RECHECK_SECONDS, Backoff
-from refresher.db import create_engine, init_schema
+from refresher.db import LIBPQ_TIMEOUTS, create_engine, init_schema, network_timeouts
 from refresher.errors import StoreError
 from refresher.lease import LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
@@ -369,3 +369,56 @@ def test_the_scheduler_waits_out_an_outage_without_hammering_and_recovers_by_its
     with direct.connect() as conn:
         statuses = conn.exec_driver_sql("SELECT DISTINCT status FROM cache_refresh_runs").all()
     assert statuses == [("succeeded",)]
+
+
+# -- a server that stops answering ---------------------------------------------------------
+
+
+def test_the_network_timeouts_apply_where_the_url_sets_none() -> None:
+    url = make_url("postgresql+psycopg://svc@db.example/cache?connect_timeout=3")
+
+    added = network_timeouts(url, {"keepalives_idle": 5})
+
+    assert "connect_timeout" not in added  # the URL's own value stands
+    assert added["keepalives_idle"] == 5  # so does the caller's
+    assert {k: added[k] for k in added if k != "keepalives_idle"} == {
+        k: v for k, v in LIBPQ_TIMEOUTS.items() if k not in ("connect_timeout", "keepalives_idle")
+    }
+    assert network_timeouts(url.difference_update_query(["connect_timeout"]), {}) == LIBPQ_TIMEOUTS
+    for other in ("sqlite:///cache.db", "mssql+pyodbc://svc@srv/db?driver=x"):
+        assert network_timeouts(make_url(other), {}) == {}
+
+
+def test_connections_carry_the_network_timeouts(postgresql_url: str) -> None:
+    engine = create_engine(postgresql_url)
+    try:
+        with engine.connect() as conn:
+            parameters = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+
+    for name, value in LIBPQ_TIMEOUTS.items():
+        assert parameters.get(name) == str(value), name
+
+
+def test_a_server_that_stops_answering_fails_the_connection_instead_of_hanging_it(
+    proxy: DbProxy, postgresql_url: str
+) -> None:
+    # The proxy accepts and then relays nothing: the TCP connection opens, the login never
+    # completes. A 1 s connect timeout stands for the 10 s default here.
+    url = make_url(proxy.url(postgresql_url, password=PASSWORD))
+    engine = create_engine(
+        url.update_query_dict({"connect_timeout": "1"}).render_as_string(hide_password=False)
+    )
+    proxy.stall()
+    started = time.monotonic()
+    try:
+        with pytest.raises(sa.exc.OperationalError) as raised:
+            engine.connect().close()
+    finally:
+        proxy.restore()
+        engine.dispose()
+
+    assert time.monotonic() - started < 10  # not the hang it was without a timeout
+    assert "timeout" in str(raised.value).lower()
+    assert PASSWORD not in str(raised.value)
