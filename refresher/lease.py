@@ -69,9 +69,20 @@ class LeaseManager:
         self.engine = engine
         self.holder = holder or default_holder()
         self.ttl = timedelta(seconds=ttl)
+        self._unreleased: dict[str, Lease] = {}
+        """Leases :meth:`release` could not give up (the database was away), by name."""
+        self._unreleased_lock = threading.Lock()
 
     def acquire(self, name: str) -> Lease:
-        """Take the lease ``name`` or raise :class:`LeaseHeldError` naming its holder."""
+        """Take the lease ``name`` or raise :class:`LeaseHeldError` naming its holder.
+
+        A lease of this holder that :meth:`release` could not give up is given up first,
+        so that this process need not wait for its own lease to expire after an outage.
+        """
+        with self._unreleased_lock:
+            unreleased = self._unreleased.pop(name, None)
+        if unreleased is not None:
+            self.release(unreleased)
         self._ensure_row(name)
         with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
             now = db_now(conn)
@@ -121,17 +132,27 @@ class LeaseManager:
         return Lease(lease.name, lease.holder, lease.token, now + self.ttl)
 
     def release(self, lease: Lease) -> None:
-        """Give ``lease`` up at once; a no-op if it was already lost."""
-        with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
-            conn.execute(
-                leases.update()
-                .where(
-                    leases.c.name == lease.name,
-                    leases.c.holder == lease.holder,
-                    leases.c.token == lease.token,
+        """Give ``lease`` up at once; a no-op if it was already lost.
+
+        If the database fails, the error is raised and the lease remembered: the next
+        :meth:`acquire` of its name gives it up first (only if still this holder's, with
+        this token; else it expires by itself as before).
+        """
+        try:
+            with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
+                conn.execute(
+                    leases.update()
+                    .where(
+                        leases.c.name == lease.name,
+                        leases.c.holder == lease.holder,
+                        leases.c.token == lease.token,
+                    )
+                    .values(expires_at=db_now(conn))
                 )
-                .values(expires_at=db_now(conn))
-            )
+        except SQLAlchemyError:
+            with self._unreleased_lock:
+                self._unreleased.setdefault(lease.name, lease)
+            raise
 
     def _ensure_row(self, name: str) -> None:
         """Create the lease's row, already expired, unless it exists."""

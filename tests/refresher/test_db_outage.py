@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from refresher.cache import CacheStore, lease_name
 from refresher.cadence import HELD_RECHECK_SECONDS, Backoff
 from refresher.db import LIBPQ_TIMEOUTS, create_engine, init_schema, network_timeouts
-from refresher.errors import StoreError
+from refresher.errors import LeaseHeldError, StoreError
 from refresher.lease import LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
 from refresher.refresh import RefreshOutcome, SourceServices, refresh_now
@@ -232,8 +232,8 @@ def test_a_refresh_that_loses_the_database_fails_clearly_and_the_next_one_succee
         assert versions(replica(direct, "observer"), "users") == {0}
 
         proxy.restore()
-        # The same scheduler, without a restart, refreshes again once its lease expired
-        # (it could not release it while the database was away): within the TTL.
+        # The same scheduler, without a restart, refreshes again: it gives up the lease it
+        # could not release while the database was away, then takes it (within the TTL).
         assert source.held.wait(WAIT)
         assert time.monotonic() - cut_at < TTL + HELD_RECHECK_SECONDS + 1.0
         # Meanwhile: the previous data intact, the failure on record with its reason.
@@ -369,6 +369,47 @@ def test_the_scheduler_waits_out_an_outage_without_hammering_and_recovers_by_its
     with direct.connect() as conn:
         statuses = conn.exec_driver_sql("SELECT DISTINCT status FROM cache_refresh_runs").all()
     assert statuses == [("succeeded",)]
+
+
+def test_a_lease_that_could_not_be_released_is_given_up_before_its_holder_takes_it_again(
+    engine: Engine, proxy: DbProxy
+) -> None:
+    # Without that, this holder would wait out its own 600 s lease after the outage.
+    manager = LeaseManager(engine, holder="replica-a", ttl=600)
+    lease = manager.acquire("refresh:users")
+    proxy.cut()
+    with pytest.raises(sa.exc.OperationalError):
+        manager.release(lease)
+    proxy.restore()
+
+    again = manager.acquire("refresh:users")
+
+    assert again.token == lease.token + 1
+    assert again.holder == "replica-a"
+
+
+def test_a_lease_taken_over_meanwhile_is_not_given_up_by_its_former_holder(
+    engine: Engine, direct: Engine, proxy: DbProxy
+) -> None:
+    manager = LeaseManager(engine, holder="replica-a", ttl=0.2)
+    lease = manager.acquire("refresh:users")
+    proxy.cut()
+    with pytest.raises(sa.exc.OperationalError):
+        manager.release(lease)
+    proxy.restore()
+    other = LeaseManager(direct, holder="replica-b", ttl=600)
+    wait_until(lambda: _taken(other, "refresh:users"), "the expired lease taken over")
+
+    with pytest.raises(LeaseHeldError, match="replica-b"):
+        manager.acquire("refresh:users")  # the old release touched nothing of replica-b's
+
+
+def _taken(manager: LeaseManager, name: str) -> bool:
+    try:
+        manager.acquire(name)
+    except LeaseHeldError:
+        return False
+    return True
 
 
 # -- a server that stops answering ---------------------------------------------------------
