@@ -25,12 +25,13 @@ from refresher.cache import CacheStore, lease_name
 from refresher.cadence import HELD_RECHECK_SECONDS, Backoff
 from refresher.db import LIBPQ_TIMEOUTS, create_engine, init_schema, network_timeouts
 from refresher.errors import LeaseHeldError, StoreError
-from refresher.lease import LeaseManager
+from refresher.lease import Lease, LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
 from refresher.refresh import RefreshOutcome, SourceServices, refresh_now
 from refresher.scheduler import Scheduler
 from refresher.schema import leases
 from refresher.sources.base import FetchContext, Source
+from refresher.sources.sql_query import source_engine
 from refresher.streaming import STREAM_MIN_ROWS
 from tests.dbproxy import DbProxy
 
@@ -376,11 +377,7 @@ def test_a_lease_that_could_not_be_released_is_given_up_before_its_holder_takes_
 ) -> None:
     # Without that, this holder would wait out its own 600 s lease after the outage.
     manager = LeaseManager(engine, holder="replica-a", ttl=600)
-    lease = manager.acquire("refresh:users")
-    proxy.cut()
-    with pytest.raises(sa.exc.OperationalError):
-        manager.release(lease)
-    proxy.restore()
+    lease = unreleased(manager, proxy)
 
     again = manager.acquire("refresh:users")
 
@@ -392,16 +389,22 @@ def test_a_lease_taken_over_meanwhile_is_not_given_up_by_its_former_holder(
     engine: Engine, direct: Engine, proxy: DbProxy
 ) -> None:
     manager = LeaseManager(engine, holder="replica-a", ttl=0.2)
-    lease = manager.acquire("refresh:users")
-    proxy.cut()
-    with pytest.raises(sa.exc.OperationalError):
-        manager.release(lease)
-    proxy.restore()
+    unreleased(manager, proxy)
     other = LeaseManager(direct, holder="replica-b", ttl=600)
     wait_until(lambda: _taken(other, "refresh:users"), "the expired lease taken over")
 
     with pytest.raises(LeaseHeldError, match="replica-b"):
         manager.acquire("refresh:users")  # the old release touched nothing of replica-b's
+
+
+def unreleased(manager: LeaseManager, proxy: DbProxy) -> Lease:
+    """The lease ``refresh:users``, taken, then released while the database was away."""
+    lease = manager.acquire("refresh:users")
+    proxy.cut()
+    with pytest.raises(sa.exc.OperationalError):
+        manager.release(lease)
+    proxy.restore()
+    return lease
 
 
 def _taken(manager: LeaseManager, name: str) -> bool:
@@ -430,8 +433,13 @@ def test_the_network_timeouts_apply_where_the_url_sets_none() -> None:
         assert network_timeouts(make_url(other), {}) == {}
 
 
-def test_connections_carry_the_network_timeouts(postgresql_url: str) -> None:
-    engine = create_engine(postgresql_url)
+@pytest.mark.parametrize(
+    "make_engine", [create_engine, source_engine], ids=["cache", "sql_query source"]
+)
+def test_connections_carry_the_network_timeouts(
+    postgresql_url: str, make_engine: Callable[[str], Engine]
+) -> None:
+    engine = make_engine(postgresql_url)
     try:
         with engine.connect() as conn:
             parameters = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]

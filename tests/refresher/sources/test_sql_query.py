@@ -19,12 +19,12 @@ from sqlalchemy.engine import Engine, make_url
 
 from devstack.stack import DevStack
 from refresher.cache import CacheStore, RefreshResult
-from refresher.db import LIBPQ_TIMEOUTS, create_engine, init_schema
+from refresher.db import create_engine, init_schema
 from refresher.errors import ConfigurationError, UpstreamDataError, UpstreamUnavailableError
 from refresher.lease import LeaseManager
 from refresher.secrets import KeyVaultSecretStore
 from refresher.sources import FetchContext, build_source
-from refresher.sources.sql_query import SqlQuerySource, from_options, json_safe, source_engine
+from refresher.sources.sql_query import SqlQuerySource, from_options, json_safe
 
 NS = "people"
 MakeStore = Callable[[list[str]], KeyVaultSecretStore]
@@ -370,16 +370,3 @@ def test_values_are_made_json_safe() -> None:
     assert json_safe({"a": [decimal.Decimal(1), (b"\x01",)]}) == {"a": [1.0, ["AQ=="]]}
     assert json_safe(None) is None and json_safe(True) is True
     assert json_safe(frozenset()) == "frozenset()"
-
-
-def test_a_postgresql_source_connects_with_the_network_timeouts(postgresql_url: str) -> None:
-    engine = source_engine(postgresql_url)
-    try:
-        with engine.connect() as conn:
-            parameters = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
-    finally:
-        engine.dispose()
-
-    assert {name: parameters.get(name) for name in LIBPQ_TIMEOUTS} == {
-        name: str(value) for name, value in LIBPQ_TIMEOUTS.items()
-    }
