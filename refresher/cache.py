@@ -68,6 +68,7 @@ from refresher.schema import (
     entries,
     fits,
     namespaces,
+    refresh_requests,
     refresh_runs,
 )
 from refresher.streaming import InsertStream
@@ -217,6 +218,9 @@ RUNS_ALWAYS_KEPT = 100
 
 PRUNE_EVERY_SECONDS = 3600.0
 """How often a process prunes the run history of a namespace it refreshes, at most."""
+FINISHED_REQUESTS = ("done", "failed")
+"""The statuses of refresh requests that are over (:mod:`refresher.refresh_requests`,
+which imports this module), pruned with the run history."""
 
 CATCH_UP_MAX_GENERATIONS = 100
 """How many generations behind a process's memo may be and still be brought up to date."""
@@ -560,9 +564,11 @@ class CacheStore:
 
     def _prune_runs(self, conn: Connection, namespace: str) -> None:
         """Forget the runs of ``namespace`` older than ``runs_kept``, but for its last
-        ``runs_always_kept`` (the scheduler plans from the latest, ``runs`` shows them);
-        at most every :data:`PRUNE_EVERY_SECONDS` per process, in the transaction that
-        records a new run (so under the namespace's lease: one pruner at a time).
+        ``runs_always_kept`` (the scheduler plans from the latest, ``runs`` shows them),
+        and its refresh requests made before then and done or failed (pending and claimed
+        ones stay until served); at most every :data:`PRUNE_EVERY_SECONDS` per process, in
+        the transaction that records a new run (so under the namespace's lease: one pruner
+        at a time).
 
         A refresh that follows other replicas' reads the run history since its own
         last generation (:meth:`_caught_up`), and so does the API's read-back; where
@@ -583,11 +589,19 @@ class CacheStore:
             .limit(self._runs_always_kept)
             .subquery()
         )
+        cutoff = db_now(conn) - self._runs_kept
         conn.execute(
             refresh_runs.delete().where(
                 ours,
-                refresh_runs.c.started_at < db_now(conn) - self._runs_kept,
+                refresh_runs.c.started_at < cutoff,
                 refresh_runs.c.id < sa.select(sa.func.min(recent.c.id)).scalar_subquery(),
+            )
+        )
+        conn.execute(
+            refresh_requests.delete().where(
+                refresh_requests.c.namespace == namespace,
+                refresh_requests.c.status.in_(FINISHED_REQUESTS),
+                refresh_requests.c.requested_at < cutoff,
             )
         )
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from refresher.cache import CacheStore, encode_cursor
+from refresher.db import utcnow
 from refresher.errors import (
     ConfigurationError,
     InvalidCursorError,
@@ -22,7 +23,15 @@ from refresher.errors import (
     NamespaceNotFoundError,
 )
 from refresher.lease import LeaseManager
-from refresher.schema import KEY_MAX, entries, refresh_runs
+from refresher.refresh_requests import (
+    CLAIMED,
+    DONE,
+    FAILED,
+    PENDING,
+    request_refresh,
+    request_status,
+)
+from refresher.schema import KEY_MAX, entries, refresh_requests, refresh_runs
 
 
 def catalogue(count: int, *, start: int = 0, version: int = 1) -> list[dict[str, Any]]:
@@ -345,6 +354,33 @@ def test_the_run_history_of_other_namespaces_is_left_alone(engine: Engine) -> No
     CacheStore(engine, runs_always_kept=1).apply("products", catalogue(2))
 
     assert len(run_ids(engine, "other")) == 3
+
+
+def test_pruning_forgets_old_finished_refresh_requests_of_the_namespace(engine: Engine) -> None:
+    # Without this, cache_refresh_requests grows by a row per queued refresh for ever.
+    def requested(namespace: str, status: str, days_ago: int) -> int:
+        request_id = request_refresh(engine, namespace, "operator")
+        with engine.begin() as conn:
+            conn.execute(
+                refresh_requests.update()
+                .where(refresh_requests.c.id == request_id)
+                .values(status=status, requested_at=utcnow() - timedelta(days=days_ago))
+            )
+        return request_id
+
+    old_done, old_failed = requested("products", DONE, 40), requested("products", FAILED, 40)
+    kept = [
+        requested("products", DONE, 1),
+        requested("products", PENDING, 40),  # not served yet: stays until it is
+        requested("products", CLAIMED, 40),
+        requested("other", DONE, 40),  # pruned with its own namespace's history
+    ]
+
+    CacheStore(engine, runs_kept=timedelta(days=30)).apply("products", catalogue(2))
+
+    for request_id in (old_done, old_failed):
+        assert request_status(engine, request_id) is None
+    assert all(request_status(engine, request_id) is not None for request_id in kept)
 
 
 def test_runs_record_counts_secret_versions_and_runner(store: CacheStore) -> None:
