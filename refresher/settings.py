@@ -203,8 +203,9 @@ class Settings(BaseSettings):
         default=30.0,
         ge=0,
         le=3650,
-        description="How long the run history keeps a namespace's refreshes (0: for ever); "
-        "the last 100 of each namespace are kept whatever their age.",
+        description="How long the run history keeps a namespace's refreshes, and its done or "
+        "failed refresh requests (0: for ever); the last 100 runs of each namespace are kept "
+        "whatever their age.",
     )
     metrics_port: int = Field(
         default=9464,
