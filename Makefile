@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed-pyproject
 # pyodbc needs unixODBC's libodbc.so.2, which pip cannot install.
 ODBC_PACKAGE := unixodbc
 
-.PHONY: help run test lint bench clean venv system-libs
+.PHONY: help run test lint bench soak clean venv system-libs
 
 help:
 	@echo "make run     the whole stack in one process on http://127.0.0.1:8000 (cache-refresher dev)"
 	@echo "make test    run the whole test suite (needs PostgreSQL, see README.md)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make bench   refresh benchmarks on SQLite and PostgreSQL (bench/refresh.py, bench/upstream.py)"
+	@echo "make soak    cache-refresher dev for a few minutes, watched for leaks (bench/soak.py)"
 	@echo "make clean   remove the venv, caches and the dev database"
 
 $(BIN)/python:
@@ -54,6 +55,9 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/refresh.py
 	$(BIN)/python bench/upstream.py
+
+soak: venv
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build *.egg-info

@@ -200,13 +200,14 @@ class Processes:
         cpu: str | None,
         env: dict[str, str],
         stdout_pipe: bool = False,
+        cwd: Path = REPO,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` (pinned to ``cpu`` with taskset), its stderr to a log file."""
+        """Start ``argv`` (pinned to ``cpu`` with taskset) in ``cwd``, its stderr to a log file."""
         command = [*(["taskset", "-c", cpu] if cpu is not None else []), *argv]
         log = (self.logs / f"{name}.log").open("ab")
         process = subprocess.Popen(
             command,
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if stdout_pipe else log,
