@@ -71,6 +71,7 @@ from sqlalchemy.engine import Engine, make_url
 from api import Processes, base_env, cpu_seconds, free_port, log
 
 BENCH = Path(__file__).resolve().parent
+REPO = str(BENCH.parent)
 CONSOLE_SCRIPT = Path(sys.executable).with_name("cache-refresher")
 START_SECONDS = 90.0
 STOP_SECONDS = 60.0
@@ -521,6 +522,13 @@ def probe_growth(probe: Path | None) -> list[list[Any]]:
     return grown
 
 
+def shown_path(where: str) -> str:
+    """A source line's path without this machine's directories."""
+    for prefix, shown in ((sys.prefix, "<venv>"), (sys.base_prefix, "<python>"), (REPO, "")):
+        where = where.replace(f"{prefix}{os.sep}", shown and f"{shown}{os.sep}")
+    return where
+
+
 def report(
     outcome: Outcome, args: argparse.Namespace, info: list[tuple[str, str]], command: str
 ) -> str:
@@ -564,7 +572,7 @@ def report(
     if outcome.grown:
         out += ["", "Python allocations grown most since the warm-up (tracemalloc, by line):", ""]
         out += [
-            f"    {size / 1024:+,.1f} KiB {count:+,} blocks  {where}"
+            f"    {size / 1024:+,.1f} KiB {count:+,} blocks  {shown_path(where)}"
             for where, size, count in outcome.grown
         ]
     return "\n".join(out)
