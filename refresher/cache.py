@@ -785,11 +785,14 @@ def describe_error(exc: BaseException) -> str:
 
 
 def _store_error(what: str, exc: SQLAlchemyError) -> StoreError:
+    """``exc`` as our error for the ``what`` ("refresh ...", "read ..."): a refresh's says
+    that the cache is unchanged (the transaction rolled back), a read's does not."""
     orig = getattr(exc, "orig", None)
     cause = type(orig).__name__ if orig is not None else type(exc).__name__
+    unchanged = "; the cache is unchanged" if what.startswith("refresh") else ""
     return StoreError(
-        f"the database failed during the {what} ({cause}); the cache is unchanged: "
-        "check that the database is reachable and the tables exist (cache-refresher db init)"
+        f"the database failed during the {what} ({cause}){unchanged}: check that the "
+        "database is reachable and the tables exist (cache-refresher db init)"
     )
 
 

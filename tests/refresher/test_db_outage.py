@@ -415,6 +415,25 @@ def _taken(manager: LeaseManager, name: str) -> bool:
     return True
 
 
+def test_a_read_the_database_fails_says_so_without_claiming_a_refresh(
+    engine: Engine, proxy: DbProxy
+) -> None:
+    store = replica(engine, "reader")
+    store.apply("users", [{"id": "a"}])
+    proxy.cut()
+    try:
+        with pytest.raises(StoreError) as raised:
+            store.get_item("users", "a")
+    finally:
+        proxy.restore()
+
+    message = str(raised.value)
+    assert message.startswith("the database failed during the read of namespace 'users' (")
+    assert "check that the database is reachable" in message
+    assert "unchanged" not in message  # that is a refresh's word: a read changes nothing
+    assert PASSWORD not in message
+
+
 # -- a server that stops answering ---------------------------------------------------------
 
 
