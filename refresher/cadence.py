@@ -48,6 +48,9 @@ HELD_RECHECK_SECONDS = 1.0
 IDLE_WAKEUP_SECONDS = 5.0
 """The scheduler's loop looks at its plan at least this often."""
 
+OUTAGE_RETRY_MAX_SECONDS = 30.0
+"""While the database fails, the scheduler tries it again at most this far apart."""
+
 FAILED = "failed"
 SUCCEEDED = "succeeded"
 
@@ -93,6 +96,41 @@ class Backoff:
     def delay(self, failures: int, rng: random.Random) -> float:
         ceiling = min(self.maximum, self.first * 2.0 ** max(failures - 1, 0))
         return ceiling * (1.0 - rng.uniform(0.0, self.jitter))
+
+
+class Outage:
+    """The database as the scheduler's loop last found it (not thread-safe: one loop owns it).
+
+    While planning fails with the database, the loop tries it again once per wait, not
+    once per namespace: the waits start at ``backoff.first`` and double up to
+    ``backoff.maximum``, each shortened by a random part of up to ``backoff.jitter``
+    drawn from ``rng`` (seeded apart in each process), so that replicas neither hammer
+    a database that is away nor all come back to it in the same instant.
+    """
+
+    def __init__(self, backoff: Backoff, rng: random.Random) -> None:
+        self.backoff = backoff
+        self._rng = rng
+        self.since: datetime | None = None
+        """When the current outage began (``None``: the database answered last time)."""
+        self.failures = 0
+        self.retry_at: datetime | None = None
+
+    def failed(self, now: datetime) -> datetime:
+        """One more failure at ``now``; when to try again."""
+        self.since = self.since or now
+        self.failures += 1
+        self.retry_at = now + timedelta(seconds=self.backoff.delay(self.failures, self._rng))
+        return self.retry_at
+
+    def answered(self, now: datetime) -> timedelta | None:
+        """The database answered at ``now``: how long it had been away (``None``: it wasn't)."""
+        since, self.since, self.failures, self.retry_at = self.since, None, 0, None
+        return None if since is None else now - since
+
+    def waiting(self, now: datetime) -> bool:
+        """Whether the loop should leave the database alone at ``now``."""
+        return self.retry_at is not None and now < self.retry_at
 
 
 def due_at(name: str, schedule: Schedule, history: History, backoff: Backoff) -> datetime | None:

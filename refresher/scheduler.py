@@ -21,11 +21,17 @@ Replicas cooperate through the database alone:
   ``request_poll`` seconds and claimed atomically; a request runs whether or
   not the namespace is due.
 
-Planning one namespace may fail (the database, a schedule with no next time):
-that namespace is looked at again ``error_recheck`` seconds later and the
-others are planned as usual. The failure is logged once, naming the namespace
-(an error of ours in one line, anything else with its traceback), and again
-only when it changes or is over; so is a failed poll for requests. A refresh
+Planning one namespace may fail (a schedule with no next time, a bug): that
+namespace is looked at again ``error_recheck`` seconds later and the others
+are planned as usual. The failure is logged once, naming the namespace (an
+error of ours in one line, anything else with its traceback), and again only
+when it changes or is over; so is a failed poll for requests. When planning
+fails with the database itself (:class:`~refresher.cadence.Outage`), the
+others would fail the same way: they all wait, and the loop tries the database
+again once per wait, from ``error_recheck`` doubling up to
+``OUTAGE_RETRY_MAX_SECONDS``, jittered, so that replicas neither hammer a
+database that is away nor come back to it in step; requests are not polled
+meanwhile. The outage is logged once when it begins and once when it ends. A refresh
 whose run the database could not record as failed (it went away mid-refresh) is
 recorded so before the namespace is planned again, and backs off as failures do.
 
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,15 +57,18 @@ from refresher.cache import CacheStore, describe_error, lease_name
 from refresher.cadence import (
     HELD_RECHECK_SECONDS,
     HISTORY_DEPTH,
+    IDLE_WAKEUP_SECONDS,
+    OUTAGE_RETRY_MAX_SECONDS,
     Backoff,
     History,
+    Outage,
     Plan,
     due_at,
     history_of,
     is_due,
 )
 from refresher.db import utcnow
-from refresher.errors import CacheRefresherError, LeaseHeldError
+from refresher.errors import CacheRefresherError, LeaseHeldError, StoreError
 from refresher.lease import Lease
 from refresher.namespaces import Namespace
 from refresher.refresh import (
@@ -81,7 +91,8 @@ STOP_GRACE_SECONDS = 20.0
 ABANDON_WAIT_SECONDS = 5.0
 """...and how long it then waits for interrupted ones to roll back."""
 ERROR_RECHECK_SECONDS = 5.0
-"""After the database failed while planning a namespace, look again this soon."""
+"""After planning a namespace failed, look again this soon (the database: first this soon,
+then less and less often)."""
 
 Listener = Callable[[RefreshOutcome], None]
 
@@ -118,7 +129,15 @@ class Scheduler:
         self._looks: dict[str, datetime] = {}  # worker -> loop: look again at (under _lock)
         self._unplanned: dict[str, str] = {}  # the loop's: why a namespace cannot be planned
         self._unpolled: str | None = None  # the loop's: why requests cannot be polled
+        self._next_poll = clock()  # the loop's
         self._plan = Plan(self.namespaces, clock())
+        rng = random.Random()  # seeded apart in each replica: they spread out
+        self._outage = Outage(
+            Backoff(error_recheck, max(error_recheck, OUTAGE_RETRY_MAX_SECONDS)), rng
+        )
+        self._poll_outage = Outage(
+            Backoff(request_poll, max(request_poll, OUTAGE_RETRY_MAX_SECONDS)), rng
+        )
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._interrupt = threading.Event()
@@ -180,28 +199,30 @@ class Scheduler:
     # -- the loop --------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_poll = self._clock()
         while not self._stopping.is_set():
             now = self._clock()
             try:
                 self._take_looks(now)
-                if now >= next_poll:
-                    self._serve_requests(now)
-                    next_poll = now + self.request_poll
-                self._start_due(now)
-                pause = self._sleep_seconds(now, next_poll)
+                if not self._outage.waiting(now):
+                    if self._outage.since is None and now >= self._next_poll:
+                        self._serve_requests(now)
+                    self._start_due(now)  # in an outage, its first look is the retry
+                pause = self._sleep_seconds(now)
             except Exception:  # the loop must outlive any bug in one round
                 logger.exception("the refresh scheduler's loop failed unexpectedly; going on")
                 pause = self.error_recheck.total_seconds()
             self._wake.wait(pause)
             self._wake.clear()
 
-    def _sleep_seconds(self, now: datetime, next_poll: datetime) -> float:
+    def _sleep_seconds(self, now: datetime) -> float:
+        if self._outage.waiting(now):
+            assert self._outage.retry_at is not None
+            return min((self._outage.retry_at - now).total_seconds(), IDLE_WAKEUP_SECONDS)
         with self._lock:
             busy, free = set(self._busy), self.workers - len(self._busy)
         if free <= 0:  # a finishing worker wakes the loop
-            return self._plan.wait_seconds(now, self.namespaces, next_poll)
-        return self._plan.wait_seconds(now, busy, next_poll)
+            return self._plan.wait_seconds(now, self.namespaces, self._next_poll)
+        return self._plan.wait_seconds(now, busy, self._next_poll)
 
     def _take_looks(self, now: datetime) -> None:
         """Move what workers asked for (look again at ...) into the plan."""
@@ -211,15 +232,20 @@ class Scheduler:
             self._plan.look_at(name, when, now)
 
     def _start_due(self, now: datetime) -> None:
-        for name in self._plan.ready(now, self._busy_names()):
+        ready = self._plan.ready(now, self._busy_names())
+        for position, name in enumerate(ready):
             if self._free_workers() <= 0 or self._stopping.is_set():
                 return
             try:
                 due = self._due(self.namespaces[name])
+            except StoreError as exc:  # the database: the others would fail the same way
+                self._database_failed(exc, ready[position:], now)
+                return
             except Exception as exc:  # one namespace's failure must not stop the others
                 self._cannot_plan(name, exc)
                 self._plan.look_at(name, now + self.error_recheck, now)
                 continue
+            self._database_answered(now)
             if self._unplanned.pop(name, None) is not None:
                 logger.info("namespace %r can be planned again", name)
             if is_due(now, due):
@@ -227,6 +253,28 @@ class Scheduler:
             else:
                 assert due is not None
                 self._plan.look_at(name, due, now)
+
+    def _database_failed(self, exc: StoreError, waiting: Sequence[str], now: datetime) -> None:
+        """Planning failed with the database: every namespace in ``waiting`` waits for the
+        next try, which comes later with each failure in a row."""
+        retry_at = self._outage.failed(now)
+        for name in waiting:
+            self._plan.look_at(name, retry_at, now)
+        if self._outage.failures == 1:
+            logger.warning(
+                "cannot plan refreshes: %s (trying again in %.1f s, then less often, at "
+                "least every %g s)",
+                exc, (retry_at - now).total_seconds(), self._outage.backoff.maximum,
+            )  # fmt: skip
+
+    def _database_answered(self, now: datetime) -> None:
+        away = self._outage.answered(now)
+        if away is not None:
+            self._next_poll = min(self._next_poll, now)  # requests waited too
+            logger.info(
+                "the database answers again after %.1f s; planning refreshes resumes",
+                away.total_seconds(),
+            )
 
     def _cannot_plan(self, name: str, exc: Exception) -> None:
         """Log why ``name`` cannot be planned: once, and again only when the reason changes."""
@@ -255,16 +303,23 @@ class Scheduler:
                 self.store.engine, self.holder, idle, limit=self._free_workers()
             )
         except CacheRefresherError as exc:
-            # Once, and again only when the kind of failure changes (which of the poll's
-            # queries failed does not matter).
+            # Polled less and less often while it fails (on its own: planning may still
+            # work, e.g. without the requests table). Logged once, and again only when
+            # the kind of failure changes (which of the poll's queries failed does not
+            # matter).
+            self._next_poll = self._poll_outage.failed(now)
             problem = f"{type(exc).__name__}: {type(exc.__cause__).__name__}"
             if self._unpolled != problem:
                 self._unpolled = problem
                 logger.warning(
-                    "cannot poll refresh requests: %s (trying again every %g s)",
-                    exc, self.request_poll.total_seconds(),
+                    "cannot poll refresh requests: %s (trying again in %.1f s, then less "
+                    "often, at least every %g s)",
+                    exc, (self._next_poll - now).total_seconds(),
+                    self._poll_outage.backoff.maximum,
                 )  # fmt: skip
             return
+        self._poll_outage.answered(now)
+        self._next_poll = now + self.request_poll
         if self._unpolled is not None:
             self._unpolled = None
             logger.info("refresh requests can be polled again")

@@ -79,18 +79,26 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     SQLite has no timezone type: values are stored as naive UTC and given their
     ``UTC`` tzinfo back when read.
+
+    Azure SQL's ``DATETIMEOFFSET`` is sent as text in the one form the ODBC driver
+    documents for it, ``yyyy-mm-dd hh:mm:ss.ffffff +00:00``: under
+    ``fast_executemany`` the driver converts the text itself (not the server) and
+    refuses other forms with SQLSTATE 22018 (a ``T``, or an offset without the space,
+    as the mssql dialect's own text has no space since SQLAlchemy 2.1).
     """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | str | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("timestamps must be timezone-aware (UTC)")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        value = value.astimezone(UTC).replace(tzinfo=None)
+        if dialect.name == "mssql":
+            return f"{value.isoformat(sep=' ', timespec='microseconds')} +00:00"
+        return value if dialect.name == "sqlite" else value.replace(tzinfo=UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

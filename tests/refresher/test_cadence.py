@@ -14,6 +14,7 @@ from refresher.cadence import (
     RECHECK_MAX_SECONDS,
     Backoff,
     History,
+    Outage,
     Plan,
     due_at,
     history_of,
@@ -151,3 +152,30 @@ def test_a_busy_namespace_does_not_wake_the_loop() -> None:
     plan = Plan(["a", "b"], T0)
     plan.look_at("b", T0 + seconds(4), T0)
     assert plan.wait_seconds(T0, {"a"}) == 4.0
+
+
+def test_an_outage_waits_longer_after_each_failure_up_to_the_bound_then_ends() -> None:
+    outage = Outage(Backoff(first=1.0, maximum=4.0, jitter=0.0), random.Random(1))
+    assert not outage.waiting(T0)
+    assert outage.answered(T0) is None  # nothing to end
+    now, waits = T0, []
+    for _ in range(4):
+        retry_at = outage.failed(now)
+        assert outage.waiting(now) and outage.waiting(retry_at - timedelta(microseconds=1))
+        assert not outage.waiting(retry_at)
+        waits.append((retry_at - now).total_seconds())
+        now = retry_at
+    assert waits == [1.0, 2.0, 4.0, 4.0]
+    assert outage.since == T0
+    assert outage.answered(now) == timedelta(seconds=11)
+    assert (outage.since, outage.failures, outage.waiting(now)) == (None, 0, False)
+    assert outage.failed(now) == now + timedelta(seconds=1)  # a new outage starts over
+
+
+def test_replicas_in_an_outage_draw_different_waits_each_shortened_within_the_jitter() -> None:
+    waits = set()
+    for seed in range(20):
+        outage = Outage(Backoff(first=10.0, maximum=60.0, jitter=0.2), random.Random(seed))
+        waits.add((outage.failed(T0) - T0).total_seconds())
+    assert len(waits) == 20
+    assert all(8.0 <= wait <= 10.0 for wait in waits)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.mssql import pyodbc as mssql_pyodbc
 from sqlalchemy.engine import Dialect, Engine
 
 from refresher.db import create_engine, init_schema
@@ -453,3 +454,27 @@ def test_every_azure_sql_index_key_fits_its_byte_limit() -> None:
             keyed = {column.name for column in index.columns}
             columns = [*index.columns, *(c for c in clustered if c.name not in keyed)]
             assert _azure_sql_key_bytes(columns) <= AZURE_SQL_NONCLUSTERED_KEY_BYTES, index.name
+
+
+@pytest.mark.parametrize(
+    ("moment", "sent"),
+    [
+        (datetime(2026, 11, 24, 21, 5, 3, 120, tzinfo=UTC), "2026-11-24 21:05:03.000120 +00:00"),
+        # Another offset is sent as UTC; a year below 1000 keeps its four digits.
+        (
+            datetime(2026, 11, 24, 23, 5, 3, tzinfo=timezone(timedelta(hours=2))),
+            "2026-11-24 21:05:03.000000 +00:00",
+        ),
+        (datetime(905, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "0905-01-02 03:04:05.000006 +00:00"),
+    ],
+)
+def test_azure_sql_gets_timestamps_in_the_odbc_drivers_datetimeoffset_form(
+    moment: datetime, sent: str
+) -> None:
+    # What pyodbc is handed, after the mssql dialect's own processing of the column's
+    # type: the ODBC driver parses it under fast_executemany, in this form only.
+    dialect = mssql_pyodbc.dialect()
+    column_type = leases.c.expires_at.type
+    process = column_type.dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    assert process(moment) == sent
