@@ -67,6 +67,10 @@ ENV_FILE_NAME = "service.env"
 UPSTREAM_PAGE_SIZE = 100
 ROTATE_EVERY_INTERVALS = 4
 """The upstream API key gets a new version every this many refresh intervals."""
+ROTATION_VERSIONS_KEPT = 10
+"""...and keeps its newest this many versions in the devstack vault (real Key Vault keeps
+all): a check of the secret lists every version, so a day of rotating every 4 s would
+make each check list 864 pages."""
 USER_FIELDS = ("id", "displayName", "mail", "jobTitle", "department")
 """The projection of the ``users`` namespace (``users-by-key`` keeps every field)."""
 DEMO, USERS, USERS_BY_KEY = "demo", "users", "users-by-key"
@@ -345,6 +349,7 @@ class KeyRotation:
         name = self._stack.upstream_api_key_secret
         while not self._stop.wait(self.period):
             version = self._stack.upstream.rotate_api_key()
+            self._stack.upstream.vault.forget_versions_but(name, ROTATION_VERSIONS_KEPT)
             logger.info(
                 "devstack rotated the upstream API key: Key Vault secret %r is now at version "
                 "%s (the previous version is still accepted)",

@@ -189,6 +189,23 @@ class Vault:
                 raise secret_not_found(name)
             return list(secret.versions)
 
+    def forget_versions_but(self, name: str, keep: int) -> int:
+        """Drop all but the newest ``keep`` versions of ``name``; how many were dropped.
+
+        Not Key Vault's behaviour (it keeps every version): for a development stack that
+        rotates a key every few seconds for days, where every check of the secret would
+        otherwise list thousands of versions, 25 a page.
+        """
+        if keep < 1:
+            raise ValueError("keep at least the newest version")
+        with self._lock:
+            secret = self._secrets.get(name.lower())
+            if secret is None:
+                raise secret_not_found(name)
+            dropped = max(len(secret.versions) - keep, 0)
+            del secret.versions[:dropped]
+        return dropped
+
     def latest_versions(self) -> list[SecretVersion]:
         """The latest version of every secret, by name."""
         with self._lock:

@@ -23,6 +23,7 @@ from api.devenv import (
     CHATTY_LOGGERS,
     DEMO,
     DEMO_USER,
+    ROTATION_VERSIONS_KEPT,
     USERS,
     USERS_BY_KEY,
     UVICORN_LOGGERS,
@@ -134,6 +135,27 @@ def test_key_rotation_adds_a_version_per_period_and_logs_no_value(
     assert len(values) >= before + 2
     assert "rotated the upstream API key" in caplog.text
     assert not [value for value in values if value in caplog.text]
+
+
+def test_key_rotation_keeps_only_the_newest_versions_in_the_vault(
+    make_stack: Callable[..., DevStack], caplog: pytest.LogCaptureFixture
+) -> None:
+    own = make_stack()
+    name = own.upstream_api_key_secret
+    rotations = ROTATION_VERSIONS_KEPT + 3
+
+    def rotated() -> int:
+        return sum("rotated the upstream API key" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.INFO, logger="api.devenv"), KeyRotation(own, period=0.01):
+        deadline = time.monotonic() + 10
+        while rotated() < rotations and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert rotated() >= rotations
+    kept = own.vault.versions(name)
+    assert len(kept) == ROTATION_VERSIONS_KEPT
+    assert own.vault.get(name).version == kept[-1].version
+    assert own.upstream.api_key == kept[-1].value
 
 
 @pytest.fixture

@@ -85,3 +85,16 @@ def test_purged_secret_name_can_be_reused(vault: Vault) -> None:
 
 def test_secret_version_repr_hides_the_value(vault: Vault) -> None:
     assert "hunter2" not in repr(vault.set("db", "hunter2"))
+
+
+def test_forgetting_old_versions_keeps_the_newest_ones_in_order(vault: Vault) -> None:
+    made = [vault.set("api-key", f"value-{n}").version for n in range(5)]
+    assert vault.forget_versions_but("API-KEY", 2) == 3
+    assert [v.version for v in vault.versions("api-key")] == made[-2:]
+    assert vault.get("api-key").version == made[-1]
+    assert vault.forget_versions_but("api-key", 2) == 0  # nothing more to drop
+    with pytest.raises(ValueError, match="keep at least the newest version"):
+        vault.forget_versions_but("api-key", 0)
+    with pytest.raises(VaultError) as raised:
+        vault.forget_versions_but("no-such-secret", 2)
+    assert raised.value.status == 404
