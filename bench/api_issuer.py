@@ -1,6 +1,7 @@
-"""The token issuer of ``bench/api.py``: a devstack in its own process, minting callers' tokens.
+"""The token issuer of ``bench/api_load.py``: a devstack in a process of its own, minting
+callers' tokens.
 
-Run by ``bench/api.py`` (not by hand)::
+Run by ``bench/api_load.py`` (not by hand)::
 
     python bench/api_issuer.py --dir DIR --out ISSUER_JSON --tokens 300
 

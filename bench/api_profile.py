@@ -1,6 +1,6 @@
 """Where a server's time goes under load: py-spy's samples of it, summed by function.
 
-``bench/api.py --profile SECONDS`` runs wrk against the api target for that
+``bench/api_load.py --profile SECONDS`` runs wrk against the api target for that
 long while ``py-spy record --format raw`` samples the server process (every
 thread, active samples only: time waiting for work is not counted), then
 prints the functions that appear in the most samples (inclusive: the function

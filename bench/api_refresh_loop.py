@@ -1,10 +1,10 @@
-"""The refresher of ``bench/api.py``: fills the namespace, and refreshes it under load.
+"""The refresher of ``bench/api_load.py``: fills the namespace, and refreshes it under load.
 
 ``fill(url, namespace, count)`` makes ``count`` items (``bench/refresh.py``'s
 ``make_items``: ~500-byte JSON payloads) the namespace's content through
 :meth:`refresher.cache.CacheStore.apply`, as the refresh loop would.
 
-Run as a process (by ``bench/api.py``, pinned to the load generator's core)::
+Run as a process (by ``bench/api_load.py``, pinned to the load generator's core)::
 
     python bench/api_refresh_loop.py --database-url URL --namespace NS --items N \
         [--changed-fraction 1.0] [--first 0] [--pause 0]

@@ -1,4 +1,4 @@
-"""The servers ``bench/api.py`` compares, each run by it as a process of its own.
+"""The servers ``bench/api_load.py`` compares, each run by it as a process of its own.
 
 ::
 
@@ -66,8 +66,8 @@ def serve(app: Any, *, port: int, loop: str, http: str) -> None:
         app,
         host=HOST,
         port=port,
-        loop=loop,  # type: ignore[arg-type]
-        http=http,  # type: ignore[arg-type]
+        loop=loop,
+        http=http,
         workers=None,
         lifespan="on",
         access_log=False,

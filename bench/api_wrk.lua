@@ -1,4 +1,4 @@
--- wrk script of bench/api.py: GET one item by a random key with a random bearer token.
+-- wrk script of bench/api_load.py: GET one item by a random key with a random bearer token.
 --
 --   wrk -t1 -c32 -d10s -s bench/api_wrk.lua http://127.0.0.1:PORT -- \
 --       PATH_TEMPLATE TOKENS_FILE KEY_COUNT SEED

@@ -228,7 +228,8 @@ def reset_tables(engine: Engine) -> sa.Table:
     baseline_metadata = sa.MetaData()
     baseline = entries.to_metadata(baseline_metadata, name=BASELINE_TABLE)
     # Same DDL, but constraint and index names are per schema on PostgreSQL.
-    for named in (*baseline.constraints, *baseline.indexes):
+    named_items: list[sa.Constraint | sa.Index] = [*baseline.constraints, *baseline.indexes]
+    for named in named_items:
         if isinstance(named.name, str):
             named.name = named.name.replace(entries.name, BASELINE_TABLE)
     baseline_metadata.drop_all(engine)

@@ -65,10 +65,9 @@ from urllib.parse import quote
 
 import httpx
 import sqlalchemy as sa
+from api_load import Processes, base_env, cpu_seconds, free_port, log
 from refresh import DEFAULT_POSTGRES_URL, Check, machine_info, markdown_table, text_table
 from sqlalchemy.engine import Engine, make_url
-
-from api import Processes, base_env, cpu_seconds, free_port, log
 
 BENCH = Path(__file__).resolve().parent
 REPO = str(BENCH.parent)

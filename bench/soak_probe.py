@@ -1,7 +1,7 @@
 """``cache-refresher`` with a memory probe in a thread, for ``bench/soak.py --probe``.
 
-Run (``-P``: without bench/ first on sys.path, where bench/api.py would shadow the
-api package): ``python -P bench/soak_probe.py OUT SECONDS WARMUP MODE -- dev --port ...``.
+Run (``-P``: without bench/ on sys.path, which the service's packages do not need):
+``python -P bench/soak_probe.py OUT SECONDS WARMUP MODE -- dev --port ...``.
 
 It runs the console script's ``main`` with the arguments after ``--``, and a
 daemon thread that appends one JSON line to ``OUT`` every ``SECONDS``: what

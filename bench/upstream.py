@@ -89,7 +89,7 @@ from refresher.identity import AppIdentity
 from refresher.identity.msal_client import MsalTokenRequest, RecordingSession
 from refresher.namespaces import Namespace, Readers, Schedule
 from refresher.refresh import SourceServices, refresh_now
-from refresher.sources import FetchContext
+from refresher.sources import FetchContext, Source
 from refresher.sources.http_json import HttpJsonSource
 from refresher.sources.http_options import parse_options
 
@@ -329,7 +329,7 @@ def refresh_sequential(upstream: Upstream, store: CacheStore) -> Callable[[], Ou
 class Counted:
     """A source whose items are counted as they pass (the store's result counts rows)."""
 
-    def __init__(self, source: HttpJsonSource) -> None:
+    def __init__(self, source: Source) -> None:
         self._source = source
         self.kind = source.kind
         self.count = 0

@@ -1,7 +1,7 @@
 """Benchmark of the item route, ``GET /v1/namespaces/{ns}/items/{key}``, against its ceiling
 and Datasette, idle and while the namespace is refreshed.
 
-Run: ``python bench/api.py [--duration 10] [--rounds 3] [--connections 32] [--items 100000]
+Run: ``python bench/api_load.py [--duration 10] [--rounds 3] [--connections 32] [--items 100000]
 [--tokens 300] [--targets ceiling,api,datasette,refresh,refresh-all]``
 (``--duration 3 --rounds 1 --items 20000`` for a quick look). Needs ``wrk`` and
 ``taskset`` (Debian: ``apt-get install -y wrk util-linux``) and Datasette
@@ -74,6 +74,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypedDict
 
 import api_profile
 import httpx
@@ -138,6 +139,18 @@ TARGETS = {
 DEFAULT_TARGETS = ("ceiling", "api", "datasette", "refresh", "refresh-all")
 
 
+class WrkSummary(TypedDict):
+    """The ``BENCH_JSON`` line bench/api_wrk.lua's ``done`` hook prints."""
+
+    requests: int
+    duration_us: int
+    bytes: int
+    errors: dict[str, int]
+    """connect, read, write, status (responses >= 400), timeout."""
+    latency_us: dict[str, float]
+    """p50, p90, p99, p999, max, mean."""
+
+
 @dataclass(frozen=True)
 class Sample:
     """One wrk run against one target."""
@@ -168,11 +181,15 @@ class Results:
         self.samples.setdefault(target, []).append(sample)
 
     def median(self, target: str, attribute: str) -> float:
-        return statistics.median(getattr(s, attribute) for s in self.samples[target])
+        return statistics.median(self.values(target, attribute))
 
     def spread(self, target: str, attribute: str) -> tuple[float, float]:
-        values = [getattr(s, attribute) for s in self.samples[target]]
+        values = self.values(target, attribute)
         return min(values), max(values)
+
+    def values(self, target: str, attribute: str) -> list[float]:
+        """``attribute`` (a numeric field or property of :class:`Sample`) of every sample."""
+        return [float(getattr(s, attribute)) for s in self.samples[target]]
 
     def paired(self, top: str, bottom: str, attribute: str) -> list[float]:
         """Per-round ratios ``top / bottom`` (rounds are interleaved, so pairs share noise)."""
@@ -320,7 +337,7 @@ def api_env(
 
 
 NAMESPACES_TOML = f"""\
-# The benchmark's namespace: filled and refreshed by bench/api.py itself.
+# The benchmark's namespace: filled and refreshed by bench/api_load.py itself.
 [namespaces.{NAMESPACE}]
 key_field = "id"
 every = 3600.0
@@ -339,7 +356,7 @@ def start_server(
     procs: Processes, server: str, args: argparse.Namespace, env: dict[str, str], extra: list[str]
 ) -> Server:
     port = free_port()
-    # -P: without bench/ first on sys.path, where this script would shadow the api package.
+    # -P: without bench/ on sys.path; the target imports only the service's packages.
     argv = [
         sys.executable,
         "-P",
@@ -392,7 +409,7 @@ def run_wrk(
     tokens_file: Path,
     duration: float,
     seed: int,
-) -> tuple[dict[str, object], float]:
+) -> tuple[WrkSummary, float]:
     """wrk's summary of one run, and the server's CPU use (cores) over it."""
     template = target.path.replace("%", "%%").replace("{key}", "%s")
     argv = [
@@ -419,21 +436,20 @@ def run_wrk(
     used = (cpu_seconds(server.process.pid) - cpu) / (time.monotonic() - wall)
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
-            return json.loads(line.removeprefix("BENCH_JSON ")), used
+            summary: WrkSummary = json.loads(line.removeprefix("BENCH_JSON "))
+            return summary, used
     raise SystemExit(f"wrk gave no summary (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-def sample_of(summary: dict[str, object], cpu: float, refreshes: int = 0) -> Sample:
-    requests = int(summary["requests"])  # type: ignore[call-overload]
-    seconds = int(summary["duration_us"]) / 1e6  # type: ignore[call-overload]
-    latency: dict[str, float] = summary["latency_us"]  # type: ignore[assignment]
-    errors: dict[str, int] = summary["errors"]  # type: ignore[assignment]
+def sample_of(summary: WrkSummary, cpu: float, refreshes: int = 0) -> Sample:
+    requests = summary["requests"]
+    latency = summary["latency_us"]
     return Sample(
-        rps=requests / seconds,
+        rps=requests / (summary["duration_us"] / 1e6),
         p50_ms=latency["p50"] / 1000,
         p99_ms=latency["p99"] / 1000,
-        errors=sum(errors.values()),
-        bytes_per_response=int(summary["bytes"]) / max(requests, 1),  # type: ignore[call-overload]
+        errors=sum(summary["errors"].values()),
+        bytes_per_response=summary["bytes"] / max(requests, 1),
         server_cpu=cpu,
         refreshes=refreshes,
     )
@@ -668,7 +684,7 @@ def missing_tools(targets: list[Target]) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python bench/api.py",
+        prog="python bench/api_load.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -735,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile > 0 and api_profile.py_spy() is None:
         missing.append(f"{sys.executable} -m {api_profile.PY_SPY_INSTALL}")
     if missing:
-        print("bench/api.py needs tools that are missing; install them with:", file=sys.stderr)
+        print("bench/api_load.py needs tools that are missing; install them with:", file=sys.stderr)
         print("\n".join(f"  {command}" for command in missing), file=sys.stderr)
         return 2
     if (os.cpu_count() or 1) < 2:
