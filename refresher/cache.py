@@ -45,13 +45,14 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from refresher.bulk import COPY_MIN_ROWS, Progress, positional_dialect, write_changes
 from refresher.collector import relaxed_collector
 from refresher.cursor import decode_cursor, encode_cursor
-from refresher.db import IMMEDIATE, db_now, utcnow
+from refresher.db import IMMEDIATE, database_problem, db_now, utcnow
+from refresher.db_urls import driver_says, scrubber
 from refresher.errors import (
     CacheRefresherError,
     ConfigurationError,
@@ -346,7 +347,7 @@ class CacheStore:
             except BaseException as exc:
                 self._finish_failed_run(namespace, run_id, exc, secret_versions)
                 if isinstance(exc, SQLAlchemyError):
-                    raise _store_error(f"refresh of namespace {namespace!r}", exc) from exc
+                    raise self._refresh_error(namespace, exc) from exc
                 raise
         finally:
             if own_lease:
@@ -616,7 +617,9 @@ class CacheStore:
             run_id,
             "failed" if isinstance(exc, Exception) else "abandoned",
             type(exc).__name__,
-            describe_error(exc),
+            describe_error(
+                self._refresh_error(namespace, exc) if isinstance(exc, SQLAlchemyError) else exc
+            ),
             utcnow(),
             _dump_versions(secret_versions),
         )
@@ -641,6 +644,9 @@ class CacheStore:
                 _record_failure(conn, namespace, failure, failure.at)
         except SQLAlchemyError:
             self._unrecorded.setdefault(namespace, failure)
+
+    def _refresh_error(self, namespace: str, exc: SQLAlchemyError) -> StoreError:
+        return _store_error(f"refresh of namespace {namespace!r}", exc, self.engine.url)
 
     def _release_quietly(self, lease: Lease) -> None:
         with contextlib.suppress(SQLAlchemyError):  # it expires by itself
@@ -784,15 +790,34 @@ def describe_error(exc: BaseException) -> str:
     return message[:ERROR_MESSAGE_MAX]
 
 
-def _store_error(what: str, exc: SQLAlchemyError) -> StoreError:
+def _store_error(what: str, exc: SQLAlchemyError, url: URL | None = None) -> StoreError:
     """``exc`` as our error for the ``what`` ("refresh ...", "read ..."): a refresh's says
-    that the cache is unchanged (the transaction rolled back), a read's does not."""
+    that the cache is unchanged (the transaction rolled back), a read's does not.
+
+    A refresh's, given the database's ``url``, also says what an operator can act on when
+    the failure shows it (:func:`~refresher.db.database_problem`: unreachable, login
+    refused, no rights, read-only), or that the connection was lost; with the driver's
+    first line, the URL and password blanked out. Otherwise, and for reads (an API
+    caller reads those), only the driver's class: its text may quote SQL or parameters.
+    """
     orig = getattr(exc, "orig", None)
     cause = type(orig).__name__ if orig is not None else type(exc).__name__
-    unchanged = "; the cache is unchanged" if what.startswith("refresh") else ""
+    if not what.startswith("refresh"):
+        return StoreError(
+            f"the database failed during the {what} ({cause}): check that the database is "
+            "reachable and the tables exist (cache-refresher db init)"
+        )
+    problem = None if url is None else database_problem(exc, url)
+    if problem is not None:
+        return StoreError(
+            f"the database failed during the {what}: {problem}; the cache is unchanged"
+        )
+    if url is not None and isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        said = driver_says(exc, scrubber(url.render_as_string(hide_password=False)))
+        cause = f"the connection was lost: {said}"
     return StoreError(
-        f"the database failed during the {what} ({cause}){unchanged}: check that the "
-        "database is reachable and the tables exist (cache-refresher db init)"
+        f"the database failed during the {what} ({cause}); the cache is unchanged: check "
+        "that the database is reachable and the tables exist (cache-refresher db init)"
     )
 
 

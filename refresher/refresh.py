@@ -35,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from refresher.bulk import Progress
 from refresher.cache import CacheStore, RefreshResult, describe_error, lease_name
-from refresher.errors import CacheRefresherError, LeaseHeldError, LeaseLostError
+from refresher.errors import CacheRefresherError, LeaseHeldError, LeaseLostError, StoreError
 from refresher.lease import Lease, LeaseKeeper
 from refresher.namespaces import Namespace
 from refresher.prefetch import prefetched_batches
@@ -207,10 +207,14 @@ def log_outcome(outcome: RefreshOutcome) -> None:
         logger.info("skipped refresh of namespace %r: %s", outcome.namespace, error)
     elif error is not None:
         expected = is_expected(error)
+        said = describe_error(error)
+        # A database failure's message says so itself.
+        told = isinstance(error, StoreError | SQLAlchemyError)
+        unchanged = "" if told else "; the cached data is unchanged"
         logger.log(
             logging.WARNING if expected else logging.ERROR,
-            "refresh of namespace %r failed (%s) after %.2f s: %s; the cached data is unchanged",
-            outcome.namespace, type(error).__name__, outcome.seconds, describe_error(error),
+            "refresh of namespace %r failed (%s) after %.2f s: %s%s",
+            outcome.namespace, type(error).__name__, outcome.seconds, said, unchanged,
             exc_info=None if expected else error,
         )  # fmt: skip
 
