@@ -20,6 +20,7 @@ from refresher.namespaces import Namespace, parse_namespaces
 from refresher.refresh_requests import request_refresh
 from refresher.scheduler import Scheduler
 from refresher.settings import Settings
+from refresher.sources import FetchContext
 from tests.api.conftest import serving
 from tests.api.fakes import FakeValidator, bearer
 
@@ -135,7 +136,7 @@ def test_admin_routes_refuse_readers_with_403_and_anonymous_callers_with_401(
 def test_status_shows_namespaces_last_runs_issuers_and_replica(
     client: httpx.Client, store: CacheStore, namespaces: list[Namespace]
 ) -> None:
-    store.apply("demo", namespaces[0].source.fetch())
+    store.apply("demo", namespaces[0].source.fetch(FetchContext()))
     request_refresh(store.engine, "other", "someone")  # a request is not a run
     status = client.get("/v1/status").json()
     assert status["replica_id"] == "replica-7"

@@ -48,7 +48,7 @@ def test_a_minted_user_token_carries_the_scopes_and_is_valid(
     assert (first.kind, first.name, first.scopes) == (
         "user",
         "lin@devstack.example",
-        {"Cache.Read"},
+        frozenset({"Cache.Read"}),
     )
     assert first.subject == again.subject  # the same user each time
     assert first.expires_at <= time.time() + 120
@@ -132,7 +132,11 @@ def test_the_command_prints_a_delegated_read_token_by_default(
     result = runner.invoke(app, ["devstack", "token", "--env-file", str(env_file)])
     assert result.exit_code == 0, result.output
     principal = dev_validator.validate(result.stdout.strip())
-    assert (principal.kind, principal.scopes, principal.roles) == ("user", {"Cache.Read"}, set())
+    assert (principal.kind, principal.scopes, principal.roles) == (
+        "user",
+        frozenset({"Cache.Read"}),
+        frozenset(),
+    )
 
 
 def test_the_command_prints_an_app_token_with_the_roles_asked_for(
@@ -143,7 +147,7 @@ def test_the_command_prints_an_app_token_with_the_roles_asked_for(
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     principal = dev_validator.validate(result.stdout.strip())
-    assert (principal.kind, principal.roles) == ("app", {"Cache.Admin"})
+    assert (principal.kind, principal.roles) == ("app", frozenset({"Cache.Admin"}))
 
 
 def test_the_command_refuses_an_authority_that_is_not_a_devstack(

@@ -21,6 +21,7 @@ from refresher.namespaces import Namespace, parse_namespaces
 from refresher.secrets.keyvault import KeyVaultSecretStore
 from refresher.services import open_services
 from refresher.settings import Settings, load_settings
+from refresher.sources import FetchContext
 from tests.api.conftest import serving
 from tests.api.fakes import FakeValidator
 
@@ -88,7 +89,7 @@ def test_readyz_is_ready_when_every_configured_namespace_is_fresh(
     serve: Serve, store: CacheStore, namespaces: list[Namespace]
 ) -> None:
     fresh = namespaces[0]
-    store.apply(fresh.name, fresh.source.fetch())
+    store.apply(fresh.name, fresh.source.fetch(FetchContext()))
     response = serve(store, [fresh]).get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "database": "ok", "secrets_not_loaded": [],
@@ -99,7 +100,7 @@ def test_readyz_is_503_naming_the_namespaces_past_their_max_staleness(
     serve: Serve, store: CacheStore, namespaces: list[Namespace]
 ) -> None:
     fresh = namespaces[0]
-    store.apply(fresh.name, fresh.source.fetch())
+    store.apply(fresh.name, fresh.source.fetch(FetchContext()))
     response = serve(store, namespaces).get("/readyz")
     body = _problem(response, 503)
     assert body["stale_namespaces"] == ["never"]

@@ -90,7 +90,10 @@ class Sdk:
             connection_verify=str(self.stack.ca_path),
             disable_instance_discovery=True,
         )
-        return self.closer.enter_context(credential)
+        # Not the value of enter_context: azure-identity types __enter__ as returning the
+        # base class, ClientAssertionCredential.
+        self.closer.enter_context(credential)
+        return credential
 
     def msal_app(
         self, client_id: str, credential: str | dict[str, Any], *, tenant: str | None = None

@@ -35,7 +35,11 @@ def test_work_runs_again_when_it_says_it_is_due() -> None:
 
 def test_wake_runs_the_work_before_its_idle_time() -> None:
     runs = threading.Semaphore(0)
-    loop = DueLoop(lambda: runs.release() or None, name="test", clock=time.monotonic, idle=60)
+
+    def work() -> None:
+        runs.release()
+
+    loop = DueLoop(work, name="test", clock=time.monotonic, idle=60)
     loop.start()
     try:
         assert runs.acquire(timeout=5)

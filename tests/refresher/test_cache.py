@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from refresher.cache import CacheStore, encode_cursor
+from refresher.cache import CacheStore
+from refresher.cursor import encode_cursor
 from refresher.db import utcnow
 from refresher.errors import (
     ConfigurationError,

@@ -166,7 +166,7 @@ def test_an_outage_waits_longer_after_each_failure_up_to_the_bound_then_ends() -
         waits.append((retry_at - now).total_seconds())
         now = retry_at
     assert waits == [1.0, 2.0, 4.0, 4.0]
-    assert outage.since == T0
+    assert (outage.since, outage.failures) == (T0, 4)
     assert outage.answered(now) == timedelta(seconds=11)
     assert (outage.since, outage.failures, outage.waiting(now)) == (None, 0, False)
     assert outage.failed(now) == now + timedelta(seconds=1)  # a new outage starts over

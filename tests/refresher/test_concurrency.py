@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.context import SpawnContext, SpawnProcess
 
 import pytest
@@ -41,7 +41,7 @@ def spawn() -> Iterator[SpawnContext]:
         child.join(5)
 
 
-def start(context: SpawnContext, target: object, *args: object) -> SpawnProcess:
+def start(context: SpawnContext, target: Callable[..., object], *args: object) -> SpawnProcess:
     process = context.Process(target=target, args=args, daemon=True)
     process.start()
     return process

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from azure.core.credentials import AccessToken
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from refresher import azure_sql
 from refresher.azure_sql import (
@@ -96,8 +97,8 @@ class Driver:
 
 
 @dataclass
-class Record:
-    """The part of SQLAlchemy's ConnectionPoolEntry the connector uses."""
+class Record(ConnectionPoolEntry):
+    """A ConnectionPoolEntry with only the part the connector uses: its ``info``."""
 
     info: dict[Any, Any] = field(default_factory=dict)
 
@@ -310,7 +311,8 @@ TOKEN_EXPIRED = ("HY000", "[SQL Server]The access token has expired. (37396) (SQ
 def test_a_refused_token_is_replaced_and_the_connect_tried_once_more() -> None:
     engine, cargs, cparams = dialect_connect_args()
     app, tokens = identity(Clock())
-    driver, sleeps = Driver(odbc_error(*LOGIN_FAILED)), []
+    driver = Driver(odbc_error(*LOGIN_FAILED))
+    sleeps: list[float] = []
 
     connector(app, driver, sleeps).on_do_connect(engine.dialect, Record(), cargs, cparams)
 
@@ -407,7 +409,7 @@ def test_checkout_refuses_a_connection_whose_token_expires_soon() -> None:
     engine, cargs, cparams = dialect_connect_args()
     handler = TokenConnector(PlainCredential(), AZURE_SQL, expiry=expiry, dbapi_connect=Driver())
     record = Record()
-    handler.on_do_connect(engine.dialect, record, cargs, cparams)  # type: ignore[arg-type]
+    handler.on_do_connect(engine.dialect, record, cargs, cparams)
 
     handler.on_checkout(object(), record, None)  # type: ignore[arg-type]
     clock.now = NOW + HOUR - 60
@@ -563,7 +565,8 @@ def test_a_transient_connect_failure_is_retried_with_the_cached_token() -> None:
     engine, cargs, cparams = dialect_connect_args()
     app, tokens = identity(Clock())
     unavailable = odbc_error(*TRANSIENT_BY_NUMBER[40613])
-    driver, sleeps = Driver(unavailable, unavailable), []
+    driver = Driver(unavailable, unavailable)
+    sleeps: list[float] = []
 
     connector(app, driver, sleeps).on_do_connect(engine.dialect, Record(), cargs, cparams)
 
@@ -575,7 +578,8 @@ def test_a_transient_connect_failure_is_retried_with_the_cached_token() -> None:
 def test_transient_failures_are_retried_up_to_the_bound_with_growing_waits() -> None:
     engine, cargs, cparams = dialect_connect_args()
     busy = odbc_error(*TRANSIENT_BY_NUMBER[40501])
-    driver, sleeps = Driver(*[busy] * CONNECT_ATTEMPTS), []
+    driver = Driver(*[busy] * CONNECT_ATTEMPTS)
+    sleeps: list[float] = []
 
     with pytest.raises(pyodbc.OperationalError):
         connector(PlainCredential(), driver, sleeps).on_do_connect(
@@ -590,7 +594,8 @@ def test_transient_failures_are_retried_up_to_the_bound_with_growing_waits() -> 
 
 def test_a_permanent_connect_failure_is_raised_at_once() -> None:
     engine, cargs, cparams = dialect_connect_args()
-    driver, sleeps = Driver(odbc_error(*PERMANENT["firewall"])), []
+    driver = Driver(odbc_error(*PERMANENT["firewall"]))
+    sleeps: list[float] = []
 
     with pytest.raises(pyodbc.OperationalError):
         connector(PlainCredential(), driver, sleeps).on_do_connect(

@@ -77,9 +77,10 @@ def test_zero_fractions_mean_nothing_changes() -> None:
 
 
 def test_demo_source_is_a_source() -> None:
-    source: Source = DemoSource(size=3)
+    demo = DemoSource(size=3)
+    source: Source = demo
     assert source.kind == "demo"
-    assert [item[source.key_field] for item in source.fetch()] == [
+    assert [item[demo.key_field] for item in source.fetch(FetchContext())] == [
         "sku-000001",
         "sku-000002",
         "sku-000003",

@@ -37,7 +37,7 @@ def test_the_etag_is_the_sha256_of_the_canonical_payload() -> None:
 
 def test_diff_by_etag_sorts_keys_into_inserts_updates_deletes_and_unchanged() -> None:
     before = etags_of(catalogue(5))
-    after = [*catalogue(4, changed=frozenset({1})), {"id": "new"}]
+    after: list[dict[str, object]] = [*catalogue(4, changed=frozenset({1})), {"id": "new"}]
 
     changes = diff_by_etag(after, "id", before)
 

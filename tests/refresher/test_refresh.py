@@ -33,6 +33,9 @@ class Slow:
     def secret_names(self) -> frozenset[str]:
         return frozenset()
 
+    def close(self) -> None:
+        pass
+
     def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
         for n in range(self.count):
             if n == 1 and self.on_item is not None:

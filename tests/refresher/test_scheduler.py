@@ -81,6 +81,9 @@ class Gate:
     def secret_names(self) -> frozenset[str]:
         return frozenset()
 
+    def close(self) -> None:
+        pass
+
     def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
         self.entered.set()
         assert self.open.wait(WAIT)
@@ -97,6 +100,9 @@ class Trickle:
 
     def secret_names(self) -> frozenset[str]:
         return frozenset()
+
+    def close(self) -> None:
+        pass
 
     def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
         self.started.set()
@@ -115,6 +121,9 @@ class Failing:
 
     def secret_names(self) -> frozenset[str]:
         return frozenset()
+
+    def close(self) -> None:
+        pass
 
     def fetch(self, context: FetchContext) -> list[dict[str, Any]]:
         raise self.error

@@ -471,9 +471,9 @@ def test_every_azure_sql_index_key_fits_its_byte_limit() -> None:
 def test_azure_sql_gets_timestamps_in_the_odbc_drivers_datetimeoffset_form(
     moment: datetime, sent: str
 ) -> None:
-    # What pyodbc is handed, after the mssql dialect's own processing of the column's
-    # type: the ODBC driver parses it under fast_executemany, in this form only.
-    dialect = mssql_pyodbc.dialect()
+    # What pyodbc is handed, after the mssql dialect's own processing of the column type.
+    # The ODBC driver parses it under fast_executemany in this form only.
+    dialect = mssql_pyodbc.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy: no annotations
     column_type = leases.c.expires_at.type
     process = column_type.dialect_impl(dialect).bind_processor(dialect)
     assert process is not None

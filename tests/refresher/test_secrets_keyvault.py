@@ -396,6 +396,7 @@ def test_vault_down_serves_last_known_good_and_status_shows_the_outage(
         assert status.state.startswith("stale: vault unreachable since ")
         assert status.last_error is not None
         assert "could not be reached" in status.last_error
+        assert status.next_check is not None
         assert status.next_check < time.time() + 60  # retried soon, not after the interval
         store.check()
         assert store.status()[0].state == "current"

@@ -225,7 +225,12 @@ def test_reloading_is_rate_limited() -> None:
     revoked = FakeRequest(clock, "revoked")
     revoked.fail_with = CredentialRejectedError("AADSTS7000215: invalid secret", code=7000215)
     reloads: list[float] = []
-    app = identity(revoked, clock=clock, reload=lambda: reloads.append(1) or [revoked])
+
+    def reload() -> list[FakeRequest]:
+        reloads.append(clock.now)
+        return [revoked]
+
+    app = identity(revoked, clock=clock, reload=reload)
 
     for _ in range(3):
         with pytest.raises(CredentialRejectedError, match="every configured credential"):

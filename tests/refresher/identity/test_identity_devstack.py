@@ -143,7 +143,9 @@ def test_a_30_second_token_is_renewed_before_expiry_and_never_handed_out_expired
     def caller() -> None:
         while not stop.is_set():
             token = app.get_token(VAULT_SCOPE)
-            handed.append((time.time(), float(claims_unverified(token.token)["exp"])))
+            expires = claims_unverified(token.token)["exp"]
+            assert isinstance(expires, int)
+            handed.append((time.time(), expires))
             time.sleep(0.05)
 
     with app:

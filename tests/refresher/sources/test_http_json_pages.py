@@ -151,7 +151,9 @@ def test_quoted_values_keep_commas_semicolons_and_escapes() -> None:
 def test_garbage_in_a_link_header_is_skipped() -> None:
     links = parse_link_header('junk, <https://h/2>; rel=next, <unterminated; rel="x"')
 
-    assert [(link.target, link.relations) for link in links] == [("https://h/2", {"next"})]
+    assert [(link.target, link.relations) for link in links] == [
+        ("https://h/2", frozenset({"next"}))
+    ]
 
 
 # -- URLs and pages ---------------------------------------------------------------------------
@@ -218,7 +220,13 @@ def test_cursor_paging_sends_the_cursor_back_until_there_is_none() -> None:
     assert second == "https://h/items?limit=20&cursor=c2"
     third = paging.next(url=second, headers=[], body={"meta": {"next": 3}})
     assert third == "https://h/items?limit=20&cursor=3"
-    for last in ({"meta": {"next": None}}, {"meta": {"next": ""}}, {"meta": {}}, {}):
+    lasts: list[dict[str, Any]] = [
+        {"meta": {"next": None}},
+        {"meta": {"next": ""}},
+        {"meta": {}},
+        {},
+    ]
+    for last in lasts:
         assert paging.next(url=third, headers=[], body=last) is None
 
 

@@ -95,7 +95,8 @@ def refresh(store: CacheStore, source: HttpJsonSource, context: FetchContext) ->
 
 
 def cached_ids(store: CacheStore) -> list[str]:
-    ids, cursor = [], None
+    ids: list[str] = []
+    cursor: str | None = None
     while True:
         page = store.page(NS, limit=500, cursor=cursor)
         ids.extend(item.key for item in page.items)

@@ -72,7 +72,7 @@ def fill(engine: Engine, rows: list[tuple[Any, ...]]) -> None:
 
 
 @pytest.fixture
-def pg_source(postgresql_url: str) -> Iterator[str]:
+def pg_source(postgresql_url: str) -> str:
     """A PostgreSQL source database (a fresh schema) holding PEOPLE; its URL tags connections
     with an application_name of its own."""
     url = make_url(postgresql_url).update_query_dict(
