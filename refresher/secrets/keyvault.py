@@ -8,7 +8,11 @@
 - **Cheap change detection.** A check lists the versions' properties (no
   values) and picks the newest version that is enabled and inside its
   ``nbf``/``exp`` window (:mod:`refresher.secrets.policy`); a value is fetched
-  only when that version is not one already held.
+  only when that version is not one already held. A secret with more versions
+  than Key Vault lists in one request is checked by reading its latest version
+  alone while that is the one in use (one request, not one per 25 versions),
+  and listed in full when it is not, and every few checks anyway
+  (:func:`~refresher.secrets.policy.cheap_check_will_do`).
 - **Re-checked in the background** every ``poll_interval`` (jittered), no
   later than a staged version's ``nbf`` or the current version's expiry, and
   at once on a Key Vault event (:meth:`handle_event`) or :meth:`check`.
@@ -47,6 +51,7 @@ from refresher.secrets.policy import (
     POLL_INTERVAL_SECONDS,
     CheckPolicy,
     VersionInfo,
+    cheap_check_will_do,
     choose_version,
     why_unusable,
 )
@@ -280,6 +285,8 @@ class KeyVaultSecretStore:
 
     def _check_once(self, entry: SecretState) -> None:
         now = self._clock()
+        if self._checked_cheaply(entry, now):
+            return
         try:
             with vault_errors(entry.name, self.vault):
                 listed = self._client.list_properties_of_secret_versions(entry.name)
@@ -299,6 +306,31 @@ class KeyVaultSecretStore:
             self._failed(entry, exc, now, withdrawn=False, versions=versions)
             return
         self._succeeded(entry, value, versions, chosen, now)
+
+    def _checked_cheaply(self, entry: SecretState, now: float) -> bool:
+        """Check a secret of many versions by its latest version alone, if that will do:
+        whether this was the check (it found the version in use still the latest and
+        usable, or failed the way listing would). ``False``: list after all."""
+        with self._cond:
+            current = entry.current
+            cheap = current is not None and cheap_check_will_do(entry.listed, entry.cheap_checks)
+        if not cheap or current is None:
+            return False
+        try:
+            with vault_errors(entry.name, self.vault):
+                latest = version_info(self._client.get_secret(entry.name).properties)
+        except SecretUnavailableError:
+            return False  # the latest is disabled: an older one may take over
+        except CacheRefresherError as exc:
+            withdrawn = isinstance(exc, SecretNotFoundError)
+            self._failed(entry, exc, now, withdrawn=withdrawn, versions=[])
+            return True
+        if latest.version != current.version or not latest.usable_at(now):
+            return False
+        next_check = self._policy.next_check(now, [latest], latest, self._rng)
+        with self._cond:
+            entry.confirmed(latest, now, next_check)
+        return True
 
     def _value_of(self, entry: SecretState, chosen: VersionInfo, now: float) -> SecretValue:
         """``chosen``'s value: one already held (with fresh attributes), else fetched."""

@@ -11,6 +11,8 @@ say; enforcing them is the consumer's job. The rules here:
   point**: a staged newer version's ``nbf``, or the expiry of the version in use.
 - **After a failure, retry with bounded, jittered exponential backoff**, never
   sooner than Key Vault's ``Retry-After`` and never later than the interval.
+- **A check costs one request however many versions a secret has**, while its
+  latest version is the one in use (:func:`cheap_check_will_do`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ POLL_JITTER = 0.1
 
 TURNING_POINT_MARGIN_SECONDS = 0.05
 """Check this long after a staged ``nbf`` or an expiry, so the clock has surely passed it."""
+
+LISTED_PER_PAGE = 25
+"""Key Vault lists at most this many versions a request: a secret with more takes a
+request per 25 versions to list."""
+
+FULL_LISTING_EVERY = 12
+"""A secret with more versions than one page is checked by reading its latest version
+alone; every this many such checks in a row, its versions are listed in full again."""
 
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
@@ -94,6 +104,21 @@ def _opens(version: VersionInfo) -> bool:
     """Whether ``version``'s window is not empty (it expires after its ``nbf``)."""
     start, end = version.not_before, version.expires_on
     return start is None or end is None or end > start
+
+
+def cheap_check_will_do(listed: int, cheap_checks: int) -> bool:
+    """Whether reading the latest version alone may replace listing every version, for
+    a secret whose last listing found ``listed`` versions, checked ``cheap_checks`` times
+    cheaply since.
+
+    Listing takes a request per :data:`LISTED_PER_PAGE` versions: a key rotated hourly
+    for a year would take 351 at every check. The newest usable version is the latest
+    (newest created) one whenever that is usable, which one read shows; if it is not
+    the one in use or not usable, the check lists after all. What a cheap check cannot
+    see is the previous version being disabled meanwhile (it stays a fallback a little
+    longer): so every :data:`FULL_LISTING_EVERY` checks list in full anyway.
+    """
+    return listed > LISTED_PER_PAGE and cheap_checks < FULL_LISTING_EVERY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,6 +13,7 @@ lock guards every instance (nothing here locks or does I/O). The rules:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from refresher.errors import (
     CacheRefresherError,
@@ -36,6 +37,8 @@ class SecretState:
         self.failures = 0
         self.failing_since: float | None = None
         self.last_error: CacheRefresherError | None = None
+        self.listed = 0  # versions the last full listing found
+        self.cheap_checks = 0  # checks by the latest version alone since that listing
         self.flying = False  # a thread is checking this secret
         self.wanted = 0  # checks asked for so far
         self.done = 0  # checks asked for up to here are answered
@@ -61,9 +64,23 @@ class SecretState:
         switched = old is None or old.version != value.version
         self.previous = still_valid(old if switched else self.previous, versions, now)
         self.current = value
+        self.listed, self.cheap_checks = len(versions), 0
+        self._checked(now, next_check)
+        return switched
+
+    def confirmed(self, latest: VersionInfo, now: float, next_check: float) -> None:
+        """Record a check that read the latest version alone and found it the one in use,
+        and usable: its attributes are refreshed, the previous version kept as it was."""
+        assert self.current is not None and self.current.version == latest.version
+        self.current = replace(
+            self.current, not_before=latest.not_before, expires_on=latest.expires_on
+        )
+        self.cheap_checks += 1
+        self._checked(now, next_check)
+
+    def _checked(self, now: float, next_check: float) -> None:
         self.checked_at, self.next_check = now, next_check
         self.failures, self.failing_since, self.last_error = 0, None, None
-        return switched
 
     def failed(
         self, error: CacheRefresherError, now: float, next_check: float, *, withdrawn: bool

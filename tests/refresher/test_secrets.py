@@ -16,8 +16,11 @@ from refresher.errors import ConfigurationError
 from refresher.secrets import KeyVaultSecretStore, SecretValue, build_secret_client
 from refresher.secrets.events import NEW_VERSION, parse_secret_event, vault_name_of
 from refresher.secrets.policy import (
+    FULL_LISTING_EVERY,
+    LISTED_PER_PAGE,
     CheckPolicy,
     VersionInfo,
+    cheap_check_will_do,
     choose_version,
     turning_points,
     why_unusable,
@@ -298,3 +301,19 @@ def test_a_malformed_vault_url_is_a_clear_configuration_error(url: str) -> None:
 
     assert "CACHE_REFRESHER_VAULT_URL: " in str(raised.value)
     assert "https://my-vault.vault.azure.net/" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("listed", "cheap_checks", "will_do"),
+    [
+        (LISTED_PER_PAGE, 0, False),  # one page: listing costs no more than reading
+        (LISTED_PER_PAGE + 1, 0, True),
+        (LISTED_PER_PAGE + 1, FULL_LISTING_EVERY - 1, True),
+        (LISTED_PER_PAGE + 1, FULL_LISTING_EVERY, False),  # time for a full listing
+        (0, 0, False),  # never listed
+    ],
+)
+def test_a_cheap_check_does_only_for_more_versions_than_a_page_and_not_every_time(
+    listed: int, cheap_checks: int, will_do: bool
+) -> None:
+    assert cheap_check_will_do(listed, cheap_checks) is will_do

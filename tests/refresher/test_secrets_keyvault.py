@@ -39,6 +39,7 @@ from refresher.errors import (
 from refresher.identity import AppIdentity
 from refresher.identity.msal_client import MsalTokenRequest, RecordingSession
 from refresher.secrets import KeyVaultSecretStore, SecretStore, build_secret_client
+from refresher.secrets.policy import FULL_LISTING_EVERY, LISTED_PER_PAGE
 from refresher.secrets.vault_errors import translate
 from refresher.settings import load_settings
 
@@ -598,3 +599,119 @@ def test_no_value_in_repr_status_logs_or_messages(
 
     assert not [text for text in shown if value in text]
     assert "**********" in repr(got)
+
+
+# -- secrets of many versions: a check reads the latest alone while it is in use ------------
+
+
+def with_versions(stack: DevStack, name: str, count: int = LISTED_PER_PAGE + 5) -> list[str]:
+    """``count`` versions of ``name`` (more than Key Vault lists in one request)."""
+    return [stack.vault.set(name, new_value()).version for _ in range(count)]
+
+
+class VaultRequests:
+    """The devstack vault's requests since the last look: listings and reads of a version."""
+
+    def __init__(self, stack: DevStack) -> None:
+        self._counters = stack.vault_counters
+        self._seen = self._now()
+
+    def _now(self) -> tuple[int, int]:
+        return self._counters["get_secret_versions"], self._counters["get_secret"]
+
+    def since(self) -> tuple[int, int]:
+        now = self._now()
+        listed, read = now[0] - self._seen[0], now[1] - self._seen[1]
+        self._seen = now
+        return listed, read
+
+
+def test_a_secret_of_many_versions_is_checked_with_one_request_while_its_latest_is_in_use(
+    wiring: Wiring, stack: DevStack
+) -> None:
+    name = unique("many")
+    made = with_versions(stack, name)
+    store, requests = wiring.store([name]), VaultRequests(stack)
+
+    assert store.get(name).version == made[-1]
+    # The first load lists every version: two pages (and Key Vault's bearer challenge
+    # to the client's first request).
+    assert requests.since()[0] >= 2
+    for _ in range(3):
+        assert store.check(name) == []
+        assert requests.since() == (0, 1)  # the latest version alone: one request
+    assert store.status()[0].state == "current"
+
+    # A new version: the latest is not the one in use, so the check lists, as ever.
+    rotated = new_value()
+    newest = stack.vault.set(name, rotated).version
+    assert store.check(name) == [name]
+    assert requests.since() == (2, 2)  # the latest read, two pages, the new value
+    assert (store.get(name).version, store.get(name).value) == (newest, rotated)
+    previous = store.previous(name)
+    assert previous is not None and previous.version == made[-1]
+
+
+def test_a_secret_of_many_versions_is_listed_in_full_every_few_checks(
+    wiring: Wiring, stack: DevStack
+) -> None:
+    # What a cheap check cannot see: the previous version disabled meanwhile. It stops
+    # being a fallback at the next full listing, at most FULL_LISTING_EVERY checks later.
+    name = unique("relisted")
+    made = with_versions(stack, name)
+    store, requests = wiring.store([name]), VaultRequests(stack)
+    store.get(name)
+    stack.vault.set(name, new_value())
+    store.check(name)
+    assert store.previous(name) is not None
+    stack.vault.update(name, made[-1], {"enabled": False})
+    requests.since()
+
+    cheap = 0
+    while (store.check(name), requests.since()[0])[1] == 0:
+        cheap += 1
+        assert cheap <= FULL_LISTING_EVERY
+        assert store.previous(name) is not None  # not seen yet
+    assert cheap == FULL_LISTING_EVERY
+    assert store.previous(name) is None
+
+
+def test_a_disabled_latest_of_many_versions_rolls_back_to_the_previous_one(
+    wiring: Wiring, stack: DevStack
+) -> None:
+    name = unique("many-rollback")
+    made = with_versions(stack, name)
+    store = wiring.store([name])
+    store.get(name)
+    second = stack.vault.set(name, new_value()).version
+    store.check(name)
+    stack.vault.update(name, second, {"enabled": False})
+
+    assert store.check(name) == [name]  # the latest read is refused: the check lists
+
+    assert store.get(name).version == made[-1]
+    assert store.previous(name) is None
+
+
+def test_a_cheap_check_the_vault_fails_keeps_the_value_and_lists_nothing(
+    wiring: Wiring, stack: DevStack
+) -> None:
+    name, value = unique("many-outage"), new_value()
+    with_versions(stack, name)
+    version = stack.vault.set(name, value).version
+    store = wiring.store([name])
+    store.get(name)
+    requests = VaultRequests(stack)
+    stack.vault_faults.fail_next(100, status=503, endpoint="get_secret")
+    try:
+        assert store.check(name) == []
+    finally:
+        stack.vault_faults.clear()
+
+    listed, read = requests.since()
+    assert (listed, read >= 2) == (0, True)  # azure-core's retries, then no listing
+    (status,) = store.status()
+    assert (status.version, store.get(name).value) == (version, value)
+    assert status.state.startswith("stale: vault unreachable since ")
+    assert store.check(name) == []
+    assert store.status()[0].state == "current"
