@@ -21,7 +21,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api.principal import AccessPolicy, Principal
 from api.resources import ApiResources
-from refresher.cache import CacheStore
 from refresher.errors import UnauthenticatedError
 
 bearer_scheme = HTTPBearer(
@@ -39,13 +38,6 @@ async def get_resources(request: Request) -> ApiResources:
 
 
 ResourcesDep = Annotated[ApiResources, Depends(get_resources)]
-
-
-async def get_store(resources: ResourcesDep) -> CacheStore:
-    return resources.store
-
-
-StoreDep = Annotated[CacheStore, Depends(get_store)]
 
 
 async def get_policy(resources: ResourcesDep) -> AccessPolicy:

@@ -10,8 +10,12 @@
     jitter = 0.1                    # +- this fraction of the interval
     max_staleness = "30m"           # older than this: reads are flagged stale
     readers = { app_role = "Directory.Cache.Read", group = "<group object id>" }
-    source = { kind = "http_json", url = "https://graph.microsoft.com/v1.0/users",
-               auth = "app_token", scope = "https://graph.microsoft.com/.default" }
+
+    [namespaces.users.source]       # (an inline table must fit on one line)
+    kind = "http_json"
+    url = "https://graph.microsoft.com/v1.0/users"
+    auth = "app_token"
+    scope = "https://graph.microsoft.com/.default"
 
 Everything is validated when the file is loaded; every mistake in every
 namespace is reported at once, one line each, naming the namespace and the

@@ -343,6 +343,37 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator(
+        "azure_tenant_id",
+        "azure_client_id",
+        "azure_client_secret",
+        "azure_client_certificate_password",
+        "azure_authority_host",
+        "vault_name",
+        "replica_id",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_default(cls, value: object, info: ValidationInfo) -> object:
+        # As the Azure SDK reads its variables: empty means not set (the default).
+        if isinstance(value, str) and not value.strip():
+            assert info.field_name is not None
+            return cls.model_fields[info.field_name].default
+        return value
+
+    @field_validator(
+        "host", "metrics_host", "api_read_scope", "api_read_role", "api_admin_role", mode="before"
+    )
+    @classmethod
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
+        # An empty address would listen on every interface, an empty scope or role let
+        # nobody in: neither is what an empty variable meant.
+        if isinstance(value, str) and not value.strip():
+            assert info.field_name is not None
+            default = cls.model_fields[info.field_name].default
+            raise ValueError(f"is empty: unset it for the default ({default}), or give a value")
+        return value
+
     @field_validator("ca_bundle")
     @classmethod
     def _readable_pem(cls, value: Path | None) -> Path | None:

@@ -109,6 +109,52 @@ def test_an_optional_file_set_to_nothing_is_not_set(
     assert getattr(settings, field) is None  # not Path(""), which is "." (a directory)
 
 
+@pytest.mark.parametrize(
+    ("variable", "default"),
+    [
+        ("AZURE_TENANT_ID", None),
+        ("AZURE_CLIENT_ID", None),
+        ("AZURE_CLIENT_SECRET", None),
+        ("AZURE_CLIENT_CERTIFICATE_PASSWORD", None),
+        ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com"),
+        ("CACHE_REFRESHER_VAULT_NAME", None),
+        ("CACHE_REFRESHER_REPLICA_ID", None),
+    ],
+)
+def test_an_optional_name_set_to_nothing_is_not_set(
+    monkeypatch: pytest.MonkeyPatch, variable: str, default: str | None
+) -> None:
+    # As the Azure SDK reads its own variables: empty is not set.
+    monkeypatch.setenv(variable, " ")
+
+    settings = load_settings()
+
+    assert getattr(settings, variable.lower().removeprefix("cache_refresher_")) == default
+
+
+@pytest.mark.parametrize(
+    ("variable", "default"),
+    [
+        ("CACHE_REFRESHER_HOST", "127.0.0.1"),  # empty would listen on every interface
+        ("CACHE_REFRESHER_METRICS_HOST", "127.0.0.1"),
+        ("CACHE_REFRESHER_API_READ_SCOPE", "Cache.Read"),  # empty would let no user read
+        ("CACHE_REFRESHER_API_READ_ROLE", "Cache.Read.All"),
+        ("CACHE_REFRESHER_API_ADMIN_ROLE", "Cache.Admin"),
+    ],
+)
+def test_an_address_scope_or_role_set_to_nothing_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, default: str
+) -> None:
+    monkeypatch.setenv(variable, "")
+
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+
+    assert f"{variable}: Value error, is empty: unset it for the default ({default})" in str(
+        raised.value
+    )
+
+
 def test_the_ca_bundle_must_be_a_readable_file_of_certificates(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
