@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from refresher import namespaces as namespaces_module
 from refresher.errors import ConfigurationError
 from refresher.namespaces import (
     Namespace,
@@ -297,3 +298,35 @@ def test_sources_are_closed_when_the_block_ends_even_on_error() -> None:
         raise RuntimeError("the loop failed")
 
     assert closed == ["a", "b"]
+
+
+def _toml_blocks(markdown: str) -> list[str]:
+    """The ```toml blocks of a Markdown text."""
+    return [block.split("```", 1)[0] for block in markdown.split("```toml\n")[1:]]
+
+
+def test_the_readmes_example_namespaces_file_loads_as_documented() -> None:
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    (example,) = _toml_blocks(readme.read_text())
+
+    users, products = parse_namespaces(
+        tomllib.loads(example), configured_secrets={"catalogue-db-url"}
+    )
+
+    assert (users.name, users.source.kind, users.key_field) == ("users", "http_json", "id")
+    assert (products.name, products.source.kind, products.version_field) == (
+        "products", "sql_query", "row_version"
+    )  # fmt: skip
+
+
+def test_the_modules_example_namespace_loads() -> None:
+    assert namespaces_module.__doc__ is not None
+    block = namespaces_module.__doc__.split(".. code-block:: toml\n")[1]
+    block = block.split("\nEverything is validated")[0]
+    example = "\n".join(line.removeprefix("    ") for line in block.splitlines())
+
+    (users,) = parse_namespaces(tomllib.loads(example), configured_secrets=())
+
+    assert (users.name, users.source.kind, users.version_field) == (
+        "users", "http_json", "@odata.etag"
+    )  # fmt: skip
