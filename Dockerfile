@@ -1,5 +1,6 @@
 # cache-refresher: a small image for docker-compose.yml (first version, not hardened).
-FROM python:3.11-slim
+# Debian 12 (bookworm), pinned: the ODBC driver package docker/drivers/ takes is built for it.
+FROM python:3.11-slim-bookworm
 
 # pyodbc (the Azure SQL driver) loads unixODBC's libodbc.so.2.
 RUN apt-get update \
