@@ -38,6 +38,7 @@ from refresher.errors import CacheRefresherError, ConfigurationError
 from refresher.lease import LeaseManager, default_holder
 from refresher.metrics import RefreshMetrics, serve_metrics
 from refresher.namespaces import Namespace, load_namespaces, sources_closed_after
+from refresher.probes import scheduler_probes
 from refresher.progress import RefreshProgress
 from refresher.refresh import RefreshOutcome, is_expected, refresh_now
 from refresher.refresh_requests import RefreshRequest, request_refresh, request_status
@@ -192,11 +193,18 @@ def _serve_until(
     stop: threading.Event, settings: Settings, scheduler: Scheduler, metrics: RefreshMetrics
 ) -> None:
     port = settings.metrics_port
+    probes = scheduler_probes(scheduler.state)
     stop_metrics = (
-        serve_metrics(metrics.registry, host=settings.metrics_host, port=port) if port else None
+        serve_metrics(metrics.registry, host=settings.metrics_host, port=port, probes=probes)
+        if port
+        else None
     )
     scheduler.start()
-    where = f"http://{settings.metrics_host}:{port}/metrics" if port else "off"
+    where = (
+        f"http://{settings.metrics_host}:{port}/metrics (probes: /healthz, /readyz)"
+        if port
+        else "off"
+    )
     console.print(
         f"cache-refresher run: {len(scheduler.namespaces)} namespace(s) "
         f"({', '.join(sorted(scheduler.namespaces))}) as {scheduler.holder}; metrics: {where}",

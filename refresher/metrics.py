@@ -23,7 +23,8 @@ per-scope counter and version changes from the secret store's: both are read
 at scrape time too. Labels carry names and classes, never values.
 
 :func:`serve_metrics` exposes the registry on its own port for a standalone
-``cache-refresher run`` (127.0.0.1 unless configured otherwise).
+``cache-refresher run`` (127.0.0.1 unless configured otherwise), with the
+probes it is given (:mod:`refresher.probes`: ``/healthz``, ``/readyz``) beside it.
 """
 
 from __future__ import annotations
@@ -31,19 +32,27 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from refresher.cache import CacheStore, NamespaceInfo
 from refresher.db import utcnow
 from refresher.errors import CacheRefresherError, ConfigurationError
 from refresher.namespaces import Namespace
+from refresher.probes import Probe
 from refresher.refresh import RefreshOutcome
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +205,24 @@ def _counter(name: str, documentation: str, label: str, values: Mapping[str, int
     return family
 
 
-def serve_metrics(registry: CollectorRegistry, *, host: str, port: int) -> Callable[[], None]:
-    """Serve ``registry`` at ``http://host:port/metrics`` in a thread; returns what stops it."""
+def serve_metrics(
+    registry: CollectorRegistry,
+    *,
+    host: str,
+    port: int,
+    probes: Mapping[str, Probe] | None = None,
+) -> Callable[[], None]:
+    """Serve ``registry`` at ``http://host:port/metrics``, and each of ``probes`` at its
+    path, in a thread; returns what stops it."""
+    app = _with_probes(make_wsgi_app(registry), probes or {})
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        # The address's own family, so that an IPv6 address can be listened on too.
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+
+        class Server(ThreadingWSGIServer):
+            address_family = found[0][0]
+
+        server = make_server(host, port, app, Server, handler_class=_QuietHandler)
     except OSError as exc:
         raise ConfigurationError(
             cannot_listen(
@@ -212,12 +235,49 @@ def serve_metrics(registry: CollectorRegistry, *, host: str, port: int) -> Calla
             )
         ) from None
 
+    thread = threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True)
+    thread.start()
+
     def stop() -> None:
         server.shutdown()
         server.server_close()
         thread.join()
 
     return stop
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log (scrapes and probes every few seconds)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _with_probes(metrics: WSGIApplication, probes: Mapping[str, Probe]) -> WSGIApplication:
+    """``metrics`` (on every path, as prometheus-client serves it), but the probes' paths."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        probe = probes.get(environ.get("PATH_INFO", ""))
+        if probe is None:
+            return metrics(environ, start_response)
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            body = f"{method} is not allowed here: use GET or HEAD\n".encode()
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [body]
+        passed, content = probe()
+        body = orjson.dumps(content)
+        start_response(
+            "200 OK" if passed else "503 Service Unavailable",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [b""] if method == "HEAD" else [body]
+
+    return app
 
 
 def cannot_listen(

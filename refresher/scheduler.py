@@ -48,6 +48,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -97,6 +98,19 @@ then less and less often)."""
 Listener = Callable[[RefreshOutcome], None]
 
 
+@dataclass(frozen=True, slots=True)
+class LoopState:
+    """The scheduler's loop as liveness and readiness probes see it."""
+
+    running: bool
+    """Whether the loop thread is alive."""
+    last_turn_seconds: float | None
+    """How long ago the loop last woke up (``None``: not yet). It wakes at least every
+    ``IDLE_WAKEUP_SECONDS`` unless something it waits for hangs."""
+    database_failing_since: datetime | None
+    """Since when planning has failed with the database (``None``: it answers)."""
+
+
 class Scheduler:
     """Refresh ``namespaces`` on their schedules and on request, in a thread and a pool."""
 
@@ -130,6 +144,7 @@ class Scheduler:
         self._unplanned: dict[str, str] = {}  # the loop's: why a namespace cannot be planned
         self._unpolled: str | None = None  # the loop's: why requests cannot be polled
         self._next_poll = clock()  # the loop's
+        self._turned: float | None = None  # time.monotonic() of the loop's latest turn
         self._plan = Plan(self.namespaces, clock())
         rng = random.Random()  # seeded apart in each replica: they spread out
         self._outage = Outage(
@@ -189,6 +204,15 @@ class Scheduler:
         """Whether the loop thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
+    def state(self) -> LoopState:
+        """What probes see of the loop (from any thread)."""
+        turned = self._turned
+        return LoopState(
+            running=self.running,
+            last_turn_seconds=None if turned is None else time.monotonic() - turned,
+            database_failing_since=self._outage.since,
+        )
+
     def refresh(self, name: str) -> RefreshOutcome:
         """Refresh namespace ``name`` now, in the calling thread (e.g. before serving)."""
         namespace = self.namespaces[name]
@@ -200,6 +224,7 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._turned = time.monotonic()
             now = self._clock()
             try:
                 self._take_looks(now)

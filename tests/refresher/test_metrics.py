@@ -145,6 +145,27 @@ def test_the_endpoint_serves_the_registry_on_its_own_port() -> None:
     assert 'cache_refresher_rows_total{change="inserted",namespace="users"} 3.0' in response.text
 
 
+def test_the_endpoint_serves_probes_beside_the_registry() -> None:
+    verdicts = iter([True, False])
+    probes = {"/healthz": lambda: (next(verdicts), {"status": "as told"})}
+    port = _free_port()
+    stop = serve_metrics(CollectorRegistry(), host="127.0.0.1", port=port, probes=probes)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        passing, failing = httpx.get(f"{base}/healthz"), httpx.head(f"{base}/healthz")
+        posted = httpx.post(f"{base}/healthz")
+        metrics = httpx.get(f"{base}/metrics")
+    finally:
+        stop()
+    assert (passing.status_code, passing.json()) == (200, {"status": "as told"})
+    assert passing.headers["content-type"] == "application/json"
+    assert passing.headers["cache-control"] == "no-store"
+    assert (failing.status_code, failing.content) == (503, b"")  # HEAD: the status alone
+    assert (posted.status_code, posted.headers["allow"]) == (405, "GET, HEAD")
+    assert "use GET or HEAD" in posted.text
+    assert metrics.status_code == 200
+
+
 def test_a_port_in_use_is_a_configuration_error_naming_the_setting() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -52,6 +54,8 @@ class Replica:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    port: int
+    """Of its metrics and probes."""
 
     def tail(self) -> str:
         return f"--- {self.name} ---\n" + self.log.read_text(errors="replace")[-3000:]
@@ -70,13 +74,14 @@ def replicas(postgresql_url: str, tmp_path: Path) -> Iterator[list[Replica]]:
         for n in range(3):
             name = f"replica-{n}"
             log = tmp_path / f"{name}.log"
+            port = free_port()
             env = {
                 **base,
                 "CACHE_REFRESHER_DATABASE_URL": postgresql_url,
                 "CACHE_REFRESHER_NAMESPACES_FILE": str(tmp_path / "namespaces.toml"),
                 "CACHE_REFRESHER_LEASE_TTL_SECONDS": str(LEASE_TTL),
                 "CACHE_REFRESHER_REPLICA_ID": name,
-                "CACHE_REFRESHER_METRICS_PORT": "0",
+                "CACHE_REFRESHER_METRICS_PORT": str(port),
                 "CACHE_REFRESHER_REQUEST_POLL_SECONDS": "1",
                 "CACHE_REFRESHER_STOP_GRACE_SECONDS": "3",
             }
@@ -84,13 +89,19 @@ def replicas(postgresql_url: str, tmp_path: Path) -> Iterator[list[Replica]]:
                 process = subprocess.Popen(
                     [str(SCRIPT), "run"], env=env, stdout=out, stderr=subprocess.STDOUT
                 )
-            started.append(Replica(name, process, log))
+            started.append(Replica(name, process, log, port))
         yield started
     finally:
         for replica in started:
             if replica.process.poll() is None:
                 os.kill(replica.process.pid, signal.SIGKILL)
             replica.process.wait(STOP_SECONDS)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def runs_of(store: CacheStore, namespace: str) -> list[RunRecord]:
@@ -157,6 +168,13 @@ def test_three_replicas_share_the_namespaces_and_take_over_from_a_killed_one(
             lambda: all(runs_of(store, name) for name in INTERVALS), 20.0,
             "not every namespace was refreshed", replicas,
         )  # fmt: skip
+        # Each replica's probes, beside its metrics: alive, and its database answering.
+        for replica in replicas:
+            url = f"http://127.0.0.1:{replica.port}"
+            health, ready = httpx.get(f"{url}/healthz"), httpx.get(f"{url}/readyz")
+            assert (health.status_code, health.json()["loop"]) == (200, "running"), replica.tail()
+            assert (ready.status_code, ready.json()["database"]) == (200, "answering")
+            assert "cache_refresher_refresh_duration_seconds" in httpx.get(f"{url}/metrics").text
         time.sleep(OBSERVE_SECONDS)
         check_cadence(store, replicas, until=utcnow(), undisturbed=True)
 

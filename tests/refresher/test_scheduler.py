@@ -400,10 +400,16 @@ def test_the_loop_survives_a_database_without_tables_and_recovers_once_they_exis
         assert time.monotonic() < deadline, caplog.text
         time.sleep(0.02)
     assert "check that the database is reachable" in caplog.text
+    # What the probes of `run` read: alive, the database failing since the first try.
+    failing = scheduler.state()
+    assert failing.running and failing.database_failing_since is not None
+    assert failing.last_turn_seconds is not None and failing.last_turn_seconds < WAIT
     init_schema(engine)
     (outcome,) = outcomes.wait_for("users", 1)[:1]
     assert outcome.result is not None
+    assert scheduler.state().database_failing_since is None
     scheduler.stop(grace=1)
+    assert not scheduler.state().running
     engine.dispose()
 
 
