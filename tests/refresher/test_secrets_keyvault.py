@@ -609,6 +609,15 @@ def with_versions(stack: DevStack, name: str, count: int = LISTED_PER_PAGE + 5) 
     return [stack.vault.set(name, new_value()).version for _ in range(count)]
 
 
+def loaded(wiring: Wiring, stack: DevStack, prefix: str) -> tuple[str, list[str], SecretStore]:
+    """A secret of many versions (:func:`with_versions`), loaded by a new store."""
+    name = unique(prefix)
+    made = with_versions(stack, name)
+    store = wiring.store([name])
+    assert store.get(name).version == made[-1]
+    return name, made, store
+
+
 class VaultRequests:
     """The devstack vault's requests since the last look: listings and reads of a version."""
 
@@ -629,11 +638,8 @@ class VaultRequests:
 def test_a_secret_of_many_versions_is_checked_with_one_request_while_its_latest_is_in_use(
     wiring: Wiring, stack: DevStack
 ) -> None:
-    name = unique("many")
-    made = with_versions(stack, name)
-    store, requests = wiring.store([name]), VaultRequests(stack)
-
-    assert store.get(name).version == made[-1]
+    requests = VaultRequests(stack)
+    name, made, store = loaded(wiring, stack, "many")
     # The first load lists every version: two pages (and Key Vault's bearer challenge
     # to the client's first request).
     assert requests.since()[0] >= 2
@@ -657,10 +663,8 @@ def test_a_secret_of_many_versions_is_listed_in_full_every_few_checks(
 ) -> None:
     # What a cheap check cannot see: the previous version disabled meanwhile. It stops
     # being a fallback at the next full listing, at most FULL_LISTING_EVERY checks later.
-    name = unique("relisted")
-    made = with_versions(stack, name)
-    store, requests = wiring.store([name]), VaultRequests(stack)
-    store.get(name)
+    name, made, store = loaded(wiring, stack, "relisted")
+    requests = VaultRequests(stack)
     stack.vault.set(name, new_value())
     store.check(name)
     assert store.previous(name) is not None
@@ -679,10 +683,7 @@ def test_a_secret_of_many_versions_is_listed_in_full_every_few_checks(
 def test_a_disabled_latest_of_many_versions_rolls_back_to_the_previous_one(
     wiring: Wiring, stack: DevStack
 ) -> None:
-    name = unique("many-rollback")
-    made = with_versions(stack, name)
-    store = wiring.store([name])
-    store.get(name)
+    name, made, store = loaded(wiring, stack, "many-rollback")
     second = stack.vault.set(name, new_value()).version
     store.check(name)
     stack.vault.update(name, second, {"enabled": False})
