@@ -120,10 +120,22 @@ def test_namespaces_lists_what_the_store_holds(sqlite_url: str) -> None:
     init_schema(engine)
     CacheStore(engine).apply("catalogue", [{"id": str(n)} for n in range(12)])
     engine.dispose()
-    result = runner.invoke(app, ["namespaces"], env=_env(database_url=sqlite_url))
+    result = runner.invoke(app, ["namespaces"], env={**_env(database_url=sqlite_url), **WIDE})
     assert result.exit_code == 0, result.output
-    assert "catalogue" in result.stdout
-    assert "12" in result.stdout
+    row = _table_row(result.stdout, "catalogue")
+    assert (row["rows"], row["generation"]) == ("12", "1")
+
+
+def _table_row(stdout: str, namespace: str) -> dict[str, str]:
+    """The cells of ``namespace``'s row in a printed table, by column heading."""
+    rows = [
+        [cell.strip() for cell in line.strip().strip("┃│").split(line.strip()[0])]
+        for line in stdout.splitlines()
+        if line.strip()[:1] in ("┃", "│")
+    ]
+    heading, *body = rows
+    (cells,) = [cells for cells in body if cells[0] == namespace]
+    return dict(zip(heading, cells, strict=True))
 
 
 def test_namespaces_says_when_there_are_none(sqlite_url: str) -> None:
@@ -481,20 +493,22 @@ def test_namespaces_flags_a_namespace_stale_once_its_max_staleness_passes(
     tmp_path: Path, configured: dict[str, str]
 ) -> None:
     path = Path(configured["CACHE_REFRESHER_NAMESPACES_FILE"])
-    path.write_text(NAMESPACES_TOML.format(staleness="0.5s", closed_port=free_port()))
+    path.write_text(NAMESPACES_TOML.format(staleness="5s", closed_port=free_port()))
     assert runner.invoke(app, ["refresh", "catalogue"], env=configured).exit_code == 0
-    fresh = runner.invoke(app, ["namespaces"], env=configured)
-    time.sleep(0.6)
-    stale = runner.invoke(app, ["namespaces"], env=configured)
-    assert fresh.exit_code == stale.exit_code == 0
-    fresh_row = next(line for line in fresh.stdout.splitlines() if "catalogue" in line)
-    stale_row = next(line for line in stale.stdout.splitlines() if "catalogue" in line)
-    assert "250" in fresh_row
-    assert "STALE" not in fresh_row
-    assert "STALE" in stale_row
-    never = next(line for line in stale.stdout.splitlines() if "down" in line)
-    assert "never" in never
-    assert "STALE" in never  # configured but never refreshed: no data at all
+
+    def catalogue_and_down() -> tuple[dict[str, str], dict[str, str]]:
+        listed = runner.invoke(app, ["namespaces"], env=configured)
+        assert listed.exit_code == 0, listed.output
+        return _table_row(listed.stdout, "catalogue"), _table_row(listed.stdout, "down")
+
+    fresh, _ = catalogue_and_down()
+    assert (fresh["rows"], fresh["stale"]) == ("250", "no")
+    # Waits on the row turning stale (5 s after the refresh), not on a fixed sleep.
+    assert _wait_for(lambda: catalogue_and_down()[0]["stale"] != "no", DATA_SECONDS)
+    stale, never = catalogue_and_down()
+    assert (stale["rows"], stale["stale"]) == ("250", "STALE >5s")
+    assert never["last success (UTC)"] == "never"
+    assert never["stale"] == "STALE >3h00m"  # never refreshed (no data at all): 3 x every
 
 
 def test_namespaces_shows_the_last_error(configured: dict[str, str]) -> None:
