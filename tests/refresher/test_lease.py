@@ -13,6 +13,10 @@ from refresher.errors import LeaseHeldError, LeaseLostError
 from refresher.lease import LeaseKeeper, LeaseManager
 
 SHORT_TTL = 0.4
+"""For tests that only wait for a lease to expire: they sleep past it, so any delay is safe."""
+HELD_TTL = 1.5
+"""For tests that need a lease still held after a delay: a second of slack for a busy machine."""
+WAIT = 10.0
 
 
 def test_a_held_lease_is_refused_to_another_holder(engine: Engine) -> None:
@@ -56,11 +60,12 @@ def test_a_dead_holders_lease_expires(engine: Engine) -> None:
 
 
 def test_renewing_keeps_the_lease_past_its_first_ttl(engine: Engine) -> None:
-    holder = LeaseManager(engine, holder="holder", ttl=SHORT_TTL)
+    holder = LeaseManager(engine, holder="holder", ttl=HELD_TTL)
+    acquired = time.monotonic()
     lease = holder.acquire("refresh:a")
-    time.sleep(SHORT_TTL / 2)
-    renewed = holder.renew(lease)
-    time.sleep(SHORT_TTL / 2 + 0.05)
+    time.sleep(HELD_TTL / 2)
+    renewed = holder.renew(lease)  # held until 1.5 TTL after the acquisition
+    time.sleep(max(acquired + HELD_TTL + 0.1 - time.monotonic(), 0))  # the first TTL is over
 
     assert renewed.expires_at > lease.expires_at
     with pytest.raises(LeaseHeldError):
@@ -134,10 +139,10 @@ def test_a_ttl_must_be_positive(engine: Engine) -> None:
 
 
 def test_a_kept_lease_outlives_its_ttl_while_the_work_runs(engine: Engine) -> None:
-    keeper_manager = LeaseManager(engine, holder="keeper", ttl=SHORT_TTL)
+    keeper_manager = LeaseManager(engine, holder="keeper", ttl=HELD_TTL)
     lease = keeper_manager.acquire("refresh:a")
     with LeaseKeeper(keeper_manager, lease) as kept:
-        time.sleep(SHORT_TTL * 2.5)
+        time.sleep(HELD_TTL * 1.5)  # the work outlasts the TTL it started with
         with pytest.raises(LeaseHeldError, match="held by 'keeper'"):
             LeaseManager(engine, holder="other").acquire("refresh:a")
         assert not kept.lost.is_set()
@@ -151,4 +156,4 @@ def test_a_kept_lease_taken_over_is_reported_lost(engine: Engine) -> None:
     keeper_manager.release(lease)
     LeaseManager(engine, holder="thief", ttl=30).acquire("refresh:a")
     with LeaseKeeper(keeper_manager, lease) as kept:
-        assert kept.lost.wait(SHORT_TTL * 3)
+        assert kept.lost.wait(WAIT)
