@@ -172,8 +172,10 @@ def test_pages_taken_across_a_refresh_see_each_surviving_key_once(
 
 def test_fields_project_each_payload(client: httpx.Client, demo: list[dict[str, Any]]) -> None:
     page = client.get("/v1/namespaces/demo/items", params={"fields": "name,id", "limit": 3})
-    for item in page.json()["items"]:
-        assert list(item["data"]) == ["name", "id"]
+    assert [item["data"] for item in page.json()["items"]] == [
+        {"name": item["name"], "id": item["id"]} for item in demo[:3]
+    ]
+    assert [list(item["data"]) for item in page.json()["items"]] == [["name", "id"]] * 3
 
 
 def test_empty_fields_keep_only_the_key(client: httpx.Client, demo: list[dict[str, Any]]) -> None:
@@ -245,6 +247,7 @@ def test_csv_has_a_key_column_then_the_fields_asked_for(
     rows = list(csv.reader(io.StringIO(response.text)))
     by_id = {item["id"]: item for item in demo}
     assert rows[0] == ["key", "name", "price"]
+    assert [key for key, _, _ in rows[1:]] == [item["id"] for item in demo[:3]]
     for key, name, price in rows[1:]:
         assert (name, orjson.loads(price)) == (by_id[key]["name"], by_id[key]["price"])
 
