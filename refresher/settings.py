@@ -233,6 +233,12 @@ class Settings(BaseSettings):
         description="Also accept v1.0 tokens (issuer https://sts.windows.net/<tenant>/), "
         "which managed-identity callers get.",
     )
+    api_ready_when_stale: bool = Field(
+        default=False,
+        description="Keep /readyz at 200 while namespaces are past their max staleness (it "
+        "still lists them). Every replica sees the same staleness: with false, one stale "
+        "namespace takes every replica out of a load balancer's rotation.",
+    )
     api_read_scope: str = Field(
         default="Cache.Read", description="Delegated scope (scp) that lets a user read."
     )

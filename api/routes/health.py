@@ -5,6 +5,10 @@
   configured Key Vault secret has a value, and no configured namespace is past
   its max staleness (or without data). When not, a 503 problem names what is
   wrong: the database error, the secrets not loaded, the stale namespaces.
+  With ``CACHE_REFRESHER_API_READY_WHEN_STALE``, stale namespaces are listed
+  but keep it at 200: every replica sees the same staleness, so failing on it
+  takes them all out of rotation at once, while reads can still serve the old
+  data flagged stale.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ def check_readiness(resources: ApiResources) -> Readiness:
         database = str(exc)
     secrets = resources.secrets
     missing = [s.name for s in secrets.status() if s.state in NOT_LOADED] if secrets else []
-    ready = database == "ok" and not missing and not stale
+    tolerated = resources.settings.api_ready_when_stale
+    ready = database == "ok" and not missing and (tolerated or not stale)
     return Readiness(
         status="ready" if ready else "not ready", database=database,
         secrets_not_loaded=missing, stale_namespaces=stale,

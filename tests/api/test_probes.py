@@ -57,8 +57,9 @@ def serve(db_url: str) -> Iterator[Serve]:
         *,
         secrets: KeyVaultSecretStore | None = None,
         metrics: CollectorRegistry | None = None,
+        settings: Settings | None = None,
     ) -> httpx.Client:
-        settings = Settings(database_url=db_url)
+        settings = settings or Settings(database_url=db_url)
         resources = build_resources(
             settings, store=store, validator=FakeValidator(), namespaces=namespaces,
             secrets=secrets, metrics=metrics,
@@ -107,6 +108,20 @@ def test_readyz_is_503_naming_the_namespaces_past_their_max_staleness(
     assert body["type"] == "urn:cache-refresher:problem:not-ready"
     assert "never" in body["detail"]
     assert response.headers["retry-after"]
+
+
+def test_readyz_lists_stale_namespaces_but_stays_ready_when_told_to_tolerate_them(
+    serve: Serve, store: CacheStore, namespaces: list[Namespace], db_url: str
+) -> None:
+    fresh = namespaces[0]
+    store.apply(fresh.name, fresh.source.fetch(FetchContext()))
+    tolerant = Settings(database_url=db_url, api_ready_when_stale=True)
+
+    response = serve(store, namespaces, settings=tolerant).get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "database": "ok", "secrets_not_loaded": [],
+                               "stale_namespaces": ["never"]}  # fmt: skip
 
 
 def test_readyz_is_503_when_the_database_cannot_be_read(serve: Serve, tmp_path: Path) -> None:
