@@ -42,6 +42,7 @@ from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOpt
 from refresher.background import DueLoop
 from refresher.errors import (
     AuthenticationFailedError,
+    CacheRefresherError,
     CredentialRejectedError,
     CredentialUnavailableError,
     IdentityError,
@@ -252,6 +253,16 @@ class AppIdentity:
             issued, credential = self._request(scope)
         except IdentityError as exc:
             return self._failed(scope, slot, exc)
+        except Exception as exc:  # a bug (ours or an SDK's): the flight must still end
+            logger.error("token request for scope %r failed unexpectedly", scope, exc_info=exc)
+            unexpected = AuthenticationFailedError(
+                f"the token request failed unexpectedly ({type(exc).__name__}); see the service log"
+            )
+            return self._failed(scope, slot, unexpected)
+        except BaseException:  # interrupted: waiters must not wait for it
+            with self._cond:
+                self._land(slot)
+            raise
         with self._cond:
             slot.token, slot.credential = issued, credential
             slot.renew_at = renewal_time(issued, self._rng)
@@ -325,7 +336,14 @@ class AppIdentity:
                 raise
         self._last_reload = self._clock()
         logger.warning("every app credential was rejected; re-loading the credential set")
-        self._credentials, self._active = list(self._reload()), 0
+        try:
+            reloaded = list(self._reload())
+        except CacheRefresherError as exc:  # e.g. a certificate file caught mid-rotation
+            raise CredentialRejectedError(
+                f"every app credential was rejected, and re-loading them failed: {exc} "
+                f"(tried again in {self._reload_interval:g} s at the earliest)"
+            ) from exc
+        self._credentials, self._active = reloaded, 0
         return self._try_each(scope)
 
     def _try_each(self, scope: str) -> tuple[IssuedToken, str]:

@@ -10,6 +10,8 @@ import time
 import pytest
 
 from refresher.errors import (
+    AuthenticationFailedError,
+    ConfigurationError,
     CredentialRejectedError,
     CredentialUnavailableError,
     IssuerUnavailableError,
@@ -35,7 +37,7 @@ class FakeRequest:
     def __init__(self, clock: Clock, name: str = "secret-1", lifetime: float = LIFETIME) -> None:
         self.clock, self.name, self.lifetime = clock, name, lifetime
         self.calls = 0
-        self.fail_with: Exception | None = None
+        self.fail_with: BaseException | None = None
         self.gate: threading.Event | None = None
 
     @property
@@ -238,6 +240,45 @@ def test_reloading_is_rate_limited() -> None:
         clock.now += 1
 
     assert len(reloads) == 1
+
+
+def test_a_reload_that_fails_mid_rotation_is_a_failed_request_the_next_call_retries() -> None:
+    # Every credential rejected, and the certificate file caught half-written: the scope
+    # must not stay "being fetched" (every caller would wait 60 s, for ever after).
+    clock = Clock()
+    revoked = FakeRequest(clock, "revoked")
+    revoked.fail_with = CredentialRejectedError("AADSTS7000222: secret expired", code=7000222)
+    rotated = FakeRequest(clock, "rotated")
+    files = iter([ConfigurationError("cannot read the client certificate file 'cert.pem'")])
+
+    def reload() -> list[FakeRequest]:
+        failure = next(files, None)
+        if failure is not None:
+            raise failure
+        return [rotated]
+
+    app = identity(revoked, clock=clock, reload=reload, reload_interval=30.0)
+
+    with pytest.raises(CredentialRejectedError) as raised:
+        app.get_token(SCOPE)
+    assert "re-loading them failed: cannot read the client certificate file" in str(raised.value)
+    clock.now += 31  # the file is complete now, and a reload is allowed again
+    assert app.get_token(SCOPE).token == "rotated-token-1"
+
+
+@pytest.mark.parametrize("unexpected", [KeyError("expires_in"), KeyboardInterrupt()])
+def test_an_unexpected_failure_of_a_request_ends_its_flight(unexpected: BaseException) -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    source.fail_with = unexpected
+    app = identity(source, clock=clock)
+
+    with pytest.raises((AuthenticationFailedError, KeyboardInterrupt)) as raised:
+        app.get_token(SCOPE)
+    if isinstance(unexpected, Exception):
+        assert "failed unexpectedly (KeyError); see the service log" in str(raised.value)
+    source.fail_with = None
+    assert app.get_token(SCOPE).token == "secret-1-token-2"  # at once: nothing in flight
 
 
 def test_one_scope_per_request_and_only_our_tenant() -> None:
