@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from refresher.db import IMMEDIATE, db_now
-from refresher.errors import LeaseHeldError, LeaseLostError
+from refresher.errors import CacheRefresherError, LeaseHeldError, LeaseLostError
 from refresher.schema import leases
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,9 @@ class LeaseKeeper:
     ``RENEWALS_PER_TTL``. A renewal that finds the lease lost stops renewing
     and sets :attr:`lost` (the work's fenced commit would fail anyway; checking
     :attr:`lost` lets it stop early). A renewal the database fails is retried
-    at the next tick. The lease itself is released by its owner, not here.
+    at the next tick, and so is one that fails any other way (a login token that
+    could not be had): the thread must outlive every failure, or the lease would
+    lapse unseen while the work ran. The lease itself is released by its owner.
     """
 
     def __init__(self, manager: LeaseManager, lease: Lease) -> None:
@@ -225,8 +227,14 @@ class LeaseKeeper:
                 )
                 self.lost.set()
                 return
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, CacheRefresherError) as exc:
+                # The database, or a login token for it (Entra ID unreachable): retry.
                 logger.warning(
                     "renewing lease %r failed (%s); retrying in %.1f s",
                     self._lease.name, type(exc).__name__, self._every,
+                )  # fmt: skip
+            except Exception:  # a bug: keep renewing rather than let the lease lapse unseen
+                logger.exception(
+                    "renewing lease %r failed unexpectedly; retrying in %.1f s",
+                    self._lease.name, self._every,
                 )  # fmt: skip

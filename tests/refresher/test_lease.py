@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 
 from refresher.cache import CacheStore, lease_name
 from refresher.db import IMMEDIATE
-from refresher.errors import LeaseHeldError, LeaseLostError
-from refresher.lease import LeaseKeeper, LeaseManager
+from refresher.errors import IssuerUnavailableError, LeaseHeldError, LeaseLostError
+from refresher.lease import Lease, LeaseKeeper, LeaseManager
 
 SHORT_TTL = 0.4
 """For tests that only wait for a lease to expire: they sleep past it, so any delay is safe."""
@@ -157,3 +158,32 @@ def test_a_kept_lease_taken_over_is_reported_lost(engine: Engine) -> None:
     LeaseManager(engine, holder="thief", ttl=30).acquire("refresh:a")
     with LeaseKeeper(keeper_manager, lease) as kept:
         assert kept.lost.wait(WAIT)
+
+
+class LoginFailsOnce(LeaseManager):
+    """Its first renewal fails the way a token login can (Entra ID unreachable): not a
+    database error, raised before any connection is made."""
+
+    def __init__(self, engine: Engine, **kwargs: Any) -> None:
+        super().__init__(engine, **kwargs)
+        self.renewals = 0
+
+    def renew(self, lease: Lease) -> Lease:
+        self.renewals += 1
+        if self.renewals == 1:
+            raise IssuerUnavailableError("no valid token for the database: Entra ID unreachable")
+        return super().renew(lease)
+
+
+def test_a_kept_lease_outlives_a_renewal_that_could_not_log_in(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = LoginFailsOnce(engine, holder="keeper", ttl=HELD_TTL)
+    lease = manager.acquire("refresh:a")
+    with LeaseKeeper(manager, lease) as kept:
+        time.sleep(HELD_TTL * 1.5)  # past the TTL: only later renewals can have kept it
+        with pytest.raises(LeaseHeldError, match="held by 'keeper'"):
+            LeaseManager(engine, holder="other").acquire("refresh:a")
+        assert not kept.lost.is_set()
+    assert manager.renewals >= 2
+    assert "renewing lease 'refresh:a' failed (IssuerUnavailableError)" in caplog.text
