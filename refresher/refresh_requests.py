@@ -19,6 +19,7 @@ writers' clocks, as in the run history.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from refresher.cache import RunRecord, check_namespace, lease_name
 from refresher.db import IMMEDIATE, db_now, utcnow
 from refresher.errors import StoreError
 from refresher.schema import ERROR_MESSAGE_MAX, leases, refresh_requests, refresh_runs
+
+logger = logging.getLogger(__name__)
 
 PENDING, CLAIMED, DONE, FAILED = "pending", "claimed", "done", "failed"
 
@@ -179,13 +182,21 @@ def finish(
     started_at: datetime,
 ) -> None:
     """Record how ``request`` ended; on success, complete the namespace's other pending
-    requests made before the refresh started (``started_at``) too."""
+    requests made before the refresh started (``started_at``) too.
+
+    Only while the claim is still this replica's: one that lost its lease long enough
+    for its claim to be put back may find another replica serving the request, or done
+    with it; then it records nothing (logged), rather than overwrite that outcome."""
     now = utcnow()
     status = FAILED if error is not None else DONE
     with _store_errors(f"update of refresh request {request.id}"), _writing(engine) as conn:
-        conn.execute(
+        ended = conn.execute(
             refresh_requests.update()
-            .where(refresh_requests.c.id == request.id)
+            .where(
+                refresh_requests.c.id == request.id,
+                refresh_requests.c.status == CLAIMED,
+                refresh_requests.c.claimed_by == request.claimed_by,
+            )
             .values(
                 status=status,
                 run_id=run_id,
@@ -193,6 +204,13 @@ def finish(
                 error_message=None if error is None else error[:ERROR_MESSAGE_MAX],
             )
         )
+        if ended.rowcount != 1:
+            logger.warning(
+                "refresh request %d is no longer claimed by %s (it was put back and taken "
+                "again meanwhile): its outcome here is not recorded",
+                request.id, request.claimed_by,
+            )  # fmt: skip
+            return
         if error is None:
             conn.execute(
                 refresh_requests.update()

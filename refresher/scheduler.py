@@ -430,7 +430,9 @@ class Scheduler:
             namespace.name, namespace.source.kind, result, error, time.monotonic() - began,
             None if request is None else request.id,
         )  # fmt: skip
-        if request is not None:
+        if request is not None and isinstance(error, RefreshInterrupted):
+            self._give_back(request)  # not served: another replica serves it, or this one later
+        elif request is not None:
             self._finish(request, outcome, started_at)
         self._report(outcome)
 

@@ -154,6 +154,32 @@ def test_an_old_claim_whose_replica_holds_the_lease_is_kept(engine: Engine) -> N
         assert conn.execute(sa.select(refresh_requests.c.status)).scalar_one() == "claimed"
 
 
+def test_a_replica_whose_claim_was_put_back_does_not_overwrite_the_outcome(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # replica-1 lost its lease (cut off from the database) long enough for its claim to
+    # be put back; replica-2 served the request. replica-1's late word changes nothing.
+    request_id = request_refresh(engine, "users", "me")
+    (lost,) = claim_pending(engine, "replica-1", {"users"}, limit=1)
+    _age_claims(engine, CLAIM_STALE_SECONDS + 1)
+    assert requeue_dead_claims(engine, utcnow()) == 1
+    (served,) = claim_pending(engine, "replica-2", {"users"}, limit=1)
+    late = request_refresh(engine, "users", "you")
+
+    finish(engine, lost, run_id=None, error="lease lost", started_at=utcnow())
+    during = request_status(engine, request_id)  # replica-2 is still on it
+    finish(engine, served, run_id=42, error=None, started_at=utcnow() - timedelta(seconds=5))
+    finish(engine, lost, run_id=None, error="lease lost", started_at=utcnow())
+
+    assert during is not None
+    assert (during.status, during.claimed_by) == ("claimed", "replica-2")
+    done, other = request_status(engine, request_id), request_status(engine, late)
+    assert done is not None and other is not None
+    assert (done.status, done.claimed_by, done.run_id) == ("done", "replica-2", 42)
+    assert other.status == "pending"  # made after replica-2's refresh started
+    assert f"refresh request {request_id} is no longer claimed by replica-1" in caplog.text
+
+
 AZURE_SQL_MAX_PARAMETERS = 2100
 """Azure SQL refuses a request with more bound parameters (error 8003)."""
 

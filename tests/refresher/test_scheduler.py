@@ -339,6 +339,25 @@ def test_stop_abandons_a_refresh_past_the_grace_period_and_releases_its_lease(
     LeaseManager(engine, holder="next").acquire(lease_name("users"))  # released
 
 
+def test_stop_hands_back_a_request_whose_refresh_it_interrupted(
+    engine: Engine, store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    # A rolling deploy stops a replica while it serves an operator's request: the
+    # request was not served, so it goes back for another replica (not "failed").
+    store.apply("users", [{"id": "kept"}])  # refreshed just now: only the request runs it
+    trickle = Trickle()
+    scheduler = run(namespace("users", trickle, every=3600), request_poll=0.05)
+    request_id = request_refresh(engine, "users", "operator")
+    assert trickle.started.wait(WAIT)
+
+    scheduler.stop(grace=0.2)
+
+    request = request_status(engine, request_id)
+    assert request is not None
+    assert (request.status, request.claimed_by, request.run_id) == ("pending", None, None)
+    assert store.runs("users")[0].status == "abandoned"
+
+
 def test_a_refresh_projects_items_onto_the_namespace_fields(
     store: CacheStore, run: Callable[..., Scheduler]
 ) -> None:
