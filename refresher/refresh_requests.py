@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from refresher.cache import RunRecord, check_namespace, lease_name
-from refresher.db import IMMEDIATE, db_now, utcnow
+from refresher.db import IMMEDIATE, db_now
 from refresher.errors import StoreError
 from refresher.schema import ERROR_MESSAGE_MAX, leases, refresh_requests, refresh_runs
 
@@ -73,13 +73,13 @@ class RefreshRequest:
 def request_refresh(engine: Engine, namespace: str, requested_by: str) -> int:
     """Ask for a refresh of ``namespace`` by whichever replica comes first; the request's id."""
     check_namespace(namespace)
-    values = {
-        "namespace": namespace,
-        "requested_at": utcnow(),
-        "requested_by": requested_by[:REQUESTER_MAX],
-        "status": PENDING,
-    }
     with _store_errors(f"request for a refresh of {namespace!r}"), _writing(engine) as conn:
+        values = {
+            "namespace": namespace,
+            "requested_at": db_now(conn),  # compared with claims other machines make
+            "requested_by": requested_by[:REQUESTER_MAX],
+            "status": PENDING,
+        }
         key = conn.execute(refresh_requests.insert().values(values)).inserted_primary_key
     assert key is not None
     return int(key[0])
@@ -149,7 +149,7 @@ def _claim(engine: Engine, request_id: int, claimer: str) -> RefreshRequest | No
         taken = conn.execute(
             refresh_requests.update()
             .where(refresh_requests.c.id == request_id, refresh_requests.c.status == PENDING)
-            .values(status=CLAIMED, claimed_by=claimer, claimed_at=utcnow())
+            .values(status=CLAIMED, claimed_by=claimer, claimed_at=db_now(conn))
         )
         if taken.rowcount != 1:
             return None  # another replica was first
@@ -174,22 +174,18 @@ def unclaim(engine: Engine, request: RefreshRequest) -> None:
 
 
 def finish(
-    engine: Engine,
-    request: RefreshRequest,
-    *,
-    run_id: int | None,
-    error: str | None,
-    started_at: datetime,
+    engine: Engine, request: RefreshRequest, *, run_id: int | None, error: str | None
 ) -> None:
     """Record how ``request`` ended; on success, complete the namespace's other pending
-    requests made before the refresh started (``started_at``) too.
+    requests made before it was claimed (so before the refresh started) too. Times are
+    the database's: requests, claims and refreshes come from different machines.
 
     Only while the claim is still this replica's: one that lost its lease long enough
     for its claim to be put back may find another replica serving the request, or done
     with it; then it records nothing (logged), rather than overwrite that outcome."""
-    now = utcnow()
     status = FAILED if error is not None else DONE
     with _store_errors(f"update of refresh request {request.id}"), _writing(engine) as conn:
+        now = db_now(conn)
         ended = conn.execute(
             refresh_requests.update()
             .where(
@@ -217,21 +213,22 @@ def finish(
                 .where(
                     refresh_requests.c.namespace == request.namespace,
                     refresh_requests.c.status == PENDING,
-                    refresh_requests.c.requested_at <= started_at,
+                    refresh_requests.c.requested_at <= request.claimed_at,
                 )
                 .values(status=DONE, claimed_by=request.claimed_by, run_id=run_id, finished_at=now)
             )
 
 
-def requeue_dead_claims(engine: Engine, now: datetime) -> int:
-    """Put back claims older than ``CLAIM_STALE_SECONDS`` whose claimer holds no lease on
-    the namespace (it died or gave up without saying so); how many were put back."""
-    cutoff = now - timedelta(seconds=CLAIM_STALE_SECONDS)
-    old = sa.select(refresh_requests).where(
-        refresh_requests.c.status == CLAIMED, refresh_requests.c.claimed_at < cutoff
-    )
+def requeue_dead_claims(engine: Engine) -> int:
+    """Put back claims older than ``CLAIM_STALE_SECONDS`` (by the database's clock, as
+    claims are made) whose claimer holds no lease on the namespace (it died or gave up
+    without saying so); how many were put back."""
     with _store_errors("check of claimed refresh requests"):
         with engine.connect() as conn:
+            cutoff = db_now(conn) - timedelta(seconds=CLAIM_STALE_SECONDS)
+            old = sa.select(refresh_requests).where(
+                refresh_requests.c.status == CLAIMED, refresh_requests.c.claimed_at < cutoff
+            )
             stale = [RefreshRequest(*row) for row in conn.execute(old)]
             if not stale:
                 return 0

@@ -320,7 +320,7 @@ class Scheduler:
 
     def _serve_requests(self, now: datetime) -> None:
         try:
-            requeued = requests.requeue_dead_claims(self.store.engine, now)
+            requeued = requests.requeue_dead_claims(self.store.engine)
             if requeued:
                 logger.info("put %d refresh request(s) of a dead replica back", requeued)
             idle = set(self.namespaces) - self._busy_names()
@@ -433,16 +433,14 @@ class Scheduler:
         if request is not None and isinstance(error, RefreshInterrupted):
             self._give_back(request)  # not served: another replica serves it, or this one later
         elif request is not None:
-            self._finish(request, outcome, started_at)
+            self._finish(request, outcome)
         self._report(outcome)
 
-    def _finish(self, request: RefreshRequest, outcome: RefreshOutcome, started: datetime) -> None:
+    def _finish(self, request: RefreshRequest, outcome: RefreshOutcome) -> None:
         error = None if outcome.error is None else describe_error(outcome.error)
         run_id = None if outcome.result is None else outcome.result.run_id
         try:
-            requests.finish(
-                self.store.engine, request, run_id=run_id, error=error, started_at=started
-            )
+            requests.finish(self.store.engine, request, run_id=run_id, error=error)
         except CacheRefresherError as exc:
             logger.warning("cannot record the end of refresh request %d: %s", request.id, exc)
 

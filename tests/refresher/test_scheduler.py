@@ -10,7 +10,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,12 @@ from sqlalchemy.engine import Engine
 
 from refresher.cache import CacheStore, RunRecord, lease_name
 from refresher.cadence import Backoff
-from refresher.db import create_engine, init_schema
+from refresher.db import create_engine, init_schema, utcnow
 from refresher.errors import LeaseHeldError, UpstreamUnavailableError
 from refresher.lease import LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
 from refresher.refresh import RefreshOutcome
-from refresher.refresh_requests import request_refresh, request_status
+from refresher.refresh_requests import claim_pending, request_refresh, request_status
 from refresher.scheduler import Scheduler
 from refresher.sources.base import FetchContext, Source
 from refresher.sources.demo import DemoSource
@@ -268,6 +268,31 @@ def _wait_finished(engine: Engine, request_id: int) -> Any:
             return request
         time.sleep(0.02)
     raise AssertionError(f"request {request_id} did not finish")
+
+
+def test_a_replica_whose_clock_runs_ahead_leaves_a_fresh_claim_alone(
+    engine: Engine, store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    # replica-a has just claimed a request and not yet taken the lease. replica-b's
+    # clock runs an hour ahead: by its clock the claim is old, and the claimer holds
+    # no lease, so it would put the claim back and serve the request a second time.
+    # Claims are judged by the database's clock, on which they were made.
+    store.apply("users", [{"id": "kept"}])
+    request_id = request_refresh(engine, "users", "operator")
+    assert len(claim_pending(engine, "replica-a", {"users"}, limit=1)) == 1
+    outcomes = Outcomes()
+    ahead = run(
+        namespace("users", DemoSource(size=5), every=3600), on_outcome=outcomes,
+        clock=lambda: utcnow() + timedelta(hours=1),
+    )  # fmt: skip
+    outcomes.wait_for("users", 1)  # due by its clock: it has planned and polled since
+    assert not threading.Event().wait(10 * 0.05)  # and polled ten times more
+
+    request = request_status(engine, request_id)
+    assert request is not None
+    assert (request.status, request.claimed_by) == ("claimed", "replica-a")
+    assert all(outcome.request_id is None for outcome in outcomes.by_namespace["users"])
+    assert ahead.running
 
 
 def test_each_request_is_served_by_exactly_one_of_two_replicas(
