@@ -220,14 +220,18 @@ class KeyVaultSecretStore:
         return True
 
     def check_due(self) -> float | None:
-        """Run every check whose time has come; the time of the next one."""
+        """Run every check whose time has come; the time of the next one.
+
+        A check in flight elsewhere (a reader's) is not waited for: its end wakes the poll
+        (:meth:`_fly`), and counting its past due time here would make the poll spin."""
         now = self._clock()
         with self._cond:
             due = [e for e in self._entries.values() if e.next_check <= now and not e.flying]
         for entry in due:
             self._refresh(entry, fresh=False)
         with self._cond:
-            return min((e.next_check for e in self._entries.values()), default=None)
+            waiting = (e.next_check for e in self._entries.values() if not e.flying)
+            return min(waiting, default=None)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -269,6 +273,7 @@ class KeyVaultSecretStore:
                     if entry.done >= entry.wanted:
                         entry.flying = False
                         self._cond.notify_all()
+                        self._loop.wake()  # its next check is now on the schedule
                         return
                     generation = entry.wanted
                 self._check_once(entry)
@@ -279,6 +284,7 @@ class KeyVaultSecretStore:
             with self._cond:
                 entry.flying, entry.done = False, entry.wanted
                 self._cond.notify_all()
+                self._loop.wake()
             raise
 
     # -- one check -----------------------------------------------------------------------

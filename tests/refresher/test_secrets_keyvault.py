@@ -44,6 +44,7 @@ from refresher.secrets.vault_errors import translate
 from refresher.settings import load_settings
 
 FAST_RETRIES = {"retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}
+WAIT = 10.0
 
 
 def unique(prefix: str) -> str:
@@ -716,3 +717,25 @@ def test_a_cheap_check_the_vault_fails_keeps_the_value_and_lists_nothing(
     assert status.state.startswith("stale: vault unreachable since ")
     assert store.check(name) == []
     assert store.status()[0].state == "current"
+
+
+def test_the_poll_is_not_due_again_while_a_readers_check_is_in_flight(
+    wiring: Wiring, stack: DevStack
+) -> None:
+    # The poll thread sleeps until check_due's answer: a past time would make it wake
+    # every 10 ms for as long as the reader's check takes (a vault slow or retrying).
+    name = unique("in-flight")
+    stack.vault.set(name, new_value())
+    store = wiring.store([name])
+    listings = stack.vault_counters["get_secret_versions"]
+    stack.vault_faults.latency = 0.5
+    reader = threading.Thread(target=store.get, args=(name,))
+    reader.start()
+    try:
+        assert wait_until(lambda: stack.vault_counters["get_secret_versions"] > listings, WAIT)
+        assert store.check_due() is None  # nothing else is due; the flight wakes the poll
+    finally:
+        reader.join(WAIT)
+        stack.vault_faults.clear()
+    next_check = store.check_due()
+    assert next_check is not None and next_check > time.time()
