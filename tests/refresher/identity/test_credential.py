@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import time
 
@@ -114,13 +115,32 @@ def test_callers_waiting_on_a_failed_request_share_its_error() -> None:
     threads = [threading.Thread(target=call) for _ in range(50)]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)
+    # Fail the request only once the 49 others wait for it (not after a guessed delay:
+    # a thread that came late on a busy machine would start a request of its own).
+    assert _waiting_in("_wait_for_flight", threads, count=49)
     source.gate.set()
     for thread in threads:
         thread.join(10)
 
     assert source.calls == 1
     assert len(errors) == 50
+
+
+def _waiting_in(function: str, threads: list[threading.Thread], *, count: int) -> bool:
+    """Whether ``count`` of ``threads`` come to be inside ``function`` within 10 s."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        frames = sys._current_frames()
+        inside = 0
+        for thread in threads:
+            frame = frames.get(thread.ident or -1)
+            while frame is not None and frame.f_code.co_name != function:
+                frame = frame.f_back
+            inside += frame is not None
+        if inside >= count:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_renewal_happens_in_the_background_before_expiry() -> None:
