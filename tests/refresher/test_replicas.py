@@ -104,6 +104,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def answer(url: str, replica: Replica, replicas: list[Replica]) -> httpx.Response:
+    """``url``'s response, once ``replica`` listens (within 20 s)."""
+    responses: list[httpx.Response] = []
+
+    def answered() -> bool:
+        try:
+            responses.append(httpx.get(url))
+        except httpx.ConnectError:
+            assert replica.process.poll() is None, replica.tail()  # it did not exit
+            return False
+        return True
+
+    wait_for(answered, 20.0, f"{replica.name} does not listen on {url}", replicas)
+    return responses[-1]
+
+
 def runs_of(store: CacheStore, namespace: str) -> list[RunRecord]:
     return list(reversed(store.runs(namespace, limit=200)))
 
@@ -168,10 +184,13 @@ def test_three_replicas_share_the_namespaces_and_take_over_from_a_killed_one(
             lambda: all(runs_of(store, name) for name in INTERVALS), 20.0,
             "not every namespace was refreshed", replicas,
         )  # fmt: skip
-        # Each replica's probes, beside its metrics: alive, and its database answering.
+        # Each replica's probes, beside its metrics: alive, and its database answering
+        # (a replica still starting, that two others beat to every namespace, may not
+        # listen yet: each gets until the deadline).
         for replica in replicas:
             url = f"http://127.0.0.1:{replica.port}"
-            health, ready = httpx.get(f"{url}/healthz"), httpx.get(f"{url}/readyz")
+            health = answer(f"{url}/healthz", replica, replicas)
+            ready = httpx.get(f"{url}/readyz")
             assert (health.status_code, health.json()["loop"]) == (200, "running"), replica.tail()
             assert (ready.status_code, ready.json()["database"]) == (200, "answering")
             assert "cache_refresher_refresh_duration_seconds" in httpx.get(f"{url}/metrics").text
