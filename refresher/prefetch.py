@@ -21,7 +21,11 @@ What stays as it was in one thread:
   after the page it is fetching; what it fetched is discarded and the source's
   iterator closed in that thread. While it waits for the next batch the
   consumer calls ``check`` every :data:`POLL_SECONDS`, so a stop request is
-  seen during a slow page.
+  seen during a slow page. Closing waits for that page (at most
+  :data:`JOIN_SECONDS`) only while ``check`` passes: a refresh interrupted
+  by a shutdown returns at once and leaves the page to finish in the
+  daemon thread, so a blocked upstream cannot hold a process past its stop
+  grace.
 
 Items are handed over in batches of :data:`BATCH` (the last one smaller), so
 up to ``BATCH - 1`` fetched items may wait for the source's next page: with
@@ -35,6 +39,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Generic, TypeVar
 
@@ -51,9 +56,20 @@ POLL_SECONDS = 0.1
 """How often a waiting consumer runs its ``check`` and a blocked producer looks for a stop."""
 
 JOIN_SECONDS = 30.0
-"""How long closing waits for the thread to finish the page it is fetching."""
+"""How long closing waits for the thread to finish the page it is fetching (unless
+``check`` fails meanwhile)."""
 
 _T = TypeVar("_T")
+
+
+def _passes(check: Callable[[], None] | None) -> bool:
+    if check is None:
+        return True
+    try:
+        check()
+    except BaseException:  # a stop request may be one (the consumer raises its own)
+        return False
+    return True
 
 
 class _End:
@@ -102,7 +118,7 @@ def prefetched_batches(
         while (chunk := fetcher.next_batch(check)) is not None:
             yield chunk
     finally:
-        fetcher.stop()
+        fetcher.stop(check)
 
 
 class _Fetcher(Generic[_T]):
@@ -139,18 +155,23 @@ class _Fetcher(Generic[_T]):
                 if check is not None:
                     check()
 
-    def stop(self) -> None:
-        """Stop the producer, drop what it fetched ahead, wait for its current page."""
+    def stop(self, check: Callable[[], None] | None = None) -> None:
+        """Stop the producer, drop what it fetched ahead, and wait for its current page
+        while ``check`` passes (its failure, a stop request, ends the wait)."""
         self._stopping = True
         self._stopped.set()
         self._drain()
-        self._thread.join(JOIN_SECONDS)
+        started = time.monotonic()
+        while (left := started + JOIN_SECONDS - time.monotonic()) > 0:
+            self._thread.join(min(POLL_SECONDS, left))
+            if not self._thread.is_alive() or not _passes(check):
+                break
         if self._thread.is_alive():
             logger.warning(
-                "%s: the source is still fetching a page %.0f s after the refresh stopped; "
+                "%s: the source is still fetching a page %.1f s after the refresh stopped; "
                 "it is left to finish in the background",
                 self._thread.name,
-                JOIN_SECONDS,
+                time.monotonic() - started,
             )
         self._drain()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +39,7 @@ from refresher.cli import HTTP_CLIENT_LOGGERS, RAW_HEADER_LOGGERS, configured_na
 from refresher.db import create_engine, init_schema
 from refresher.ddl import DIALECTS
 from refresher.lease import LeaseManager
-from refresher.scheduler import Scheduler
+from refresher.scheduler import ABANDON_WAIT_SECONDS, Scheduler
 from refresher.settings import load_settings
 from tests.processes import STOP_SECONDS, Output, free_port
 
@@ -610,6 +612,79 @@ def test_refresh_stopped_by_sigterm_abandons_its_run_and_releases_the_lease(
     (run,) = store.runs("slow")
     assert (run.status, run.error_class) == ("abandoned", "Terminated")
     lease = LeaseManager(engine, holder="next", ttl=30).acquire(lease_name("slow"))  # at once
+    assert lease.holder == "next"
+    engine.dispose()
+
+
+@pytest.fixture
+def silent_upstream() -> Iterator[str]:
+    """A URL whose server accepts connections and never answers (an upstream hung)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1.0/users"
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
+def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
+    db_url: str, tmp_path: Path, silent_upstream: str
+) -> None:
+    engine = create_engine(db_url)
+    init_schema(engine)
+    (tmp_path / "namespaces.toml").write_text(
+        "[namespaces.hung]\n"
+        'key_field = "id"\n'
+        'every = "1h"\n'
+        f'source = {{ kind = "http_json", url = "{silent_upstream}", read_timeout = 600 }}\n'
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
+    env = {
+        **base,
+        **_env(
+            database_url=db_url, namespaces_file=str(tmp_path / "namespaces.toml"),
+            metrics_port="0", stop_grace_seconds="1",
+        ),
+    }  # fmt: skip
+    process = subprocess.Popen(
+        [str(SCRIPT), "run"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = Output(process, "cache-refresher run:")
+    store = CacheStore(engine)
+    try:
+        running = _wait_for(
+            lambda: [run.status for run in store.runs("hung")] == ["running"], READY_SECONDS
+        )
+        assert running, output.text
+        process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        code = process.wait(STOP_SECONDS + 30)
+        took = time.monotonic() - stopped
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(STOP_SECONDS)
+        text = output.text
+        assert process.stdout is not None
+        process.stdout.close()
+
+    # The grace (1 s), then the interrupted refresh returns without waiting for the page
+    # its source is stuck in (it used to wait 30 s more for it, past a pod's kill).
+    assert code == 0, text
+    assert took < 1 + ABANDON_WAIT_SECONDS, text
+    assert "left to finish in the background" in text
+    assert "Traceback" not in text
+    (run,) = store.runs("hung")
+    assert run.status == "abandoned"
+    lease = LeaseManager(engine, holder="next", ttl=30).acquire(lease_name("hung"))  # released
     assert lease.holder == "next"
     engine.dispose()
 
