@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         description="How often `cache-refresher dev` refreshes its namespaces.",
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`text` (a line per record, for a terminal) or `json` (an object per "
+        "line, for a log collector; the API's records carry the request's id).",
+    )
 
     # -- the app identity: the Azure SDK's own variables, no prefix --------------------
     azure_tenant_id: str | None = Field(
