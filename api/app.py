@@ -12,6 +12,7 @@ import gc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +21,7 @@ from api.resources import ApiResources, open_resources
 from api.routes import admin, events, health, namespaces
 from api.routes import metrics as metrics_routes
 from refresher import __version__
+from refresher.logs import REQUEST_ID_HEADER, usable_request_id
 from refresher.settings import Settings
 
 DESCRIPTION = """\
@@ -65,6 +67,10 @@ def create_app(settings: Settings, *, resources: ApiResources | None = None) -> 
         redirect_slashes=False,
     )
     app.add_middleware(HeadAsGet)
+    # Outermost: every record logged for a request, uvicorn's access line too, has its id.
+    app.add_middleware(
+        CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, validator=usable_request_id
+    )
     problems.install(app)
     app.include_router(health.router)
     app.include_router(namespaces.router)

@@ -64,6 +64,7 @@ def server_config(app: FastAPI, *, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         log_level=log_level.lower(),
+        log_config=None,  # uvicorn's records go to the commands' handler, in its format
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,

@@ -36,6 +36,7 @@ from refresher.db import cache_engine, database_problem, init_schema, utcnow
 from refresher.ddl import DIALECTS, render_ddl
 from refresher.errors import CacheRefresherError, ConfigurationError
 from refresher.lease import LeaseManager, default_holder
+from refresher.logs import configure_logging
 from refresher.metrics import RefreshMetrics, serve_metrics
 from refresher.namespaces import Namespace, load_namespaces, sources_closed_after
 from refresher.probes import scheduler_probes
@@ -117,9 +118,7 @@ def settings_or_exit(**overrides: object) -> Settings:
     """The settings from the environment and ``overrides``, or exit 2 saying what is wrong."""
     with reported_errors():
         settings = load_settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if settings.log_level != "DEBUG":
         # Both log every request at INFO (azure-core with all its headers): noise for an
         # operator; DEBUG brings them back.

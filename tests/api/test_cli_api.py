@@ -3,7 +3,9 @@ devstack (its own identity, secret store and validator) and a SQLite file."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -170,3 +172,50 @@ def test_api_without_the_tables_exits_1_pointing_at_db_init(
     result = runner.invoke(app, ["api", "--port", str(free_port())], env=env)
     assert result.exit_code == 1
     assert "cache-refresher db init" in result.stderr
+
+
+def test_api_logs_json_with_each_requests_id_when_asked(
+    api_env: dict[str, str], api_tokens: ApiTokens, tmp_path: Path
+) -> None:
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
+    env = {**base, **api_env, "CACHE_REFRESHER_LOG_FORMAT": "json"}
+    process = subprocess.Popen(
+        [str(SCRIPT), "api", "--port", str(port)], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    output = Output(process, f"serving on {url}")
+    try:
+        assert output.ready.wait(READY_SECONDS), output.text
+        reader = bearer(api_tokens.user())
+        sent = httpx.get(f"{url}/v1/namespaces",
+                         headers={**reader, "X-Request-ID": "trace-7f3a:01"})  # fmt: skip
+        made = httpx.get(f"{url}/v1/namespaces/nope/items", headers=reader)
+        forged = httpx.get(f"{url}/healthz", headers={"X-Request-ID": "a b"})
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(STOP_SECONDS) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(STOP_SECONDS)
+        text = output.text
+        assert process.stdout is not None
+        process.stdout.close()
+
+    assert sent.headers["x-request-id"] == "trace-7f3a:01"  # the caller's, sent back
+    assert made.status_code == 404
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])  # one of ours
+    assert re.fullmatch(r"[0-9a-f]{32}", forged.headers["x-request-id"])  # not "a b"
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert records, text
+    assert all({"time", "level", "logger", "thread", "message"} <= set(r) for r in records)
+    access = {r["request_id"]: r["message"] for r in records if r["logger"] == "uvicorn.access"}
+    assert '"GET /v1/namespaces HTTP/1.1" 200' in access["trace-7f3a:01"]
+    assert '"GET /v1/namespaces/nope/items HTTP/1.1" 404' in access[made.headers["x-request-id"]]
+    assert '"GET /healthz HTTP/1.1" 200' in access[forged.headers["x-request-id"]]
+    assert not any("request_id" in r for r in records if r["logger"] != "uvicorn.access"
+                   and "serving" in r["message"])  # fmt: skip
+    assert "Traceback" not in text
+    assert api_env["AZURE_CLIENT_SECRET"] not in text
+    assert "eyJ" not in text  # no token

@@ -1,0 +1,118 @@
+"""Logging for the commands: a line of text per record for a terminal, or a JSON object
+per line for a log collector (``CACHE_REFRESHER_LOG_FORMAT``).
+
+A JSON record has ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``thread``,
+``message``, ``exception`` (the traceback, for the rare record that carries one)
+and, for what the API logs while it serves a request (uvicorn's access line
+included), ``request_id``: the caller's ``X-Request-ID`` where it sent a usable
+one, else one made up for the request, and sent back in the response's
+``X-Request-ID`` either way (:mod:`api.app`). The text format appends
+``[request <id>]`` to such records.
+
+Records carry what the code logs and nothing else: no headers, no secret (the
+chatty HTTP client loggers are quieted by the commands, see
+:data:`refresher.cli.RAW_HEADER_LOGGERS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Literal
+
+from asgi_correlation_id.context import correlation_id
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.orjson import OrjsonFormatter
+
+LogFormat = Literal["text", "json"]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JSON_FIELDS = "{levelname}{name}{threadName}{message}"
+JSON_NAMES = {
+    "levelname": "level",
+    "name": "logger",
+    "threadName": "thread",
+    "exc_info": "exception",
+}
+NOT_LOGGED = (*RESERVED_ATTRS, "color_message")
+"""Record attributes a JSON record leaves out: the standard ones it does not name, and
+uvicorn's ``color_message`` (its message again, with terminal colour codes)."""
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
+"""A caller's request id is kept when it is 1-128 characters of these (a UUID, nginx's
+``$request_id``, a trace id...); anything else could forge log lines or fill them, and
+is replaced by one of ours."""
+
+
+def usable_request_id(value: str) -> bool:
+    """Whether a caller's ``X-Request-ID`` is kept (see :data:`REQUEST_ID`)."""
+    return REQUEST_ID.fullmatch(value) is not None
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every record ``request_id``: the id of the request being served, or ``None``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = correlation_id.get()
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT`, with ``[request <id>]`` after a record logged for a request."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return text if request_id is None else f"{text} [request {request_id}]"
+
+
+class JsonFormatter(OrjsonFormatter):
+    """An object per record (see the module docstring); ``request_id`` only when set."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            JSON_FIELDS,
+            style="{",
+            rename_fields=JSON_NAMES,
+            timestamp="time",
+            reserved_attrs=NOT_LOGGED,
+        )
+
+    def process_log_record(self, log_data: dict[str, object]) -> dict[str, object]:
+        if log_data.get("request_id") is None:
+            log_data.pop("request_id", None)
+        return {"time": log_data.pop("time"), **log_data}  # the time first, for a reader
+
+
+def formatter(kind: LogFormat) -> logging.Formatter:
+    return JsonFormatter() if kind == "json" else TextFormatter()
+
+
+def configure_logging(level: str, kind: LogFormat) -> None:
+    """Log records of ``level`` and above to standard error, in ``kind``'s format.
+
+    Like :func:`logging.basicConfig`, it leaves a root logger that already has
+    handlers to whoever configured it (a test runner, an embedding program);
+    called again, it updates the handler it added.
+    """
+    root = logging.getLogger()
+    root.setLevel(level)
+    # A caller's unusable X-Request-ID is replaced by one of ours: not worth a warning per
+    # request (a client could fill the log with them).
+    logging.getLogger("asgi_correlation_id").setLevel(logging.ERROR)
+    ours = [h for h in root.handlers if isinstance(h, _Handler)]
+    if ours:
+        ours[0].setFormatter(formatter(kind))
+    elif not root.handlers:
+        root.addHandler(_Handler(kind))
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    def __init__(self, kind: LogFormat) -> None:
+        super().__init__()
+        self.addFilter(RequestIdFilter())
+        self.setFormatter(formatter(kind))
