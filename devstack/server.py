@@ -105,6 +105,7 @@ class Server:
             ssl_certfile=self.certificate.cert_path,
             ssl_keyfile=self.certificate.key_path,
             log_level="warning",
+            log_config=None,  # no handlers of uvicorn's own: records go to the process's
             access_log=False,
             lifespan="off",
             http="h11",
