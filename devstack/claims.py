@@ -11,6 +11,12 @@ tokens only ``appid``: devstack sends both so either kind of validator works),
 ``exp`` and a unique ``uti``. Empty ``roles``/``scp``/``groups`` are omitted, as
 Entra does.
 
+Group overage: a user in more groups than a JWT may list (Entra's limit is 200)
+gets no ``groups`` claim but Entra's overage indicator instead,
+``"_claim_names": {"groups": "src1"}`` and ``"_claim_sources": {"src1":
+{"endpoint": ...}}``, the endpoint on the retired Azure AD Graph as Entra still
+writes it; a resource then asks Microsoft Graph (``checkMemberGroups``).
+
 v1.0 tokens (what managed identities and apps whose API asks for
 ``accessTokenAcceptedVersion`` 1 get) differ: ``iss`` is
 ``https://sts.windows.net/<tenant>/`` whatever the cloud's authority,
@@ -32,6 +38,9 @@ from typing import Any, Literal
 from devstack.signing import b64url
 
 NOT_BEFORE_SKEW = 300  # Entra back-dates nbf/iat by 5 minutes
+JWT_GROUPS_LIMIT = 200
+"""The most group ids Entra puts in a JWT; a user in more gets the overage indicator."""
+OVERAGE_ENDPOINT = "https://graph.windows.net/{tenant}/users/{user}/getMemberObjects"
 
 TokenVersion = Literal["1.0", "2.0"]
 
@@ -127,11 +136,13 @@ def user_token_claims(
     groups: Iterable[str] = (),
     home_tenant_id: str | None = None,
     version: TokenVersion = "2.0",
+    groups_limit: int = JWT_GROUPS_LIMIT,
 ) -> dict[str, Any]:
     """Claims of a delegated token: ``client_id`` acting for the user.
 
     ``home_tenant_id`` other than ``tenant_id`` makes the user a guest (``acct: 1``
-    and ``idp``: their home tenant's issuer)."""
+    and ``idp``: their home tenant's issuer). More than ``groups_limit`` groups give
+    the overage indicator instead of ``groups``."""
     claims = _common(
         issuer=issuer,
         audience=audience,
@@ -154,7 +165,18 @@ def user_token_claims(
     scp = " ".join(sorted(set(scopes)))
     if scp:
         claims["scp"] = scp
-    return _with_list(_with_list(claims, "roles", roles), "groups", groups)
+    _with_list(claims, "roles", roles)
+    distinct = set(groups)
+    if len(distinct) > groups_limit:
+        return _with_overage(claims, tenant_id, user_object_id)
+    return _with_list(claims, "groups", distinct)
+
+
+def _with_overage(claims: dict[str, Any], tenant_id: str, user_object_id: str) -> dict[str, Any]:
+    endpoint = OVERAGE_ENDPOINT.format(tenant=tenant_id, user=user_object_id)
+    claims["_claim_names"] = {"groups": "src1"}
+    claims["_claim_sources"] = {"src1": {"endpoint": endpoint}}
+    return claims
 
 
 def _pairwise_subject(user_object_id: str, client_id: str) -> str:

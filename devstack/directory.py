@@ -50,9 +50,13 @@ class Resource:
     identifier: str
     app_id: str
     display_name: str = ""
+    aliases: tuple[str, ...] = ()
+    """More identifier URIs of the same resource (a service principal has several names:
+    Graph's ``https://graph.microsoft.com`` and its app id; devstack's Graph-like upstream
+    is also named by its ``https://127.0.0.1:<port>`` URL)."""
 
-    def names(self) -> tuple[str, str]:
-        return (self.identifier, self.app_id)
+    def names(self) -> tuple[str, ...]:
+        return (self.identifier, self.app_id, *self.aliases)
 
 
 FIRST_PARTY_RESOURCES = (
@@ -202,6 +206,10 @@ class Directory:
         with self._lock:
             self._users[user.object_id] = user
         return user
+
+    def find_user(self, object_id: str) -> User | None:
+        """The user whose object id is ``object_id`` (Graph's ``directoryObjects/{id}``)."""
+        return self._users.get(object_id)
 
     # applications
 

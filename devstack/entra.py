@@ -35,6 +35,7 @@ from cryptography import x509
 
 from devstack import aadsts
 from devstack.claims import (
+    JWT_GROUPS_LIMIT,
     TokenVersion,
     Validity,
     app_token_claims,
@@ -53,10 +54,12 @@ OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 
 @dataclass(frozen=True, kw_only=True)
 class TokenPolicy:
-    """Token lifetime in seconds, and the ``refresh_in`` hint Entra sends for long ones."""
+    """Token lifetime in seconds, the ``refresh_in`` hint Entra sends for long ones, and
+    the most group ids a token lists (more: the overage indicator instead of ``groups``)."""
 
     lifetime: int = 3599
     refresh_in: int | None = None
+    groups_limit: int = JWT_GROUPS_LIMIT
 
 
 class Entra:
@@ -218,7 +221,8 @@ class Entra:
         version: TokenVersion = "2.0",
     ) -> str:
         """A delegated token: ``client_id`` calling ``audience`` for ``user`` with ``scp``
-        (and the user's groups, or ``groups``); a v1.0 token with ``version="1.0"``."""
+        (and the user's groups, or ``groups``; more than the policy's ``groups_limit``:
+        the overage indicator); a v1.0 token with ``version="1.0"``."""
         claims = user_token_claims(
             issuer=self.issuer(user.tenant_id, version),
             audience=audience,
@@ -233,6 +237,7 @@ class Entra:
             groups=user.groups if groups is None else groups,
             home_tenant_id=user.home_tenant_id,
             version=version,
+            groups_limit=self.policy.groups_limit,
         )
         return self._sign(claims)
 

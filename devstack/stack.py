@@ -42,8 +42,12 @@ reads::
 
 The upstream API (``devstack.upstream``: Graph-shaped paged users) is
 ``stack.upstream`` at ``stack.upstream_url``; ``service`` holds its
-``User.Read.All`` app role (``grant_upstream_role(app)`` for others), and its
-API key is the vault secret ``stack.upstream_api_key_secret``.
+``User.Read.All`` app role (``grant_upstream_role(app, role)`` for others, e.g.
+``GROUP_MEMBER_READ_ALL``), and its API key is the vault secret
+``stack.upstream_api_key_secret``. Its ``checkMemberGroups`` answers from the
+users' groups (``add_user(..., groups=)``); a user in more groups than
+``stack.entra.policy.groups_limit`` (200, as Entra) gets the group overage
+indicator in their tokens instead of ``groups``.
 
 Tests reach the parts directly: ``stack.entra`` (directory, signing keys,
 token policy, minting), ``stack.vault`` (secrets), ``stack.vault_access``

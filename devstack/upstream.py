@@ -22,10 +22,17 @@ token or an API key (:mod:`devstack.upstream_auth`), with page faults
     stack.upstream_faults.malformed_page(2)        # one-shot page faults, see upstream_faults
     stack.upstream_counters["list_users"]          # requests per route name
 
+    # group membership (checkMemberGroups) for app tokens with GroupMember.Read.All
+    stack.grant_upstream_role(app, GROUP_MEMBER_READ_ALL)
+    stack.upstream_counters["check_member_groups"]
+
 What a client must know: next links carry ``$top`` and the page token but never
 the credential (an ``api_key`` query parameter must be added to every page, and
 httpx logs request URLs at INFO: prefer the header); pages are keyset pages
-(see :mod:`devstack.upstream_users`); page faults count pages from 1.
+(see :mod:`devstack.upstream_users`); page faults count pages from 1. The
+upstream's own URL is another name of its resource (as Graph's service principal
+has several): ``<upstream_url>/.default`` gets a token it accepts, so a client
+configured with the upstream's URL as "Graph's URL" asks for ``{graph}/.default``.
 
 Changing the directory between refreshes (``add_users``, ``update_user``,
 ``remove_user``) lets a test predict the diff a refresh writes; ``users()`` is
@@ -78,11 +85,17 @@ class Upstream:
         self.entra, self.vault, self.tenant_id = entra, vault, tenant_id
         self.api_key_secret = api_key_secret
         self.resource = entra.directory.register_resource(
-            Resource(identifier=UPSTREAM_RESOURCE, app_id=UPSTREAM_APP_ID, display_name="Graph")
+            Resource(
+                identifier=UPSTREAM_RESOURCE,
+                app_id=UPSTREAM_APP_ID,
+                display_name="Graph",
+                aliases=(self.url,),
+            )
         )
         self.access = UpstreamAccess(
             issuer=entra.issuer(tenant_id),
-            audiences={UPSTREAM_RESOURCE, f"{UPSTREAM_RESOURCE}/", UPSTREAM_APP_ID},
+            audiences={UPSTREAM_RESOURCE, UPSTREAM_APP_ID, self.url}
+            | _slashed(UPSTREAM_RESOURCE, self.url),
             authority=f"{entra.base_url}/{tenant_id}",
             public_key=entra.keys.public_key,
             clock=clock,
@@ -104,11 +117,17 @@ class Upstream:
             counters=self.counters,
             faults=self.faults,
             options=self.options,
+            memberships=self.memberships,
         )
         self.server.start(app)
 
     def stop(self) -> None:
         self.server.stop()
+
+    def memberships(self, object_id: str) -> tuple[str, ...] | None:
+        """The groups of the devstack user ``object_id`` (``None``: no such user)."""
+        user = self.entra.directory.find_user(object_id)
+        return None if user is None else user.groups
 
     # credentials
 
@@ -162,3 +181,8 @@ class Upstream:
 
     def remove_user(self, user_id: str) -> None:
         self.directory.remove_user(user_id)
+
+
+def _slashed(*identifiers: str) -> set[str]:
+    """The identifiers with a trailing slash, as an ``aud`` may carry them."""
+    return {f"{identifier}/" for identifier in identifiers}

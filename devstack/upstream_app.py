@@ -9,7 +9,9 @@ Route names are the counter keys and the ``endpoint=`` of faults:
   ``{"value": [...]}`` and an RFC 8288 ``Link: <url>; rel="next"`` header,
   absent on the last page;
 - ``list_users_cursor``: ``GET /v1.0/users-cursor?limit=&cursor=``:
-  ``{"items": [...], "next_cursor": "..." | null}``.
+  ``{"items": [...], "next_cursor": "..." | null}``;
+- ``check_member_groups``: ``POST /v1.0/directoryObjects/{id}/checkMemberGroups``
+  (:mod:`devstack.upstream_groups`), app tokens with a group-reading role only.
 
 Each request is authenticated (:mod:`devstack.upstream_auth`) before its page
 is computed; page faults (:mod:`devstack.upstream_faults`) are spent only by
@@ -35,8 +37,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from devstack import upstream_groups
 from devstack.traffic import Counters, Fault, TrafficMiddleware
-from devstack.upstream_auth import UpstreamAccess
+from devstack.upstream_auth import MEMBERSHIP_PERMISSIONS, UpstreamAccess
 from devstack.upstream_faults import PageFault, PageFaultKind, UpstreamFaults
 from devstack.upstream_users import UserDirectory
 from devstack.upstream_wire import (
@@ -93,11 +96,13 @@ class _Operations:
         base_url: str,
         resource_app_id: str,
         options: ListingOptions,
+        memberships: upstream_groups.Memberships,
     ) -> None:
         self.users, self.access, self.faults = users, access, faults
         self.base = base_url.rstrip("/")
         self.resource_app_id = resource_app_id
         self.options = options
+        self.memberships = memberships
 
     def endpoint(self, name: str, style: Style) -> Callable[[Request], Awaitable[Response]]:
         async def list_users(request: Request) -> Response:
@@ -107,6 +112,17 @@ class _Operations:
                 return self.error(request, error)
 
         return list_users
+
+    async def check_member_groups(self, request: Request) -> Response:
+        try:
+            self.access.admit_app(request.headers, MEMBERSHIP_PERMISSIONS)
+            wanted = upstream_groups.group_ids(await request.body())
+            object_id = request.path_params["object_id"]
+            value = upstream_groups.member_groups(self.memberships, object_id, wanted)
+        except GraphError as error:
+            return self.error(request, error)
+        body = upstream_groups.answer(self.base, value)
+        return Response(orjson.dumps(body), headers=_request_ids(request), media_type=JSON)
 
     async def _page(self, request: Request, name: str, style: Style) -> Response:
         query = request.query_params
@@ -233,8 +249,10 @@ def create_upstream_app(
     counters: Counters,
     faults: UpstreamFaults,
     options: ListingOptions,
+    memberships: upstream_groups.Memberships = lambda object_id: None,
 ) -> Starlette:
-    """The ASGI app serving ``users`` at ``base_url``."""
+    """The ASGI app serving ``users`` at ``base_url`` (and ``memberships`` of the
+    directory's objects to ``checkMemberGroups``)."""
     ops = _Operations(
         users=users,
         access=access,
@@ -242,6 +260,7 @@ def create_upstream_app(
         base_url=base_url,
         resource_app_id=resource_app_id,
         options=options,
+        memberships=memberships,
     )
     styles = {
         "list_users": Style(
@@ -268,6 +287,14 @@ def create_upstream_app(
         Route(style.path, ops.endpoint(name, style), methods=["GET"], name=name)
         for name, style in styles.items()
     ]
+    routes.append(
+        Route(
+            upstream_groups.PATH,
+            ops.check_member_groups,
+            methods=["POST"],
+            name=upstream_groups.ROUTE_NAME,
+        )
+    )
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404

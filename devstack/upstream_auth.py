@@ -13,6 +13,8 @@ both are sent.
   ``Directory.Read.All`` or ``Directory.ReadWrite.All``, as Graph's ``/users``
   wants. Otherwise 401 ``InvalidAuthenticationToken`` (with
   ``WWW-Authenticate: Bearer ...``) or 403 ``Authorization_RequestDenied``.
+  ``checkMemberGroups`` (:meth:`UpstreamAccess.admit_app`) takes only an app token
+  (no ``scp``, no API key) with ``GroupMember.Read.All`` or ``Directory.Read.All``.
 - ``x-api-key: <key>`` or ``?api_key=<key>``: accepted when it equals the
   value of one of the two newest versions of the Key Vault secret (current and
   previous) that is enabled; anything else, or no secret, is 401.
@@ -39,6 +41,10 @@ USER_READ_ALL = "User.Read.All"
 READ_PERMISSIONS = frozenset(
     {USER_READ_ALL, "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
 )
+GROUP_MEMBER_READ_ALL = "GroupMember.Read.All"
+DIRECTORY_READ_ALL = "Directory.Read.All"
+MEMBERSHIP_PERMISSIONS = frozenset({GROUP_MEMBER_READ_ALL, DIRECTORY_READ_ALL})
+"""App roles that let an app check anyone's group membership (``checkMemberGroups``)."""
 API_KEY_HEADER = "x-api-key"
 # Audience and times are checked against devstack's clock below, not PyJWT's.
 TIMES_ARE_OURS = {
@@ -60,6 +66,14 @@ class Caller:
 
 def invalid_token(message: str) -> GraphError:
     return GraphError(status=401, code="InvalidAuthenticationToken", message=message)
+
+
+def _denied() -> GraphError:
+    return GraphError(
+        status=403,
+        code="Authorization_RequestDenied",
+        message="Insufficient privileges to complete the operation.",
+    )
 
 
 def accepted_key_versions(vault: Vault, secret_name: str) -> list[tuple[str, str]]:
@@ -112,6 +126,21 @@ class UpstreamAccess:
             return self._key_caller(key)
         raise invalid_token("Access token is empty.")
 
+    def admit_app(self, headers: Mapping[str, str], permissions: frozenset[str]) -> Caller:
+        """The calling app, if it sent an app token holding one of ``permissions`` as an
+        app role; else a 401/403 :class:`GraphError` (an API key or a user's token is 403)."""
+        authorization = headers.get("authorization")
+        if not authorization:
+            raise invalid_token("Access token is empty.")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise invalid_token("Access token is empty.")
+        claims = self._verified_claims(token.strip())
+        roles = claims.get("roles") or []
+        if "scp" in claims or not set(roles) & permissions:
+            raise _denied()
+        return Caller(app_id=str(claims.get("azp") or claims.get("appid") or ""))
+
     def _key_caller(self, key: str) -> Caller:
         for version, value in self.api_keys():
             if hmac.compare_digest(key.encode(), value.encode()):
@@ -128,11 +157,7 @@ class UpstreamAccess:
         claims = self._verified_claims(token.strip())
         granted = set(claims.get("roles") or []) | set(str(claims.get("scp", "")).split())
         if not granted & READ_PERMISSIONS:
-            raise GraphError(
-                status=403,
-                code="Authorization_RequestDenied",
-                message="Insufficient privileges to complete the operation.",
-            )
+            raise _denied()
         return Caller(app_id=str(claims.get("azp") or claims.get("appid") or ""))
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
