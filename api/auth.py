@@ -6,9 +6,16 @@ message (never the token itself)::
     shape       at most MAX_TOKEN_CHARS, three base64url parts of JSON (a JWE is refused)
     header      alg from ALLOWED_ALGORITHMS (never none or HMAC), a kid
     claims      ver (2.0, or 1.0 when accepted), aud among the API's audiences,
-                exp/nbf/iat within the leeway, tid allowed, oid or sub, azp (v1: appid)
+                exp/nbf/iat within the leeway, tid allowed, oid or sub, azp (v1: appid),
+                scp/roles/groups and the group overage claims of the right shapes
     issuer      iss is the tid's: its OpenID configuration's (v2) or sts.windows.net (v1)
     signature   with the tid's published key kid, whose type must fit alg
+
+A user in more groups than Entra ID puts in a token (200 in a JWT) gets no
+``groups`` claim but its overage indicator, ``_claim_names: {"groups": "src1"}``
+(with ``_claim_sources``, naming an endpoint this service never calls) or
+``hasgroups: true``: the :class:`Principal` records ``groups_overage``, and
+:mod:`api.groups` asks Microsoft Graph when a namespace requires a group.
 
 The issuers' keys come from :mod:`api.jwks`. A valid token's :class:`Principal` is
 remembered under the token's SHA-256 until the token's ``exp`` (at most
@@ -275,9 +282,10 @@ def _verify_signature(token: str, key: Any, algorithm: str) -> None:
 
 
 def _check_grants(claims: Mapping[str, Any]) -> None:
-    """``scp`` a string, ``roles`` and ``groups`` lists of strings, where present: a token
-    whose grants are of another shape is refused, never read as some other kind of caller
-    (an ``scp`` that is not a string would otherwise make a user look like an app)."""
+    """``scp`` a string, ``roles`` and ``groups`` lists of strings, ``_claim_names`` an
+    object of strings and ``hasgroups`` a boolean, where present: a token whose grants are
+    of another shape is refused, never read as some other kind of caller (an ``scp`` that
+    is not a string would otherwise make a user look like an app)."""
     scopes = claims.get("scp")
     if scopes is not None and not isinstance(scopes, str):
         raise _refused(
@@ -292,6 +300,28 @@ def _check_grants(claims: Mapping[str, Any]) -> None:
             raise _refused(
                 f"the token's {name} claim is not a list of strings: send an Entra ID access token"
             )
+    names = claims.get("_claim_names")
+    if names is not None and not (
+        isinstance(names, dict) and all(isinstance(v, str) for v in names.values())
+    ):
+        raise _refused(
+            "the token's _claim_names claim is not an object of claim source names: send an "
+            "Entra ID access token"
+        )
+    if "hasgroups" in claims and not isinstance(claims["hasgroups"], bool):
+        raise _refused(
+            "the token's hasgroups claim is not true or false: send an Entra ID access token"
+        )
+
+
+def _groups_overage(claims: Mapping[str, Any]) -> bool:
+    """Whether the token stands for groups it could not list (Entra's group overage): no
+    ``groups``, but ``_claim_names`` naming them or ``hasgroups: true``; only with an
+    ``oid``, the object Microsoft Graph is asked about."""
+    if "groups" in claims or _string(claims.get("oid")) is None:
+        return False
+    names = claims.get("_claim_names")
+    return (isinstance(names, dict) and "groups" in names) or claims.get("hasgroups") is True
 
 
 def _principal(claims: Mapping[str, Any], issuer: str) -> Principal:
@@ -306,6 +336,7 @@ def _principal(claims: Mapping[str, Any], issuer: str) -> Principal:
         scopes=frozenset(scopes.split()) if isinstance(scopes, str) else frozenset(),
         roles=_strings(claims.get("roles")),
         groups=_strings(claims.get("groups")),
+        groups_overage=_groups_overage(claims),
         guest=_is_guest(claims, {issuer, V1_ISSUER.format(tenant=tenant_id), tenant_id}),
         name=_string(claims.get("preferred_username") or claims.get("upn")),
         expires_at=float(claims["exp"]),

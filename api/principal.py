@@ -9,12 +9,17 @@ Readers by default: a delegated token (a user signed in to a client app) whose
 ``scp`` holds the read scope, or an app token whose ``roles`` hold the read
 role. A namespace may require more (its ``readers`` table: another scope, app
 role, or a group id in ``groups``). Guests can be refused by setting.
+
+A token of someone in more groups than Entra ID lists (its group overage:
+``groups_overage``) cannot show the group; :meth:`AccessPolicy.group_to_look_up`
+names the group to ask Microsoft Graph about (:mod:`api.groups`) when that is
+all the caller lacks, and :meth:`Principal.with_groups` adds it if they are in it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from refresher.errors import ForbiddenError
@@ -37,6 +42,10 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
+    groups_overage: bool = False
+    """The token lists none of the caller's groups because they are in too many (Entra's
+    group overage indicator: ``_claim_names`` naming ``groups``, or ``hasgroups``);
+    membership is then looked up in Microsoft Graph by ``subject`` (the ``oid``)."""
     guest: bool = False
     name: str | None = None
     """``preferred_username`` or ``upn`` of a user, for logs and run history."""
@@ -44,6 +53,10 @@ class Principal:
     """``exp``, seconds since the epoch."""
     version: str = "2.0"
     """The token's ``ver``: "2.0", or "1.0" when v1 tokens are accepted."""
+
+    def with_groups(self, groups: Iterable[str]) -> Principal:
+        """This caller, also known to be in ``groups`` (looked up, not in the token)."""
+        return replace(self, groups=self.groups | frozenset(groups))
 
     @property
     def display(self) -> str:
@@ -117,6 +130,17 @@ class AccessPolicy:
         if namespace is None:
             return True
         return _meets(principal, self.namespace_readers.get(namespace, Readers()))
+
+    def group_to_look_up(self, principal: Principal, namespace: str) -> str | None:
+        """The group ``namespace`` requires, when the token cannot say whether ``principal``
+        is in it (group overage) and that is all it lacks; else ``None`` (nothing to ask)."""
+        readers = self.namespace_readers.get(namespace, Readers())
+        group = readers.group
+        if group is None or not principal.groups_overage or group in principal.groups:
+            return None
+        if not self.may_read(principal, namespace=None):
+            return None
+        return group if _meets(principal.with_groups([group]), readers) else None
 
     def require_reader(self, principal: Principal, namespace: str | None = None) -> None:
         """Raise :class:`ForbiddenError` naming what is missing unless ``principal`` may read."""
