@@ -56,9 +56,10 @@ from api.devenv import (
     write_namespaces,
 )
 from api.devtoken import devstack_app
-from api.resources import ApiResources, build_resources, open_resources
+from api.resources import ApiResources, build_resources, group_membership, open_resources
 from api.serve import base_url, is_loopback, listen, serve
 from devstack.stack import DevStack
+from devstack.upstream_auth import GROUP_MEMBER_READ_ALL
 from refresher.cache import CacheStore
 from refresher.cli import (
     EXIT_USAGE,
@@ -186,6 +187,8 @@ def _run_dev(running: ExitStack, settings: Settings, listener: socket.socket) ->
     stack = running.enter_context(DevStack(directory=DEVSTACK_DIR.resolve()))
     settings = devstack_settings(settings, stack, namespaces_file=NAMESPACES_FILE.resolve())
     audience = register_api(stack, settings)
+    # The API looks up group overage in the Graph-like upstream (api_graph_url) as ``service``.
+    stack.grant_upstream_role(stack.service, GROUP_MEMBER_READ_ALL)
     env_file = write_env_file(settings, stack.directory)
     running.callback(env_file.unlink, missing_ok=True)
     resources = _start_refreshing(running, settings, stack)
@@ -214,9 +217,12 @@ def _start_refreshing(running: ExitStack, settings: Settings, stack: DevStack) -
     running.callback(scheduler.stop, settings.stop_grace_seconds)
     running.enter_context(KeyRotation(stack, period=rotation_period(settings)))
     validator = running.enter_context(open_validator(settings))
+    assert services.identity is not None  # devstack_settings configure ``service``
+    groups = running.enter_context(group_membership(settings, services.identity))
     return build_resources(
         settings, store=store, validator=validator, namespaces=list(namespaces),
         identity=services.identity, secrets=services.secrets, metrics=metrics.registry,
+        groups=groups,
     )  # fmt: skip
 
 

@@ -8,20 +8,25 @@ none blocks, and FastAPI runs a plain ``def`` dependency in the thread pool, a
 round trip that costs more than the whole item route served from memory.
 :func:`current_principal`: a token seen before is answered from the validator's
 memory without leaving the event loop; a new one is verified in the thread pool
-(it may have to fetch the issuer's keys).
+(it may have to fetch the issuer's keys). :func:`namespace_caller` does the same
+for a group the caller's token could not list (:mod:`api.groups`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from api.groups import GroupMembership, unavailable
 from api.principal import AccessPolicy, Principal
 from api.resources import ApiResources
 from refresher.errors import UnauthenticatedError
+
+logger = logging.getLogger(__name__)
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -80,6 +85,41 @@ async def principal_of(resources: ApiResources, token: str | None) -> Principal:
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
+
+
+async def namespace_caller(resources: ApiResources, caller: Principal, namespace: str) -> Principal:
+    """``caller``, with the group ``namespace`` requires if their token could not list it
+    (group overage) and Microsoft Graph says they are in it: known answers without leaving
+    the event loop, others asked in the thread pool."""
+    group = resources.policy.group_to_look_up(caller, namespace)
+    if group is None:
+        return caller
+    groups = _membership(resources)
+    member = groups.cached(caller, group)
+    if member is None:
+        member = await run_in_threadpool(groups.check, caller, group)
+    return caller.with_groups([group]) if member else caller
+
+
+def namespace_caller_blocking(
+    resources: ApiResources, caller: Principal, namespace: str
+) -> Principal:
+    """:func:`namespace_caller` for a plain ``def`` route (already in the thread pool)."""
+    group = resources.policy.group_to_look_up(caller, namespace)
+    if group is None:
+        return caller
+    return caller.with_groups([group]) if _membership(resources).check(caller, group) else caller
+
+
+def _membership(resources: ApiResources) -> GroupMembership:
+    if resources.groups is None:
+        logger.warning(
+            "a caller's token carries the group overage and a namespace requires a group, "
+            "but this API has no app identity to ask Microsoft Graph with: set AZURE_CLIENT_ID "
+            "and a credential"
+        )
+        raise unavailable()
+    return resources.groups
 
 
 async def current_admin(caller: Caller, policy: PolicyDep) -> Principal:

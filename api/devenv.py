@@ -141,6 +141,9 @@ def devstack_settings(settings: Settings, stack: DevStack, *, namespaces_file: P
         "api_audiences": [],
         "api_tenants": [],
         "api_event_grid_app_ids": [EVENT_GRID_APP_ID],
+        # Group overage lookups go to the Graph-like upstream (``dev`` grants ``service``
+        # GroupMember.Read.All there).
+        "api_graph_url": stack.upstream_url,
     }
     return Settings.model_validate({**settings.model_dump(), **devstack})
 

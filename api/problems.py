@@ -10,6 +10,7 @@ parent's status unless it has its own:
     UnauthenticatedError                                        401 (with WWW-Authenticate)
     ForbiddenError                                              403 (with WWW-Authenticate)
     StoreError, IssuerMetadataUnavailableError                  503 (with Retry-After)
+    GroupMembershipUnavailableError                             503 (with Graph's Retry-After)
     any other CacheRefresherError                               500
 
 Each problem's ``type`` is stable: ``urn:cache-refresher:problem:<name>``, the
@@ -27,6 +28,7 @@ problem. A response never carries a stack trace.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -43,6 +45,7 @@ from refresher.errors import (
     CacheRefresherError,
     ConfigurationError,
     ForbiddenError,
+    GroupMembershipUnavailableError,
     InvalidCursorError,
     InvalidItemsError,
     IssuerMetadataUnavailableError,
@@ -67,6 +70,7 @@ STATUS_BY_ERROR: Mapping[type[CacheRefresherError], int] = MappingProxyType(
         UnauthenticatedError: 401,
         ForbiddenError: 403,
         IssuerMetadataUnavailableError: 503,
+        GroupMembershipUnavailableError: 503,
     }
 )
 """The HTTP status of each error class; subclasses inherit along the MRO."""
@@ -142,8 +146,15 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
         str(exc),
         kind=type(exc).__name__,
         instance=request.url.path,
-        headers=_challenge(exc),
+        headers=_challenge(exc) or _retry_after(exc),
     )
+
+
+def _retry_after(exc: CacheRefresherError) -> dict[str, str] | None:
+    """Graph's ``Retry-After`` for a membership check it throttled (else the default's)."""
+    if not isinstance(exc, GroupMembershipUnavailableError) or exc.retry_after is None:
+        return None
+    return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
 
 
 def _challenge(exc: CacheRefresherError) -> dict[str, str] | None:

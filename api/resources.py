@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
 from api.auth import open_validator
+from api.groups import GroupMembership, open_group_membership
 from api.principal import AccessPolicy, TokenValidator
 from api.reads import FOLLOW_AFTER_READS, ReadLayer
 from refresher.cache import CacheStore
@@ -25,7 +26,7 @@ from refresher.lease import LeaseManager
 from refresher.namespaces import Namespace, load_namespaces, sources_closed_after
 from refresher.secrets.keyvault import KeyVaultSecretStore
 from refresher.services import open_services
-from refresher.settings import Settings
+from refresher.settings import Settings, api_tenants
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +44,9 @@ class ApiResources:
     replica_id: str = socket.gethostname()
     reads: ReadLayer | None = None
     """Items kept in memory in front of ``store`` (``None``: every read goes to the store)."""
+    groups: GroupMembership | None = None
+    """Group membership from Microsoft Graph, for tokens with the group overage (``None``:
+    no app identity to ask with; such callers get 503 where a group is required)."""
 
 
 @contextmanager
@@ -68,6 +72,9 @@ def open_resources(
         leases = LeaseManager(engine, ttl=settings.lease_ttl_seconds)
         store = CacheStore(engine, leases=leases, runs_kept=settings.runs_kept)
         validator = stack.enter_context(open_validator(settings))
+        groups = None
+        if services.identity is not None:
+            groups = stack.enter_context(group_membership(settings, services.identity))
         yield build_resources(
             settings,
             store=store,
@@ -76,7 +83,21 @@ def open_resources(
             identity=services.identity,
             secrets=services.secrets,
             metrics=metrics,
+            groups=groups,
         )
+
+
+def group_membership(
+    settings: Settings, identity: AppIdentity
+) -> AbstractContextManager[GroupMembership]:
+    """Membership checks in Microsoft Graph (``CACHE_REFRESHER_API_GRAPH_URL``) as the app
+    ``identity``, for the callers of its tenant: ``AZURE_TENANT_ID``, or the API's one
+    tenant when a managed identity leaves it unset."""
+    tenants = api_tenants(settings)
+    tenant_id = settings.azure_tenant_id or (tenants[0] if len(tenants) == 1 else "")
+    return open_group_membership(
+        settings, identity, tenant_id=tenant_id, client_id=identity.client_id
+    )
 
 
 def build_resources(
@@ -88,6 +109,7 @@ def build_resources(
     identity: AppIdentity | None = None,
     secrets: KeyVaultSecretStore | None = None,
     metrics: CollectorRegistry | None = None,
+    groups: GroupMembership | None = None,
 ) -> ApiResources:
     """:class:`ApiResources` over parts the caller opened (and closes)."""
     by_name = {namespace.name: namespace for namespace in namespaces}
@@ -109,4 +131,5 @@ def build_resources(
             check_seconds=settings.api_generation_check_ms / 1000,
             follow_seconds=FOLLOW_AFTER_READS,
         ),
+        groups=groups,
     )

@@ -21,8 +21,11 @@ and namespaces by *name*, never by value.
     ├── AccessError               an API caller was turned away (the message is safe to show)
     │   ├── UnauthenticatedError         no token, or one that is not valid here: 401
     │   ├── ForbiddenError               a valid token without the scope, role or group: 403
-    │   └── IssuerMetadataUnavailableError  the token cannot be checked yet: the issuer's
-    │                                    keys were never read (endpoint down): 503, retry
+    │   ├── IssuerMetadataUnavailableError  the token cannot be checked yet: the issuer's
+    │   │                                keys were never read (endpoint down): 503, retry
+    │   └── GroupMembershipUnavailableError  a group is required, the token could not list
+    │                                    the caller's (overage), and Microsoft Graph could
+    │                                    not be asked (down, throttled, refusing the app): 503
     ├── IdentityError             the app identity could not get a token
     │   ├── CredentialUnavailableError   not configured here; nothing was tried
     │   └── AuthenticationFailedError    tried, and Entra ID (or the network) said no
@@ -162,6 +165,18 @@ class IssuerMetadataUnavailableError(AccessError):
     """A token could not be checked: its tenant's OpenID configuration or signing keys
     could not be read and no earlier copy is known (or an unknown key id could not be
     looked up). Transient: the service, not the caller, is at fault; retry later."""
+
+
+class GroupMembershipUnavailableError(AccessError):
+    """A namespace requires a group, the caller's token says only that they are in too many
+    groups to list (Entra's group overage), and Microsoft Graph could not be asked whether
+    they are in it. The service, not the caller, is at fault; retry after ``retry_after``
+    seconds (Graph's ``Retry-After`` when it gave one). The message is the caller's; why
+    Graph failed is in the service's log."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class IdentityError(CacheRefresherError):

@@ -38,6 +38,8 @@ from refresher.errors import ConfigurationError
 ENV_PREFIX = "CACHE_REFRESHER_"
 DEV_DIR = Path(".dev")
 PUBLIC_CLOUD_AUTHORITY = "https://login.microsoftonline.com"
+GRAPH_URL = "https://graph.microsoft.com"
+"""Microsoft Graph of the public cloud (CACHE_REFRESHER_API_GRAPH_URL's default)."""
 SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 
 IdentityKind = Literal[
@@ -278,6 +280,13 @@ class Settings(BaseSettings):
         description="App ids allowed to deliver Event Grid events (Microsoft.EventGrid's by "
         "default).",
     )
+    api_graph_url: str = Field(
+        default=GRAPH_URL,
+        description="Microsoft Graph, asked (as the app identity, which needs the Graph "
+        "application permission GroupMember.Read.All) whether a caller whose token carries "
+        "too many groups to list them is in a namespace's readers group; a sovereign cloud's "
+        "Graph, e.g. https://graph.microsoft.us.",
+    )
     api_read_cache_items: int = Field(
         default=200_000,
         ge=0,
@@ -398,6 +407,14 @@ class Settings(BaseSettings):
         parsed = urlsplit(value if "://" in value else f"https://{value}")
         if parsed.scheme != "https" or not parsed.hostname or parsed.path not in ("", "/"):
             raise ValueError("must be an https host such as https://login.microsoftonline.com")
+        return f"https://{parsed.netloc}"
+
+    @field_validator("api_graph_url")
+    @classmethod
+    def _graph(cls, value: str) -> str:
+        parsed = urlsplit(value)
+        if parsed.scheme != "https" or not parsed.hostname or parsed.path not in ("", "/"):
+            raise ValueError("must be an https URL without a path, such as " + GRAPH_URL)
         return f"https://{parsed.netloc}"
 
     @field_validator("vault_url")

@@ -5,8 +5,9 @@ before anything is looked up, and before the request's parameters are (a
 caller who may not read learns nothing from a 422 or 406): a caller who is no reader at all gets 403
 whatever the namespace; a reader gets 403 for a namespace whose ``readers``
 table requires more than the token holds (naming what is missing: namespace
-names are configuration, not secrets, and the caller learns what to ask for),
-and 404 for a namespace that is not served or has no data yet. When a
+names are configuration, not secrets, and the caller learns what to ask for; a
+group their token could not list is looked up in Microsoft Graph, see
+:mod:`api.groups`), and 404 for a namespace that is not served or has no data yet. When a
 namespaces file is configured, only its namespaces are served (a namespace
 left in the database after it was removed from the file is not: its readers
 rule is gone); without one, every namespace in the database is served to the
@@ -43,6 +44,8 @@ from api.deps import (
     bearer_scheme,
     bearer_token,
     get_resources,
+    namespace_caller,
+    namespace_caller_blocking,
     principal_of,
 )
 from api.pages import SCAN_MAX_ITEMS, PageRequest, page_request, read_page, render_page
@@ -121,7 +124,7 @@ def list_namespaces(caller: Caller, resources: ResourcesDep) -> NamespaceList:
         namespaces=[
             _namespace_out(resources, name, stored.get(name), now)
             for name in names
-            if resources.policy.may_read(caller, name)
+            if resources.policy.may_read(namespace_caller_blocking(resources, caller, name), name)
         ]
     )
 
@@ -129,6 +132,7 @@ def list_namespaces(caller: Caller, resources: ResourcesDep) -> NamespaceList:
 async def namespace_reader(namespace: str, caller: Caller, resources: ResourcesDep) -> Principal:
     """The caller, if they may read ``namespace`` (else 401 or 403): a route's dependency
     listed first, so that access is refused before its parameters are looked at."""
+    caller = await namespace_caller(resources, caller, namespace)
     resources.policy.require_reader(caller, namespace)
     return caller
 
@@ -228,6 +232,7 @@ async def get_item(request: Request) -> Response:
     resources = await get_resources(request)
     caller = await principal_of(resources, bearer_token(request.headers.get("authorization")))
     namespace, key = request.path_params["namespace"], request.path_params["key"]
+    caller = await namespace_caller(resources, caller, namespace)
     resources.policy.require_reader(caller, namespace)
     _require_served(resources, namespace)
     if "\x00" in key:
