@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from refresher.db import IMMEDIATE, db_now
 from refresher.errors import CacheRefresherError, LeaseHeldError, LeaseLostError
+from refresher.logs import in_this_context
 from refresher.schema import leases
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class LeaseKeeper:
         self.lost = threading.Event()
         """Set once a renewal found the lease expired or taken over."""
         self._thread = threading.Thread(
-            target=self._renew_until_done, name=f"lease-{lease.name}", daemon=True
+            target=in_this_context(self._renew_until_done), name=f"lease-{lease.name}", daemon=True
         )
 
     def __enter__(self) -> LeaseKeeper:

@@ -2,12 +2,14 @@
 per line for a log collector (``CACHE_REFRESHER_LOG_FORMAT``).
 
 A JSON record has ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``thread``,
-``message``, ``exception`` (the traceback, for the rare record that carries one)
-and, for what the API logs while it serves a request (uvicorn's access line
-included), ``request_id``: the caller's ``X-Request-ID`` where it sent a usable
-one, else one made up for the request, and sent back in the response's
-``X-Request-ID`` either way (:mod:`api.app`). The text format appends
-``[request <id>]`` to such records.
+``message``, ``exception`` (the traceback, for the rare record that carries one);
+for what a refresh logs, in any of its threads (:func:`namespace_logged`,
+:func:`in_this_context`), ``namespace``; and for what the API logs while it
+serves a request (uvicorn's access line included), ``request_id``: the
+caller's ``X-Request-ID`` where it sent a usable one, else one made up for the
+request, and sent back in the response's ``X-Request-ID`` either way
+(:mod:`api.app`). The text format appends ``[request <id>]`` to such records
+(a refresh's already name their namespace).
 
 Records carry what the code logs and nothing else: no headers, no secret (the
 chatty HTTP client loggers are quieted by the commands, see
@@ -16,8 +18,11 @@ chatty HTTP client loggers are quieted by the commands, see
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from asgi_correlation_id.context import correlation_id
@@ -45,16 +50,41 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
 is replaced by one of ours."""
 
 
+_namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cache_refresher_log_namespace", default=None
+)
+
+
+@contextmanager
+def namespace_logged(name: str) -> Iterator[None]:
+    """Records logged in this thread meanwhile (and in threads it starts through
+    :func:`in_this_context`) carry ``namespace``."""
+    token = _namespace.set(name)
+    try:
+        yield
+    finally:
+        _namespace.reset(token)
+
+
+def in_this_context(target: Callable[[], None]) -> Callable[[], None]:
+    """``target``, to run in a new thread with the starting thread's context (a thread
+    starts with an empty one), so that its records carry the same ``namespace``."""
+    context = contextvars.copy_context()
+    return lambda: context.run(target)
+
+
 def usable_request_id(value: str) -> bool:
     """Whether a caller's ``X-Request-ID`` is kept (see :data:`REQUEST_ID`)."""
     return REQUEST_ID.fullmatch(value) is not None
 
 
-class RequestIdFilter(logging.Filter):
-    """Gives every record ``request_id``: the id of the request being served, or ``None``."""
+class ContextFilter(logging.Filter):
+    """Gives every record ``request_id`` (the id of the request being served) and
+    ``namespace`` (of the refresh running), each ``None`` outside one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = correlation_id.get()
+        record.namespace = _namespace.get()
         return True
 
 
@@ -71,7 +101,8 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(OrjsonFormatter):
-    """An object per record (see the module docstring); ``request_id`` only when set."""
+    """An object per record (see the module docstring); ``request_id`` and ``namespace``
+    only when set."""
 
     def __init__(self) -> None:
         super().__init__(
@@ -83,8 +114,9 @@ class JsonFormatter(OrjsonFormatter):
         )
 
     def process_log_record(self, log_data: dict[str, object]) -> dict[str, object]:
-        if log_data.get("request_id") is None:
-            log_data.pop("request_id", None)
+        for name in ("request_id", "namespace"):
+            if log_data.get(name) is None:
+                log_data.pop(name, None)
         return {"time": log_data.pop("time"), **log_data}  # the time first, for a reader
 
 
@@ -114,5 +146,5 @@ def configure_logging(level: str, kind: LogFormat) -> None:
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, kind: LogFormat) -> None:
         super().__init__()
-        self.addFilter(RequestIdFilter())
+        self.addFilter(ContextFilter())
         self.setFormatter(formatter(kind))

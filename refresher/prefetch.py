@@ -43,6 +43,8 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Generic, TypeVar
 
+from refresher.logs import in_this_context
+
 logger = logging.getLogger(__name__)
 
 DEPTH = 4
@@ -132,7 +134,9 @@ class _Fetcher(Generic[_T]):
         self._queue: queue.Queue[list[_T] | _End | _Failure] = queue.Queue(maxsize=depth)
         self._stopped = threading.Event()
         self._stopping = False  # read for every item: cheaper than the Event
-        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=in_this_context(self._produce), name=name, daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()

@@ -37,6 +37,7 @@ from refresher.bulk import Progress
 from refresher.cache import CacheStore, RefreshResult, describe_error, lease_name
 from refresher.errors import CacheRefresherError, LeaseHeldError, LeaseLostError, StoreError
 from refresher.lease import Lease, LeaseKeeper
+from refresher.logs import namespace_logged
 from refresher.namespaces import Namespace
 from refresher.prefetch import prefetched_batches
 from refresher.secrets.base import SecretStore
@@ -124,6 +125,20 @@ def refresh_now(
 ) -> RefreshOutcome:
     """Take the namespace's lease, refresh it, release the lease; never raises an Exception
     (a held lease is an outcome with a :class:`LeaseHeldError`)."""
+    with namespace_logged(namespace.name):
+        return _refresh_now(
+            store, namespace, services=services, progress=progress, page_progress=page_progress
+        )
+
+
+def _refresh_now(
+    store: CacheStore,
+    namespace: Namespace,
+    *,
+    services: SourceServices,
+    progress: Progress | None,
+    page_progress: Callable[[int, int | None], None] | None,
+) -> RefreshOutcome:
     started = time.monotonic()
     try:
         lease = store.leases.acquire(lease_name(namespace.name))

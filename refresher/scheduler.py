@@ -71,6 +71,7 @@ from refresher.cadence import (
 from refresher.db import utcnow
 from refresher.errors import CacheRefresherError, LeaseHeldError, StoreError
 from refresher.lease import Lease
+from refresher.logs import namespace_logged
 from refresher.namespaces import Namespace
 from refresher.refresh import (
     RefreshInterrupted,
@@ -217,7 +218,8 @@ class Scheduler:
         """Refresh namespace ``name`` now, in the calling thread (e.g. before serving)."""
         namespace = self.namespaces[name]
         outcome = refresh_now(self.store, namespace, services=self.services)
-        self._report(outcome)
+        with namespace_logged(name):
+            self._report(outcome)
         return outcome
 
     # -- the loop --------------------------------------------------------------------------
@@ -382,6 +384,10 @@ class Scheduler:
 
     def _attempt(self, namespace: Namespace, request: RefreshRequest | None) -> datetime:
         """Take the lease, check, refresh, release; when the loop should look again."""
+        with namespace_logged(namespace.name):
+            return self._attempt_logged(namespace, request)
+
+    def _attempt_logged(self, namespace: Namespace, request: RefreshRequest | None) -> datetime:
         started_at = self._clock()
         try:
             lease = self.store.leases.acquire(lease_name(namespace.name))

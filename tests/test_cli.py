@@ -650,7 +650,7 @@ def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
         **base,
         **_env(
             database_url=db_url, namespaces_file=str(tmp_path / "namespaces.toml"),
-            metrics_port="0", stop_grace_seconds="1",
+            metrics_port="0", stop_grace_seconds="1", log_format="json",
         ),
     }  # fmt: skip
     process = subprocess.Popen(
@@ -680,7 +680,14 @@ def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
     # its source is stuck in (it used to wait 30 s more for it, past a pod's kill).
     assert code == 0, text
     assert took < 1 + ABANDON_WAIT_SECONDS, text
-    assert "left to finish in the background" in text
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    by_logger = {r["logger"]: r for r in records}
+    assert "left to finish in the background" in by_logger["refresher.prefetch"]["message"]
+    assert "RefreshInterrupted" in by_logger["refresher.refresh"]["message"]
+    # Logged by the refresh's threads: each record says which namespace it is about.
+    assert by_logger["refresher.prefetch"]["namespace"] == "hung"
+    assert by_logger["refresher.refresh"]["namespace"] == "hung"
+    assert "namespace" not in by_logger["refresher.scheduler"]  # the loop's own: no namespace
     assert "Traceback" not in text
     (run,) = store.runs("hung")
     assert run.status == "abandoned"

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 
 import pytest
 from asgi_correlation_id.context import correlation_id
 
 from refresher.logs import (
+    ContextFilter,
     JsonFormatter,
-    RequestIdFilter,
     TextFormatter,
     configure_logging,
+    in_this_context,
+    namespace_logged,
     usable_request_id,
 )
 
@@ -28,7 +31,7 @@ def _record(message: str = "refreshed %r", *args: object, exc: bool = False) -> 
     record = logging.getLogger("refresher.test").makeRecord(
         "refresher.test", logging.WARNING, __file__, 1, message, args or ("users",), exc_info
     )
-    RequestIdFilter().filter(record)
+    ContextFilter().filter(record)
     return record
 
 
@@ -93,3 +96,24 @@ def test_configure_leaves_a_configured_root_logger_its_handlers() -> None:
         assert root.level == logging.DEBUG
     finally:
         root.setLevel(level)
+
+
+def test_a_refreshs_records_carry_its_namespace_in_the_threads_it_starts() -> None:
+    seen: dict[str, object] = {}
+
+    def in_thread() -> None:
+        seen["started"] = json.loads(JsonFormatter().format(_record())).get("namespace")
+
+    with namespace_logged("users"):
+        inside = json.loads(JsonFormatter().format(_record()))
+        thread = threading.Thread(target=in_this_context(in_thread))
+        plain = threading.Thread(
+            target=lambda: seen.update(plain=getattr(_record(), "namespace", "unset"))
+        )
+    thread.start()
+    plain.start()
+    thread.join()
+    plain.join()
+    assert inside["namespace"] == "users"
+    assert seen == {"started": "users", "plain": None}  # a thread starts with no context
+    assert "namespace" not in json.loads(JsonFormatter().format(_record()))  # ended
