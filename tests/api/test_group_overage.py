@@ -348,6 +348,8 @@ def test_no_token_reaches_a_log_or_a_response(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # httpx's own level too: commands run earlier in this process may have quieted it.
+    caplog.set_level(logging.DEBUG, logger="httpx")
     stack.upstream_faults.fail_next(status=503, endpoint=ROUTE)
     headers = token_of(api_tokens, crowded_member)
 
