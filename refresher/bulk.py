@@ -85,6 +85,8 @@ def write_changes(
         (list(changes.updates), changes.updates, False),
     )
     for keys, found, new in kinds:
+        if not keys:
+            continue
         rows = list(itertools.islice(found.values(), len(found) - len(keys), None))
         write, size = _writer(conn, new=new, count=len(keys), copy_min_rows=copy_min_rows)
         for start in range(0, len(keys), size):
@@ -99,8 +101,11 @@ def _writer(
     """How to write ``count`` new (or changed) rows, and in batches of how many."""
     if copy_min_rows is not None and count >= copy_min_rows and conn.dialect.name == "postgresql":
         return functools.partial(copy_rows, conn, new=new), COPY_BATCH
-    stmt = entries.insert() if new else _update(conn)
-    return _executemany(conn, stmt), WRITE_BATCH
+    if new:
+        return _executemany(conn, entries.insert(), _ROW_COLUMNS), WRITE_BATCH
+    stmt = _update(conn)
+    keyed = conn.dialect.name not in ("postgresql", "sqlite")  # a keyed UPDATE: see there
+    return _executemany(conn, stmt, _ROW_COLUMNS[2:] if keyed else _ROW_COLUMNS), WRITE_BATCH
 
 
 class _Counter:
@@ -132,18 +137,27 @@ def _update(conn: Connection) -> sa.Executable:
             set_={name: stmt.excluded[name] for name in _ROW_COLUMNS[2:]},
         )
     # T-SQL has no ON CONFLICT; the diff already told new keys from changed
-    # ones, so a keyed UPDATE batch (pyodbc fast_executemany) is enough.
+    # ones, so a keyed UPDATE batch (pyodbc fast_executemany) is enough. The
+    # WHERE clause's parameters need names of their own: SQLAlchemy reserves the
+    # columns' names for the SET clause.
     return (
         entries.update()
         .where(
-            entries.c.namespace == sa.bindparam("namespace"),
-            entries.c.key == sa.bindparam("key"),
+            entries.c.namespace == sa.bindparam(_KEYED_BY["namespace"]),
+            entries.c.key == sa.bindparam(_KEYED_BY["key"]),
         )
         .values({name: sa.bindparam(name) for name in _ROW_COLUMNS[2:]})
     )
 
 
-def _executemany(conn: Connection, stmt: sa.Executable) -> Callable[[list[tuple[Any, ...]]], None]:
+_KEYED_BY = {"namespace": "row_namespace", "key": "row_key"}
+"""The keyed UPDATE's parameters for the row's key columns."""
+_BOUND_TO = {bound: column for column, bound in _KEYED_BY.items()}
+
+
+def _executemany(
+    conn: Connection, stmt: sa.Executable, column_keys: Sequence[str]
+) -> Callable[[list[tuple[Any, ...]]], None]:
     """A writer that runs ``stmt`` once per row through the driver's executemany.
 
     Rows are tuples in ``_ROW_COLUMNS`` order whose values are already in the
@@ -153,10 +167,10 @@ def _executemany(conn: Connection, stmt: sa.Executable) -> Callable[[list[tuple[
     positional parameter style, so the tuples go to the driver as they are.
     """
     compiled = stmt.compile(  # type: ignore[attr-defined]
-        dialect=positional_dialect(conn.dialect), column_keys=list(_ROW_COLUMNS)
+        dialect=positional_dialect(conn.dialect), column_keys=list(column_keys)
     )
     sql = str(compiled)
-    order = [_ROW_COLUMNS.index(name) for name in compiled.positiontup]
+    order = [_ROW_COLUMNS.index(_BOUND_TO.get(name, name)) for name in compiled.positiontup]
     reorder = order != list(range(len(_ROW_COLUMNS)))
 
     def write(rows: list[tuple[Any, ...]]) -> None:

@@ -4,16 +4,18 @@ same run counts, the same handling of awkward text."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from refresher.bulk import COPY_BATCH, WRITE_BATCH
+from refresher.bulk import COPY_BATCH, WRITE_BATCH, write_changes
 from refresher.cache import CacheStore
 from refresher.db import create_engine, init_schema
 from refresher.errors import StoreError
+from refresher.items import Diff, Row
 from refresher.schema import entries
 
 AWKWARD = [
@@ -125,3 +127,53 @@ def test_a_key_with_a_nul_is_refused_and_nothing_is_written(
     assert rows(pg_engine, "users") == before
     run = store.runs("users")[0]
     assert (run.status, run.error_class) == ("failed", "DataError")  # as either path raises it
+
+
+class _Recording:
+    """What :func:`write_changes` uses of a connection, on a dialect that has no server
+    here (Azure SQL): the statements it would send, and their rows."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.dialect = dialect
+        self.sent: list[tuple[str, Any]] = []
+
+    def exec_driver_sql(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.sent.append((sql, rows))
+
+    def execute(self, stmt: sa.Executable, params: Any = None) -> None:
+        self.sent.append((str(stmt.compile(dialect=self.dialect)), params))  # type: ignore[attr-defined]
+
+
+def test_azure_sql_writes_compile_with_each_value_in_its_parameters_place() -> None:
+    url = "mssql+pyodbc://server.example/cache?driver=ODBC+Driver+18+for+SQL+Server"
+    conn = _Recording(create_engine(url).dialect)
+    changes = Diff(
+        inserts={"a": Row('{"id":"a"}', "0" * 64)},
+        updates={"b": Row('{"id":"b"}', "1" * 64, "v2")},
+        deletes=["c"],
+    )
+    when = datetime(2026, 11, 24, 12, 30, tzinfo=UTC)
+
+    write_changes(conn, "ns", changes, 2, when, None)  # type: ignore[arg-type]
+
+    (delete, _), insert, update = conn.sent
+    assert delete.startswith("DELETE FROM cache_entries WHERE")
+    changed_at = "2026-11-24 12:30:00.000000 +00:00"
+    assert insert == (
+        "INSERT INTO cache_entries (namespace, [key], payload, etag, generation, changed_at, "
+        "source_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [("ns", "a", '{"id":"a"}', "0" * 64, 2, changed_at, None)],
+    )
+    # T-SQL has no ON CONFLICT: a keyed UPDATE, its key last.
+    assert update == (
+        "UPDATE cache_entries SET payload=?, etag=?, generation=?, changed_at=?, "
+        "source_version=? WHERE cache_entries.namespace = ? AND cache_entries.[key] = ?",
+        [('{"id":"b"}', "1" * 64, 2, changed_at, "v2", "ns", "b")],
+    )
+
+
+def test_azure_sql_refresh_without_changes_to_write_sends_nothing() -> None:
+    url = "mssql+pyodbc://server.example/cache?driver=ODBC+Driver+18+for+SQL+Server"
+    conn = _Recording(create_engine(url).dialect)
+    write_changes(conn, "ns", Diff(), 2, datetime.now(UTC), None)  # type: ignore[arg-type]
+    assert conn.sent == []
