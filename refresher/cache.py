@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from refresher.bulk import COPY_MIN_ROWS, Progress, positional_dialect, write_changes
 from refresher.collector import relaxed_collector
@@ -61,7 +61,13 @@ from refresher.errors import (
     NamespaceNotFoundError,
     StoreError,
 )
-from refresher.items import Diff, diff_by_etag, diff_by_fingerprint, diff_by_version
+from refresher.items import (
+    Diff,
+    diff_by_etag,
+    diff_by_fingerprint,
+    diff_by_version,
+    refuse_unstorable,
+)
 from refresher.lease import Lease, LeaseManager
 from refresher.schema import (
     ERROR_MESSAGE_MAX,
@@ -241,11 +247,14 @@ def _diff(
 ) -> Diff:
     if version_field:
         versions = known.stored if known.remembered is None else known.remembered
-        return diff_by_version(items, key_field, version_field, versions, on_item=on_item)
-    if known.remembered is not None:
-        return diff_by_fingerprint(items, key_field, known.remembered, on_item=on_item)
-    inserts = None if stream is None else stream.inserts
-    return diff_by_etag(items, key_field, known.stored, on_item=on_item, inserts=inserts)
+        changes = diff_by_version(items, key_field, version_field, versions, on_item=on_item)
+    elif known.remembered is not None:
+        changes = diff_by_fingerprint(items, key_field, known.remembered, on_item=on_item)
+    else:
+        inserts = None if stream is None else stream.inserts
+        changes = diff_by_etag(items, key_field, known.stored, on_item=on_item, inserts=inserts)
+    refuse_unstorable(changes)
+    return changes
 
 
 def _feeding(
@@ -806,6 +815,12 @@ def _store_error(what: str, exc: SQLAlchemyError, url: URL | None = None) -> Sto
         return StoreError(
             f"the database failed during the {what} ({cause}): check that the database is "
             "reachable and the tables exist (cache-refresher db init)"
+        )
+    if isinstance(exc, IntegrityError | DataError):  # its text may quote the data: not kept
+        return StoreError(
+            f"the database refused the data of the {what} ({cause}: a value it cannot store, "
+            "or two keys it holds for one); the cache is unchanged: look for such items in the "
+            "source, and report the case (the refresh should have named them)"
         )
     problem = None if url is None else database_problem(exc, url)
     if problem is not None:

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from refresher.bulk import copy_errors, copy_statement, open_copy, row_values
 from refresher.db import db_now
-from refresher.items import Row
+from refresher.items import Row, nul_key_problems, refuse
 
 STREAM_MIN_ROWS = 5000
 """New rows that must be waiting before a refresh opens its transaction and starts copying."""
@@ -77,6 +77,8 @@ class InsertStream:
             self._open()
         # Skipping keys is cheap; skipping items would build a pair for each.
         keys = list(itertools.islice(self.inserts, self.streamed, None))
+        if problems := nul_key_problems(keys):  # named, not left to the server's DataError
+            raise refuse(problems, None)
         rows = list(map(self.inserts.__getitem__, keys))
         values = row_values(self._namespace, keys, rows, self._generation, self._changed_at)
         with copy_errors(self._dialect):

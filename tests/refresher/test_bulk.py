@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from refresher.bulk import COPY_BATCH, WRITE_BATCH, write_changes
 from refresher.cache import CacheStore
 from refresher.db import create_engine, init_schema
-from refresher.errors import StoreError
+from refresher.errors import InvalidItemsError
 from refresher.items import Diff, Row
 from refresher.schema import entries
 
@@ -122,11 +122,11 @@ def test_a_key_with_a_nul_is_refused_and_nothing_is_written(
     store.apply("users", catalogue(10))
     before = rows(pg_engine, "users")
     bad = [*catalogue(10, changed=10), {"id": "nul\x00key"}]
-    with pytest.raises(StoreError, match="the cache is unchanged"):
-        store.apply("users", bad)
+    with pytest.raises(InvalidItemsError, match=r"key 'nul\\x00key' contains a NUL character"):
+        store.apply("users", bad)  # named before either path sends it to the server
     assert rows(pg_engine, "users") == before
     run = store.runs("users")[0]
-    assert (run.status, run.error_class) == ("failed", "DataError")  # as either path raises it
+    assert (run.status, run.error_class) == ("failed", "InvalidItemsError")
 
 
 class _Recording:

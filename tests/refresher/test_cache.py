@@ -12,8 +12,9 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
-from refresher.cache import CacheStore
+from refresher.cache import CacheStore, _store_error
 from refresher.cursor import encode_cursor
 from refresher.db import utcnow
 from refresher.errors import (
@@ -418,6 +419,11 @@ BAD_BATCHES: dict[str, tuple[list[Any], str]] = {
     "empty key": ([{"id": ""}], "item 0: key field 'id' is empty"),
     "key of wrong type": ([{"id": 1.5}], "key field 'id' is a float"),
     "not an object": ([["a", "list"]], "item 0: is a list, not a JSON object"),
+    "NUL in a key": ([{"id": "a\x00b"}], "key 'a\\x00b' contains a NUL character"),
+    "keys one on Azure SQL": (
+        [{"id": "a"}, {"id": "b"}, {"id": "a "}],
+        "keys 'a' and 'a ' differ only by trailing spaces, which Azure SQL takes for one key",
+    ),
 }
 
 
@@ -439,6 +445,35 @@ def test_bad_items_are_refused_whole_and_nothing_is_written(
     failed = store.runs("products")[0]
     assert failed.status == "failed"
     assert failed.error_class == "InvalidItemsError"
+
+
+def test_keys_padded_with_spaces_are_kept_as_they_are_when_none_collide(
+    store: CacheStore,
+) -> None:
+    padded = [{"id": "a  ", "v": 1}, {"id": "b ", "v": 2}, {"id": " c", "v": 3}]  # a CHAR(3)
+    assert store.apply("padded", padded).inserted == 3
+    assert [item.key for item in store.page("padded").items] == [" c", "a  ", "b "]
+    assert store.apply("padded", padded).unchanged == 3
+
+
+def test_a_version_with_a_nul_is_refused_and_nothing_is_written(store: CacheStore) -> None:
+    store.apply("products", catalogue(3), version_field="version")
+    bad = [*catalogue(2), {"id": "x", "version": "v\x001"}]
+    with pytest.raises(InvalidItemsError, match=r"key 'x': version 'v\\x001' contains a NUL"):
+        store.apply("products", bad, version_field="version")
+    assert store.namespace("products").row_count == 3
+
+
+def test_a_refresh_the_database_refuses_the_data_of_says_so_without_quoting_it() -> None:
+    refused = IntegrityError(
+        "INSERT INTO cache_entries ...", {"key": "k-17"}, Exception("Key (key)=(k-17) exists")
+    )
+    said = str(_store_error("refresh of namespace 'users'", refused))
+    assert said.startswith(
+        "the database refused the data of the refresh of namespace 'users' (Exception: a value "
+        "it cannot store, or two keys it holds for one); the cache is unchanged"
+    )
+    assert "k-17" not in said
 
 
 def test_every_problem_is_counted_but_only_the_first_few_are_listed(store: CacheStore) -> None:

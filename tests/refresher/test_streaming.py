@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from refresher.cache import CacheStore
 from refresher.db import create_engine, init_schema
-from refresher.errors import InvalidItemsError, StoreError, UpstreamUnavailableError
+from refresher.errors import InvalidItemsError, UpstreamUnavailableError
 from refresher.schema import entries
 from refresher.streaming import STREAM_MIN_ROWS
 
@@ -94,9 +94,11 @@ def failing_after(count: int) -> Iterator[dict[str, Any]]:
     [
         (failing_after(COUNT - 100), UpstreamUnavailableError),
         ([*users(COUNT), {"name": "no key"}], InvalidItemsError),
-        ([*users(COUNT - 100), {"id": "nul\x00key"}], StoreError),
+        ([*users(COUNT - 100), {"id": "nul\x00key"}], InvalidItemsError),
+        ([{"id": "nul\x00key"}, *users(COUNT)], InvalidItemsError),
+        ([*users(COUNT), {"id": "a"}, {"id": "a "}], InvalidItemsError),
     ],
-    ids=["source-fails", "bad-item", "nul-key-refused-by-the-server"],
+    ids=["source-fails", "bad-item", "nul-key-last", "nul-key-copied-first", "padded-key"],
 )
 def test_a_refresh_failing_after_rows_were_copied_writes_nothing(
     pg_engine: Engine, items: Any, error: type[Exception]
