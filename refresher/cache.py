@@ -56,6 +56,7 @@ from refresher.db_urls import driver_says, scrubber
 from refresher.errors import (
     CacheRefresherError,
     ConfigurationError,
+    EmptySourceError,
     ItemNotFoundError,
     LeaseLostError,
     NamespaceNotFoundError,
@@ -324,6 +325,7 @@ class CacheStore:
         secret_versions: Mapping[str, Sequence[str]] | None = None,
         source_version: str | None = None,
         progress: Progress | None = None,
+        allow_empty: bool = True,
     ) -> RefreshResult:
         """Make ``items`` the namespace's complete content, in one step.
 
@@ -333,7 +335,8 @@ class CacheStore:
 
         Raises :class:`~refresher.errors.LeaseHeldError` if another refresher
         holds the namespace, :class:`~refresher.errors.InvalidItemsError` if
-        any item is bad (nothing is written), and
+        any item is bad (nothing is written; :class:`~refresher.errors.EmptySourceError`,
+        unless ``allow_empty``, if there is none and the namespace holds some), and
         :class:`~refresher.errors.StoreError` if the database fails.
         """
         check_namespace(namespace)
@@ -349,6 +352,14 @@ class CacheStore:
                 with relaxed_collector(), stream or contextlib.nullcontext():
                     report = _feeding(on_item, stream)
                     changes = _diff(items, key_field, version_field, known, report, stream)
+                    if not (allow_empty or changes.memo or not changes.deletes):
+                        raise EmptySourceError(
+                            f"the source gave no items, and namespace {namespace!r} holds "
+                            f"{len(changes.deletes)}: refused, nothing was deleted (the cache "
+                            "keeps its data). Check the source (its address, query, scope or "
+                            "permissions); if it may rightly give none, set allow_empty = true "
+                            "for the namespace"
+                        )
                     return self._commit(
                         namespace, changes, known, held, run_id, source_version,
                         secret_versions, progress, stream,

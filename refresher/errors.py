@@ -70,6 +70,11 @@ class InvalidItemsError(CacheRefresherError):
     """``apply`` refused its items; nothing was written to the cache."""
 
 
+class EmptySourceError(InvalidItemsError):
+    """The source gave no items for a namespace that holds some, which does not allow
+    that: the refresh is refused rather than emptying the cache."""
+
+
 class InvalidCursorError(CacheRefresherError):
     """A page cursor was malformed or belongs to another namespace."""
 

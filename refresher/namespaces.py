@@ -10,6 +10,7 @@
     jitter = 0.1                    # +- this fraction of the interval
     max_staleness = "30m"           # older than this: reads are flagged stale
     readers = { app_role = "Directory.Cache.Read", group = "<group object id>" }
+    allow_empty = false             # the default: a source giving no items is an error
 
     [namespaces.users.source]       # (an inline table must fit on one line)
     kind = "http_json"
@@ -106,6 +107,7 @@ class NamespaceSpec(BaseModel):
     jitter: float = Field(default=0.1, ge=0, le=0.5, allow_inf_nan=False)
     max_staleness: float | None = None
     readers: Readers = Readers()
+    allow_empty: bool = False
     source: dict[str, Any]
 
     @field_validator("every", "max_staleness", mode="before")
@@ -225,6 +227,9 @@ class Namespace:
     schedule: Schedule
     max_staleness: float
     readers: Readers
+    allow_empty: bool = False
+    """Whether a source that gives no items may empty the namespace (else such a refresh
+    is refused, and the cached data kept)."""
 
     def project(self, item: Mapping[str, Any]) -> Mapping[str, Any]:
         """``item`` reduced to the namespace's ``fields`` (all of it without a projection)."""
@@ -328,7 +333,7 @@ def _build(
         staleness = schedule.nominal_seconds * DEFAULT_STALENESS_INTERVALS
     return Namespace(
         name, source, spec.key_field, spec.version_field, spec.fields, schedule, staleness,
-        spec.readers,
+        spec.readers, spec.allow_empty,
     )  # fmt: skip
 
 

@@ -109,6 +109,7 @@ def refresh_under_lease(
                 items,
                 key_field=namespace.key_field,
                 version_field=namespace.version_field,
+                allow_empty=namespace.allow_empty,
                 lease=lease,
                 secret_versions=context.secret_versions,
                 progress=_checked_progress(progress, check),

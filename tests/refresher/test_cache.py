@@ -19,6 +19,7 @@ from refresher.cursor import encode_cursor
 from refresher.db import utcnow
 from refresher.errors import (
     ConfigurationError,
+    EmptySourceError,
     InvalidCursorError,
     InvalidItemsError,
     ItemNotFoundError,
@@ -474,6 +475,28 @@ def test_a_refresh_the_database_refuses_the_data_of_says_so_without_quoting_it()
         "it cannot store, or two keys it holds for one); the cache is unchanged"
     )
     assert "k-17" not in said
+
+
+def test_a_source_giving_no_items_does_not_empty_a_namespace_that_does_not_allow_it(
+    store: CacheStore, engine: Engine
+) -> None:
+    assert store.apply("products", [], allow_empty=False).inserted == 0  # nothing to lose
+    store.apply("products", catalogue(5), allow_empty=False)
+    before = stored(engine, "products")
+
+    with pytest.raises(EmptySourceError) as caught:
+        store.apply("products", [], allow_empty=False)
+
+    assert str(caught.value).startswith(
+        "the source gave no items, and namespace 'products' holds 5: refused, nothing was "
+        "deleted (the cache keeps its data)"
+    )
+    assert "set allow_empty = true" in str(caught.value)
+    assert stored(engine, "products") == before
+    failed = store.runs("products")[0]
+    assert (failed.status, failed.error_class) == ("failed", "EmptySourceError")
+    assert store.apply("products", []).deleted == 5  # allowed (the store's default)
+    assert store.namespace("products").row_count == 0
 
 
 def test_every_problem_is_counted_but_only_the_first_few_are_listed(store: CacheStore) -> None:

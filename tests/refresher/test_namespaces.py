@@ -36,6 +36,7 @@ source = { kind = "demo", size = 10, seed = 3 }
 [namespaces.nightly]
 key_field = "id"
 cron = "0 3 * * *"
+allow_empty = true
 source = { kind = "demo" }
 """
 
@@ -52,6 +53,7 @@ def test_a_valid_file_gives_namespaces_with_their_sources(tmp_path: Path) -> Non
     assert catalogue.readers.app_role == "Catalogue.Read"
     assert catalogue.project({"id": "a", "name": "n", "secret": 1}) == {"id": "a", "name": "n"}
     assert nightly.schedule.cron == "0 3 * * *"
+    assert (catalogue.allow_empty, nightly.allow_empty) == (False, True)
     assert nightly.max_staleness == 3 * 86400  # three nominal intervals by default
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from refresher.cache import CacheStore, lease_name
-from refresher.errors import LeaseLostError, UpstreamUnavailableError
+from refresher.errors import EmptySourceError, LeaseLostError, UpstreamUnavailableError
 from refresher.lease import LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
 from refresher.refresh import RefreshInterrupted, SourceServices, refresh_now, refresh_under_lease
@@ -170,3 +170,21 @@ def test_a_stop_request_while_a_page_is_fetched_abandons_the_refresh(
     assert source.fetched < 10
     assert [item.key for item in short_store.page("users").items] == ["kept"]
     assert short_store.runs("users")[0].status == "abandoned"
+
+
+@pytest.mark.parametrize("allow_empty", [False, True])
+def test_a_source_giving_nothing_empties_a_namespace_only_when_it_allows_that(
+    short_store: CacheStore, allow_empty: bool
+) -> None:
+    empty = Namespace(
+        "users", Slow(0, 0), "id", None, None, Schedule(60, None, 0), 180, Readers(), allow_empty
+    )
+    outcome = refresh_now(short_store, empty, services=SourceServices())
+    if allow_empty:
+        assert outcome.error is None and outcome.result is not None
+        assert outcome.result.deleted == 1
+        assert short_store.page("users").items == []
+    else:
+        assert isinstance(outcome.error, EmptySourceError)
+        assert [item.key for item in short_store.page("users").items] == ["kept"]
+        assert short_store.runs("users")[0].error_class == "EmptySourceError"
