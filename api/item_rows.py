@@ -1,10 +1,11 @@
 """Cache rows read straight into servable items: the queries of the read layer.
 
     rows = ItemRows(engine)
-    entry = rows.one("demo", "sku-000003")            # CachedItem | None, in a thread
-    with engine.connect() as conn:                    # one snapshot for several queries
-        writes = rows.writes_since(conn, "demo", 41)
-        fresh = dict(rows.changed(conn, "demo", since=41))
+    read = rows.one("demo", "sku-000003")             # Read(item, generation) | None; blocks
+    with engine.connect() as conn:
+        writes = rows.writes_since(conn, "demo", 41)   # what the refreshes after 41 did
+        fresh = dict(rows.changed(conn, "demo", since=41, upto=43))
+        raced = rows.generation(conn, "demo") > 43     # a refresh committed meanwhile
 
 These run for every miss and read back whole namespaces after a refresh, so
 they skip what :class:`~refresher.cache.CacheStore` does for general callers:
@@ -14,6 +15,14 @@ with one time), and a single item is read on a pooled DBAPI connection, not a
 SQLAlchemy ``Connection`` with its transaction (a tenth of the time on
 SQLite), its errors made :class:`~refresher.errors.StoreError` (503); the
 queries given a connection leave that to the caller, who holds it.
+
+Several queries on one connection do not read one state of the table: under
+READ COMMITTED (PostgreSQL, and Azure SQL's read committed snapshot) each
+statement sees the refreshes committed before it started. The queries taking
+``upto`` read only rows of that generation or older, whose content is the one
+they had at that generation (a refresh that rewrites a row stamps it with its
+own, higher, generation); :meth:`ItemRows.generation` afterwards tells whether a
+later refresh committed meanwhile (see :mod:`api.reads`).
 
 A :class:`CachedItem` is a dict of bytes and strings, which CPython's cyclic
 collector never tracks: a layer holding 100,000 of them adds nothing to a
@@ -74,6 +83,16 @@ class Writes(NamedTuple):
     """Rows they inserted or updated (at least the keys they changed)."""
     deleted: bool
     """Whether they may have deleted rows: one did, or not all of them are on record."""
+    generation: int
+    """The namespace's generation the history was read at (0: no such namespace)."""
+
+
+class Read(NamedTuple):
+    """A single item as read from the store, and the generation of the refresh that
+    wrote its row."""
+
+    item: CachedItem
+    generation: int
 
 
 class ItemRows:
@@ -95,16 +114,16 @@ class ItemRows:
     @cached_property
     def _one(self) -> SQLCompiler:
         """The single-item query, compiled for the engine's driver."""
-        query = sa.select(*self._columns[1:]).where(
+        query = sa.select(*self._columns[1:], entries.c.generation).where(
             entries.c.namespace == sa.bindparam("namespace"), entries.c.key == sa.bindparam("key")
         )
         compiled = query.compile(dialect=self.engine.dialect)
         assert isinstance(compiled, SQLCompiler)
         return compiled
 
-    def one(self, namespace: str, key: str) -> CachedItem | None:
-        """The item ``key`` of ``namespace`` (``None``: no such row). Blocks: run it in a
-        thread."""
+    def one(self, namespace: str, key: str) -> Read | None:
+        """The item ``key`` of ``namespace`` and its row's generation (``None``: no such
+        row). Blocks: run it in a thread."""
         compiled = self._one
         named = {"namespace": namespace, "key": key}
         order = compiled.positiontup
@@ -126,34 +145,43 @@ class ItemRows:
             ) from exc
         if row is None:
             return None
-        payload, etag, changed_at = row
-        return self._item(payload, etag, changed_at)
+        payload, etag, changed_at, generation = row
+        return Read(self._item(payload, etag, changed_at), int(generation))
 
     def changed(
-        self, conn: Connection, namespace: str, since: int
+        self, conn: Connection, namespace: str, since: int, upto: int | None = None
     ) -> Iterator[tuple[str, CachedItem]]:
         """The rows of ``namespace`` written by a refresh after generation ``since`` (every
-        row carries the generation of the refresh that wrote it; ``since=0``: all rows),
-        as ``(key, item)`` pairs."""
+        row carries the generation of the refresh that wrote it; ``since=0``: all rows)
+        and, with ``upto``, not after generation ``upto``, as ``(key, item)`` pairs."""
         query = sa.select(*self._columns).where(
             entries.c.namespace == namespace, entries.c.generation > since
         )
+        if upto is not None:
+            query = query.where(entries.c.generation <= upto)
         for key, payload, etag, changed_at in conn.execute(query):
             yield key, self._item(payload, etag, changed_at)
 
-    def etags(self, conn: Connection, namespace: str) -> dict[str, str]:
-        """Every key of ``namespace`` and its stored etag."""
+    def etags(self, conn: Connection, namespace: str, upto: int | None = None) -> dict[str, str]:
+        """Every key of ``namespace`` and its stored etag (with ``upto``: of the rows not
+        written after generation ``upto``)."""
         query = sa.select(entries.c.key, entries.c.etag).where(entries.c.namespace == namespace)
+        if upto is not None:
+            query = query.where(entries.c.generation <= upto)
         return {key: etag for key, etag in conn.execute(query)}
 
     def writes_since(self, conn: Connection, namespace: str, since: int) -> Writes:
         """What the refreshes of ``namespace`` after generation ``since`` wrote and deleted,
         by the run history (deleted: assumed when it does not account for every
         generation since)."""
-        latest = sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
         generations, deleted, written = history_since(conn, namespace, since)
-        current = conn.execute(latest).scalar() or 0
-        return Writes(written, bool(deleted) or generations < current - since)
+        current = self.generation(conn, namespace)
+        return Writes(written, bool(deleted) or generations < current - since, current)
+
+    def generation(self, conn: Connection, namespace: str) -> int:
+        """The namespace's current generation (0: no such namespace)."""
+        latest = sa.select(namespaces.c.generation).where(namespaces.c.namespace == namespace)
+        return int(conn.execute(latest).scalar() or 0)
 
     def _item(self, payload: str, etag: str, changed_at: Any) -> CachedItem:
         return {

@@ -30,6 +30,19 @@ item). When the work ends and the checks meanwhile saw a newer generation, it
 starts over for that one at once: the next request's check may be long after.
 Without background work, a changed namespace's items are simply dropped.
 
+**Memory never mixes two generations.** The queries of a read-back each see
+the refreshes committed before they started (READ COMMITTED), so a refresh may
+commit between them: rows are read back only up to the generation the memory
+is declared valid for (a row keeps the content it had at that generation
+until a later refresh rewrites it, stamping its own generation), and when the
+namespace's generation has moved past it by the end, every item kept is
+checked against the stored rows of that generation or older (its etag), the
+others dropped. A miss that reads a row written after the generation of the
+last check waits for a check that has seen it, and is served (and kept) under
+that newer state: a response never pairs a row of one refresh with the
+freshness of an older one, and the memory of an older generation never holds
+it.
+
 **A small refresh is followed within the check.** When the refreshes since the
 last check wrote at most :data:`INLINE_CHANGES` rows and deleted none (the run
 history says), the check itself reads the changed rows back before it
@@ -85,7 +98,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from api.item_rows import CachedItem, ItemRows, cached_item, http_date
+from api.item_rows import CachedItem, ItemRows, Read, cached_item, http_date
 from refresher.cache import CacheStore, NamespaceInfo
 from refresher.errors import CacheRefresherError, NamespaceNotFoundError, StoreError
 from refresher.namespaces import Namespace, Schedule
@@ -179,8 +192,23 @@ class ReadLayer:
         # asyncio's own executor: a hop costs ~15 us of the loop's CPU, anyio's ~35 us.
         loop = asyncio.get_running_loop()
         read = await loop.run_in_executor(None, self._read_one, namespace, key)
-        self._keep(namespace, key, read, state.generation)
-        return read, state
+        if read.generation > state.generation:  # written by a refresh no check saw yet
+            state = await self._caught_up(namespace, read.generation)
+        self._keep(namespace, key, read.item, state.generation)
+        return read.item, state
+
+    async def _caught_up(self, namespace: str, generation: int) -> Freshness:
+        """The namespace's state once a check has seen ``generation`` (a check under way
+        may have read the generations before it was committed: then one more)."""
+        checks = 0
+        while True:
+            await self.check()
+            checks += 1
+            state = self._states.get(namespace)
+            if state is None:
+                raise NamespaceNotFoundError(namespace)
+            if state.generation >= generation or checks == CATCH_UP_CHECKS:
+                return state
 
     async def close(self) -> None:
         """Stop following the namespaces and wait for the queries under way (at shutdown).
@@ -251,7 +279,7 @@ class ReadLayer:
         if namespace in self._busy:
             return
         kept = await run_in_threadpool(
-            self._revalidated, namespace, held.generation, held.items, INLINE_CHANGES
+            self._revalidated, namespace, held.generation, generation, held.items, INLINE_CHANGES
         )
         if kept is not None:
             self._replace(namespace, generation, kept)
@@ -334,14 +362,16 @@ class ReadLayer:
         room = self.capacity - self._count
         if room <= 0:
             return
-        read = await run_in_threadpool(self._read_all, namespace, room)
+        read = await run_in_threadpool(self._read_all, namespace, generation, room)
         self._replace(namespace, generation, read)
 
     async def _revalidate(self, namespace: str, generation: int) -> None:
         """Bring a changed namespace's memory up to date: drop what the refreshes since
         changed or deleted, read back what they wrote (as far as there is room)."""
         held = self._held[namespace]
-        kept = await run_in_threadpool(self._revalidated, namespace, held.generation, held.items)
+        kept = await run_in_threadpool(
+            self._revalidated, namespace, held.generation, generation, held.items
+        )
         assert kept is not None  # without a limit there is always an answer
         self._replace(namespace, generation, kept)
 
@@ -366,18 +396,21 @@ class ReadLayer:
                 items.popitem()
             self._sleep(READBACK_PAUSE)
 
-    def _read_one(self, namespace: str, key: str) -> CachedItem:
-        entry = self.rows.one(namespace, key)
-        if entry is None:  # not found: the store says whether the item or the namespace
+    def _read_one(self, namespace: str, key: str) -> Read:
+        read = self.rows.one(namespace, key)
+        if read is None:  # not found: the store says whether the item or the namespace
             item = self.store.get_item(namespace, key)
-            entry = cached_item(item.payload, item.etag, item.changed_at)
-        return entry
+            read = Read(cached_item(item.payload, item.etag, item.changed_at), item.generation)
+        return read
 
-    def _read_all(self, namespace: str, room: int) -> dict[str, CachedItem]:
+    def _read_all(self, namespace: str, generation: int, room: int) -> dict[str, CachedItem]:
+        """The rows of ``namespace`` as of ``generation``, as far as there is room (rows a
+        later refresh wrote are left to misses: what they replaced is gone)."""
         read: dict[str, CachedItem] = {}
+        rows = self.rows
         try:
             with self.store.engine.connect() as conn, collector_paused():
-                for key, entry in self._paced(self.rows.changed(conn, namespace, since=0)):
+                for key, entry in self._paced(rows.changed(conn, namespace, 0, generation)):
                     if len(read) >= room:
                         break
                     read[key] = entry
@@ -389,37 +422,41 @@ class ReadLayer:
         self,
         namespace: str,
         since: int,
+        upto: int,
         items: dict[str, CachedItem],
         most: int | None = None,
     ) -> dict[str, CachedItem] | None:
-        """A copy of ``items`` (those held as of generation ``since``) without the ones
-        changed or deleted since, with the rows written after ``since`` read back as far
-        as there is room.
+        """A copy of ``items`` (those held as of generation ``since``) brought to
+        generation ``upto``: without the ones changed or deleted since, with the rows
+        written after ``since`` (and not after ``upto``) read back as far as there is room.
 
         Every row carries the generation of the refresh that wrote it, so the changed
         rows are those of a higher one; deleted rows leave no trace there, so when the
         refreshes since deleted any (or their runs are not all on record) every held
         item's etag is compared with the stored one too. With ``most``: ``None`` unless
-        the refreshes since wrote at most ``most`` rows and deleted none."""
+        the refreshes since wrote at most ``most`` rows and deleted none, and none was
+        committed after ``upto`` (the check that saw ``upto`` then publishes it without
+        the items, revalidated in the background)."""
         try:
             with self.store.engine.connect() as conn:
                 writes = self.rows.writes_since(conn, namespace, since)
-                if most is not None and (writes.deleted or writes.rows > most):
+                if most is not None and (
+                    writes.deleted or writes.rows > most or writes.generation != upto
+                ):
                     return None
+                work = _Revalidation(namespace, since, upto, writes.deleted, writes.generation)
                 if most is None:  # in the background: share the core, as _paced says
                     with collector_paused():
-                        return self._updated(conn, namespace, since, items, writes.deleted)
-                return self._updated(conn, namespace, since, items, writes.deleted, paced=False)
+                        return self._updated(conn, work, items)
+                return self._updated(conn, work, items, paced=False)
         except SQLAlchemyError as exc:
             raise StoreError(f"revalidating namespace {namespace!r} failed") from exc
 
     def _updated(
         self,
         conn: Connection,
-        namespace: str,
-        since: int,
+        work: _Revalidation,
         items: dict[str, CachedItem],
-        deleted: bool,
         *,
         paced: bool = True,
     ) -> dict[str, CachedItem]:
@@ -428,14 +465,20 @@ class ReadLayer:
         # loop is spared it when a check gives up.
         kept = items.copy()
         room = self.capacity - (self._count - len(items))
-        if deleted:
-            stored = self.rows.etags(conn, namespace)
-            kept = {k: e for k, e in kept.items() if stored.get(k) == e["sha"]}
-        changed = self.rows.changed(conn, namespace, since)
+        namespace, upto = work.namespace, work.upto
+        raced = work.seen != upto
+        if work.deleted and not raced:  # raced: the comparison below drops them too
+            kept = _same(kept, self.rows.etags(conn, namespace))
+        changed = self.rows.changed(conn, namespace, work.since, upto)
         for key, entry in self._paced(changed) if paced else changed:
             kept.pop(key, None)
             if len(kept) < room:
                 kept[key] = entry
+        # A refresh committed after upto, before or while these queries ran: an item
+        # it rewrote or deleted may still be held (its row is no longer one of upto's,
+        # and was not read back); keep only the items whose row is still upto's.
+        if raced or self.rows.generation(conn, namespace) != upto:
+            kept = _same(kept, self.rows.etags(conn, namespace, upto))
         return kept
 
     def _paced(self, rows: Iterable[tuple[str, CachedItem]]) -> Iterator[tuple[str, CachedItem]]:
@@ -476,6 +519,26 @@ class ReadLayer:
         del fullest[next(iter(fullest))]
         self._count -= 1
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Revalidation:
+    """What a revalidation brings a namespace's memory from and to."""
+
+    namespace: str
+    since: int
+    """The generation the items held are valid for."""
+    upto: int
+    """The generation they are to be valid for (the one a check published)."""
+    deleted: bool
+    """Whether the refreshes after ``since`` may have deleted rows."""
+    seen: int
+    """The namespace's generation when the run history was read."""
+
+
+def _same(items: dict[str, CachedItem], stored: Mapping[str, str]) -> dict[str, CachedItem]:
+    """The ``items`` whose etag is the ``stored`` one of their key."""
+    return {key: entry for key, entry in items.items() if stored.get(key) == entry["sha"]}
 
 
 READBACK_SLICE = 400
@@ -534,6 +597,10 @@ FOLLOW_RETRY_SECONDS = 1.0
 """After a failed check, how long the layer waits before it checks again on its own
 (requests still start checks of their own: the first after the database is back
 finds it)."""
+
+CATCH_UP_CHECKS = 3
+"""The most checks a miss waits for when the row it read was written by a refresh the
+last check did not see (the first may have read the generations just before)."""
 
 INLINE_CHANGES = 10_000
 """The most rows the refreshes since the last check may have written for a check to

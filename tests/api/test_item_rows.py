@@ -23,8 +23,9 @@ def test_one_item_has_the_stored_payload_and_its_header_values(
 ) -> None:
     store.apply("ns", [{"id": "a", "v": 1}])
     stored = store.get_item("ns", "a")
-    entry = rows.one("ns", "a")
-    assert entry == {
+    read = rows.one("ns", "a")
+    assert read is not None and read.generation == stored.generation == 1
+    assert read.item == {
         "payload": stored.payload.encode(),
         "etag": f'"{stored.etag}"',
         "last_modified": http_date(stored.changed_at),
@@ -40,7 +41,8 @@ def test_a_missing_item_is_none(store: CacheStore, rows: ItemRows) -> None:
 
 def test_items_are_not_tracked_by_the_cyclic_collector(store: CacheStore, rows: ItemRows) -> None:
     store.apply("ns", [{"id": "a"}, {"id": "b"}])
-    assert not gc.is_tracked(rows.one("ns", "a"))
+    read = rows.one("ns", "a")
+    assert read is not None and not gc.is_tracked(read.item)
     with store.engine.connect() as conn:
         assert not any(gc.is_tracked(entry) for _, entry in rows.changed(conn, "ns", 0))
 
@@ -56,6 +58,11 @@ def test_changed_reads_the_rows_written_after_a_generation(
         assert rows.etags(conn, "ns") == {
             key: store.get_item("ns", key).etag for key in ("a", "b", "c")
         }
+        assert rows.generation(conn, "ns") == 2
+    store.apply("ns", [{"id": "a", "v": 3}, {"id": "b", "v": 1}, {"id": "c", "v": 1}])
+    with store.engine.connect() as conn:  # upto: only rows as generation 2 left them
+        assert sorted(key for key, _ in rows.changed(conn, "ns", 1, upto=2)) == ["c"]
+        assert sorted(rows.etags(conn, "ns", upto=2)) == ["b", "c"]
 
 
 def test_writes_since_counts_rows_written_and_says_whether_any_were_deleted(
@@ -64,12 +71,11 @@ def test_writes_since_counts_rows_written_and_says_whether_any_were_deleted(
     store.apply("ns", [{"id": "a", "v": 1}, {"id": "b", "v": 1}])
     store.apply("ns", [{"id": "a", "v": 2}, {"id": "b", "v": 1}, {"id": "c", "v": 1}])
     with store.engine.connect() as conn:
-        written, deleted = rows.writes_since(conn, "ns", 1)
-        assert (written, deleted) == (2, False)
+        assert rows.writes_since(conn, "ns", 1) == (2, False, 2)
     store.apply("ns", [{"id": "a", "v": 2}])
     with store.engine.connect() as conn:
         assert rows.writes_since(conn, "ns", 1).deleted
-        assert rows.writes_since(conn, "ns", 3) == (0, False)
+        assert rows.writes_since(conn, "ns", 3) == (0, False, 3)
 
 
 def test_a_failed_read_is_a_store_error(sqlite_url: str) -> None:

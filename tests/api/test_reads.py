@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import Connection
 
 from api import query
-from api.item_rows import CachedItem, ItemRows
+from api.item_rows import CachedItem, ItemRows, Writes
 from api.reads import (
     READBACK_PAUSE,
     READBACK_SLICE,
@@ -254,10 +254,10 @@ class GatedRows(ItemRows):
         self.gate.set()
 
     def changed(
-        self, conn: Connection, namespace: str, since: int
+        self, conn: Connection, namespace: str, since: int, upto: int | None = None
     ) -> Iterator[tuple[str, CachedItem]]:
         assert self.gate.wait(10), "the test never opened the gate"
-        return super().changed(conn, namespace, since)
+        return super().changed(conn, namespace, since, upto)
 
 
 def test_a_generation_seen_during_a_revalidation_is_followed_when_it_ends(
@@ -284,6 +284,81 @@ def test_a_generation_seen_during_a_revalidation_is_followed_when_it_ends(
             assert state.generation == 3
         assert layer.misses == misses
         assert layer.held == 8
+
+    asyncio.run(scenario())
+
+
+# -- a refresh committed while the layer reads ----------------------------------------
+#
+# Generation 2 has a=2 and b=1; generation 3 has a=3 and no b. Whatever the layer
+# serves, each response's content must be that of the generation it is labelled with.
+
+MIXED: dict[int, dict[str, int | None]] = {
+    1: {"a": 1, "b": 1},
+    2: {"a": 2, "b": 1},
+    3: {"a": 3, "b": None},
+}
+
+
+async def served(layer: ReadLayer, key: str) -> tuple[int, int | None]:
+    """The generation ``key`` is served under and its ``v`` (``None``: not found, under
+    the generation a read of ``a`` is served under right after)."""
+    try:
+        entry, state = await layer.item("ns", key)
+    except ItemNotFoundError:
+        return (await layer.item("ns", "a"))[1].generation, None
+    return state.generation, orjson.loads(entry["payload"])["v"]
+
+
+class RacedRows(ItemRows):
+    """The real queries; ``then`` runs (another replica's refresh commits) right after
+    the next read of the run history."""
+
+    then: Callable[[], object] | None = None
+
+    def writes_since(self, conn: Connection, namespace: str, since: int) -> Writes:
+        writes = super().writes_since(conn, namespace, since)
+        then, self.then = self.then, None
+        if then is not None:
+            then()
+        return writes
+
+
+def test_a_refresh_committed_while_a_small_one_is_followed_is_not_mixed_into_it(
+    store: CacheStore, clock: Clock
+) -> None:
+    rows = RacedRows(store.engine)
+    layer = ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock, rows=rows)
+    store.apply("ns", [{"id": "a", "v": 1}, {"id": "b", "v": 1}])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "a")
+        assert layer.held == 2
+        store.apply("ns", [{"id": "a", "v": 2}, {"id": "b", "v": 1}])  # a small refresh
+        rows.then = lambda: store.apply("ns", [{"id": "a", "v": 3}])  # commits mid-follow
+        clock.advance(CHECK_SECONDS)
+        await layer.check()  # follows generation 2 inline, while generation 3 commits
+        for key in ("a", "b", "a"):
+            generation, v = await served(layer, key)
+            assert MIXED[generation][key] == v, f"{key}={v} served under {generation}"
+        await layer.settle()
+
+    asyncio.run(scenario())
+
+
+def test_a_miss_that_reads_a_newer_refresh_is_served_under_it_not_the_checked_one(
+    layer: ReadLayer, store: CacheStore, clock: Clock
+) -> None:
+    store.apply("ns", [{"id": "a", "v": 1}, {"id": "b", "v": 1}])
+    store.apply("ns", [{"id": "a", "v": 2}, {"id": "b", "v": 1}])
+
+    async def scenario() -> None:
+        assert await served(layer, "b") == (2, 1)  # generation 2 checked, b kept
+        store.apply("ns", [{"id": "a", "v": 3}])  # before the next check is due
+        for key in ("a", "b"):
+            generation, v = await served(layer, key)
+            assert MIXED[generation][key] == v, f"{key}={v} served under {generation}"
+        assert layer.held == 1  # a, kept under generation 3; b dropped
 
     asyncio.run(scenario())
 
