@@ -74,6 +74,18 @@ server that vanishes (a failover, a dropped route) would hang a refresh, holding
 lease, or a request's thread. A long query is not cut short: that is the server's
 ``statement_timeout``."""
 
+SERVER_KEEPALIVES: dict[str, int] = {
+    "tcp_keepalives_idle": 30,
+    "tcp_keepalives_interval": 10,
+    "tcp_keepalives_count": 3,
+}
+"""The same probing from the server's side, set on each PostgreSQL connection (unless the
+URL's ``options`` set them): a refresher that dies mid-refresh (a host lost, a
+route dropped) leaves its session open on the server, its transaction holding the rows
+it had streamed, until the server notices; with the kernel's defaults that takes some
+two hours, during which the next lease holder's writes to the same keys wait on those
+rows. With these, about a minute."""
+
 URL_SETTING = "CACHE_REFRESHER_DATABASE_URL"
 DEFAULT_PORTS = {"postgresql": 5432, "mssql": 1433}
 DDL_DIALECTS = {"mssql": "azure-sql"}
@@ -148,6 +160,8 @@ def create_engine(
     kwargs.setdefault("pool_pre_ping", True)
     kwargs["connect_args"] = network_timeouts(parsed, kwargs.get("connect_args", {}))
     engine = sa.create_engine(url, **kwargs)
+    if server_keepalives(parsed):
+        event.listen(engine, "connect", _set_server_keepalives)
     if method is not None:
         assert credential is not None  # token_method refuses "entra" without one
         TokenConnector(credential, method, retry=retry, expiry=expiry).install(engine)
@@ -161,6 +175,23 @@ def network_timeouts(url: URL, connect_args: dict[str, Any]) -> dict[str, Any]:
         return connect_args
     given = set(url.query) | set(connect_args)
     return {**{k: v for k, v in LIBPQ_TIMEOUTS.items() if k not in given}, **connect_args}
+
+
+def server_keepalives(url: URL) -> bool:
+    """Whether connections to ``url`` get :data:`SERVER_KEEPALIVES`."""
+    return (
+        url.get_backend_name() == "postgresql"
+        and url.get_driver_name() in LIBPQ_DRIVERS
+        and "tcp_keepalives" not in str(url.query.get("options", ""))
+    )
+
+
+def _set_server_keepalives(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    for name, value in SERVER_KEEPALIVES.items():
+        cursor.execute(f"SET {name} = {value:d}")
+    cursor.close()
+    dbapi_connection.commit()  # a SET in a transaction rolled back would be undone
 
 
 LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2"})

@@ -24,7 +24,14 @@ from sqlalchemy.engine import Engine, make_url
 
 from refresher.cache import CacheStore, lease_name
 from refresher.cadence import HELD_RECHECK_SECONDS, Backoff
-from refresher.db import LIBPQ_TIMEOUTS, create_engine, init_schema, network_timeouts
+from refresher.db import (
+    LIBPQ_TIMEOUTS,
+    SERVER_KEEPALIVES,
+    create_engine,
+    init_schema,
+    network_timeouts,
+    server_keepalives,
+)
 from refresher.errors import LeaseHeldError, StoreError
 from refresher.lease import Lease, LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
@@ -493,6 +500,24 @@ def test_connections_carry_the_network_timeouts(
 
     for name, value in LIBPQ_TIMEOUTS.items():
         assert parameters.get(name) == str(value), name
+
+
+def test_cache_connections_have_the_server_probe_them_too(postgresql_url: str) -> None:
+    engine = create_engine(postgresql_url)
+    try:
+        with engine.connect() as conn:
+            shown = {
+                name: conn.exec_driver_sql(f"SHOW {name}").scalar() for name in SERVER_KEEPALIVES
+            }
+            conn.rollback()  # the settings are the session's, not this transaction's
+            again = conn.exec_driver_sql("SHOW tcp_keepalives_idle").scalar()
+    finally:
+        engine.dispose()
+    assert shown == {name: str(value) for name, value in SERVER_KEEPALIVES.items()}
+    assert again == "30"
+    assert "options" in make_url(postgresql_url).query  # the test's schema: set all the same
+    custom = make_url(postgresql_url).update_query_dict({"options": "-ctcp_keepalives_idle=5"})
+    assert not server_keepalives(custom)
 
 
 def test_a_server_that_stops_answering_fails_the_connection_instead_of_hanging_it(
