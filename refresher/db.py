@@ -188,8 +188,9 @@ def server_keepalives(url: URL) -> bool:
 
 def _set_server_keepalives(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    for name, value in SERVER_KEEPALIVES.items():
-        cursor.execute(f"SET {name} = {value:d}")
+    cursor.execute(
+        "; ".join(f"SET {name} = {value:d}" for name, value in SERVER_KEEPALIVES.items())
+    )
     cursor.close()
     dbapi_connection.commit()  # a SET in a transaction rolled back would be undone
 
