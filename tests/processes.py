@@ -40,3 +40,14 @@ class Output:
         """Everything the process printed (waits for the end of its output)."""
         self._thread.join(STOP_SECONDS)
         return "".join(self.lines)
+
+
+def finished(process: subprocess.Popen[str], output: Output) -> str:
+    """Everything ``process`` printed, once it ended (killed if it still runs)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(STOP_SECONDS)
+    text = output.text
+    assert process.stdout is not None
+    process.stdout.close()
+    return text

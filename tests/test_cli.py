@@ -41,7 +41,7 @@ from refresher.ddl import DIALECTS
 from refresher.lease import LeaseManager
 from refresher.scheduler import ABANDON_WAIT_SECONDS, Scheduler
 from refresher.settings import load_settings
-from tests.processes import STOP_SECONDS, Output, free_port
+from tests.processes import STOP_SECONDS, Output, finished, free_port
 
 runner = CliRunner()
 SCRIPT = Path(sys.executable).with_name("cache-refresher")
@@ -568,6 +568,25 @@ def test_refresh_on_a_read_only_database_says_so_and_exits_1(configured: dict[st
     assert "make the file and its folder writable by this user" in result.stderr
 
 
+def _refreshing(
+    args: list[str], env: dict[str, str], cwd: Path, engine: sa.Engine, namespace: str
+) -> tuple[subprocess.Popen[str], Output]:
+    """``cache-refresher <args>`` started, once its refresh of ``namespace`` is running."""
+    process = subprocess.Popen(
+        [str(SCRIPT), *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = Output(process, "\n")
+    store = CacheStore(engine)
+    running = _wait_for(
+        lambda: [run.status for run in store.runs(namespace)] == ["running"], READY_SECONDS
+    )
+    if not running:
+        text = finished(process, output)
+        raise AssertionError(f"no refresh of {namespace!r} started:\n{text}")
+    return process, output
+
+
 SLOW_NAMESPACES_TOML = """\
 [namespaces.slow]
 key_field = "id"
@@ -585,26 +604,13 @@ def test_refresh_stopped_by_sigterm_abandons_its_run_and_releases_the_lease(
     (tmp_path / "namespaces.toml").write_text(SLOW_NAMESPACES_TOML)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
     env = {**base, **_env(database_url=db_url, namespaces_file=str(tmp_path / "namespaces.toml"))}
-    process = subprocess.Popen(
-        [str(SCRIPT), "refresh", "slow"], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    output = Output(process, "pages fetched")
+    process, output = _refreshing(["refresh", "slow"], env, tmp_path, engine, "slow")
     store = CacheStore(engine)
     try:
-        running = _wait_for(
-            lambda: [run.status for run in store.runs("slow")] == ["running"], READY_SECONDS
-        )
-        assert running, output.text
         process.send_signal(signal.SIGTERM)
         code = process.wait(STOP_SECONDS)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(STOP_SECONDS)
-        text = output.text
-        assert process.stdout is not None
-        process.stdout.close()
+        text = finished(process, output)
 
     assert code == 1, text
     assert "error: refresh of namespace 'slow' stopped (Terminated): nothing was committed" in text
@@ -653,28 +659,15 @@ def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
             metrics_port="0", stop_grace_seconds="1", log_format="json",
         ),
     }  # fmt: skip
-    process = subprocess.Popen(
-        [str(SCRIPT), "run"], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    output = Output(process, "cache-refresher run:")
+    process, output = _refreshing(["run"], env, tmp_path, engine, "hung")
     store = CacheStore(engine)
     try:
-        running = _wait_for(
-            lambda: [run.status for run in store.runs("hung")] == ["running"], READY_SECONDS
-        )
-        assert running, output.text
         process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         code = process.wait(STOP_SECONDS + 30)
         took = time.monotonic() - stopped
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(STOP_SECONDS)
-        text = output.text
-        assert process.stdout is not None
-        process.stdout.close()
+        text = finished(process, output)
 
     # The grace (1 s), then the interrupted refresh returns without waiting for the page
     # its source is stuck in (it used to wait 30 s more for it, past a pod's kill).

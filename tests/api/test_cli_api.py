@@ -25,7 +25,7 @@ from refresher.cache import CacheStore
 from refresher.db import create_engine, init_schema
 from refresher.sources.demo import DemoSource
 from tests.api.conftest import ApiRegistration, ApiTokens, bearer
-from tests.processes import STOP_SECONDS, Output, free_port
+from tests.processes import STOP_SECONDS, Output, finished, free_port
 
 SCRIPT = Path(sys.executable).with_name("cache-refresher")
 READY_SECONDS = 20.0
@@ -196,12 +196,7 @@ def test_api_logs_json_with_each_requests_id_when_asked(
         process.send_signal(signal.SIGTERM)
         assert process.wait(STOP_SECONDS) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(STOP_SECONDS)
-        text = output.text
-        assert process.stdout is not None
-        process.stdout.close()
+        text = finished(process, output)
 
     assert sent.headers["x-request-id"] == "trace-7f3a:01"  # the caller's, sent back
     assert made.status_code == 404
