@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from api.db_clock import Namespaces, read_namespaces
 from refresher.cache import history_since
 from refresher.errors import StoreError
 from refresher.schema import entries, namespaces
@@ -147,6 +148,10 @@ class ItemRows:
             return None
         payload, etag, changed_at, generation = row
         return Read(self._item(payload, etag, changed_at), int(generation))
+
+    def namespaces(self) -> Namespaces:
+        """Every namespace's state and the database's time (:func:`read_namespaces`)."""
+        return read_namespaces(self.engine)
 
     def changed(
         self, conn: Connection, namespace: str, since: int, upto: int | None = None

@@ -61,6 +61,11 @@ before the next request. A
 namespace's first refresh becomes readable within the same bound; until a
 check has seen it, the namespace is not found.
 
+**Times are the database's.** A check reads the database's time with the
+namespaces (:mod:`api.db_clock`) and keeps its difference from this host's
+clock: :meth:`ReadLayer.now` is the time to judge an item's freshness by
+(``refreshed_at`` is the database's time), without a query of its own.
+
 If a check fails (the database is down), the request fails with the store's
 error (503): the bound is kept rather than serving unchecked data.
 
@@ -98,6 +103,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from api.db_clock import offset_of
 from api.item_rows import CachedItem, ItemRows, Read, cached_item, http_date
 from refresher.cache import CacheStore, NamespaceInfo
 from refresher.errors import CacheRefresherError, NamespaceNotFoundError, StoreError
@@ -145,6 +151,7 @@ class ReadLayer:
         sleep: Callable[[float], None] = time.sleep,
         rows: ItemRows | None = None,
         follow_seconds: float = 0.0,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.rows = ItemRows(store.engine) if rows is None else rows
@@ -153,6 +160,9 @@ class ReadLayer:
         self.warm = warm and capacity > 0
         self._namespaces = dict(namespaces or {})
         self._clock = clock
+        self._wall = wall
+        self._offset = 0.0
+        """The database's clock minus ``wall``, in seconds, as the last check measured it."""
         self._sleep = sleep
         self._held: dict[str, _Held] = {}
         self._count = 0
@@ -168,6 +178,11 @@ class ReadLayer:
         self._closing = False
         self.misses = 0
         """Items read from the store one by one (not served from memory)."""
+
+    def now(self) -> float:
+        """The database's time now, epoch seconds: this host's, corrected by the difference
+        the last check measured (what ``refreshed_at`` and so :class:`Freshness` are on)."""
+        return self._wall() + self._offset
 
     @property
     def held(self) -> int:
@@ -255,7 +270,7 @@ class ReadLayer:
     async def _check(self) -> None:
         """Read every namespace's generation and freshness (the query in a thread)."""
         started = self._clock()
-        infos = await run_in_threadpool(self.store.namespaces)
+        infos, self._offset = await run_in_threadpool(self._read_namespaces)
         states = {
             info.namespace: freshness(info, self._namespaces.get(info.namespace))
             for info in infos
@@ -283,6 +298,12 @@ class ReadLayer:
         )
         if kept is not None:
             self._replace(namespace, generation, kept)
+
+    def _read_namespaces(self) -> tuple[list[NamespaceInfo], float]:
+        """Every namespace's state, and the database's clock minus ours (in a thread)."""
+        sent = self._wall()
+        read = self.rows.namespaces()
+        return read.infos, offset_of(read, sent, self._wall())
 
     def _check_done(self, task: asyncio.Task[None]) -> None:
         self._checking = None

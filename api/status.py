@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
+from api.db_clock import read_namespaces
 from api.principal import IssuerStatus
 from refresher.cache import CacheStore, NamespaceInfo, RunRecord
-from refresher.db import utcnow
 from refresher.identity.credential import TokenStatus
 from refresher.namespaces import Namespace
 from refresher.refresh_requests import RefreshRequest
@@ -175,9 +175,11 @@ class StatusOut(BaseModel):
 def namespace_statuses(
     store: CacheStore, configured: Mapping[str, Namespace], now: datetime | None = None
 ) -> list[NamespaceStatus]:
-    """Every namespace the store knows or the file configures, with its last run."""
-    now = now or utcnow()
-    known = {info.namespace: info for info in store.namespaces()}
+    """Every namespace the store knows or the file configures, with its last run; ages
+    at ``now``, by default the database's time (its clock stamped ``refreshed_at``)."""
+    read = read_namespaces(store.engine)
+    now = now or read.now
+    known = {info.namespace: info for info in read.infos}
     return [
         _namespace_status(name, known.get(name), configured.get(name), store, now)
         for name in sorted(set(known) | set(configured))

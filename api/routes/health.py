@@ -16,12 +16,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
+from api.db_clock import read_namespaces
 from api.deps import ResourcesDep
 from api.problems import problem
 from api.resources import ApiResources
 from api.responses import problem_responses
 from api.status import stale_namespaces
-from refresher.db import utcnow
 from refresher.errors import StoreError
 
 router = APIRouter(tags=["probes"])
@@ -64,7 +64,8 @@ def check_readiness(resources: ApiResources) -> Readiness:
     """Read the database and the secret store's state now."""
     database, stale = "ok", []
     try:
-        stale = stale_namespaces(resources.store.namespaces(), resources.namespaces, utcnow())
+        read = read_namespaces(resources.store.engine)  # ages by the database's clock
+        stale = stale_namespaces(read.infos, resources.namespaces, read.now)
     except StoreError as exc:
         database = str(exc)
     secrets = resources.secrets

@@ -27,7 +27,6 @@ the request, about 70 of 135 microseconds of CPU.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any
@@ -38,6 +37,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from api import query
+from api.db_clock import read_namespaces
 from api.deps import (
     Caller,
     ResourcesDep,
@@ -117,9 +117,10 @@ class ItemPage(BaseModel):
 )
 def list_namespaces(caller: Caller, resources: ResourcesDep) -> NamespaceList:
     resources.policy.require_reader(caller)
-    stored = {info.namespace: info for info in resources.store.namespaces()}
+    read = read_namespaces(resources.store.engine)  # ages by the database's clock
+    stored = {info.namespace: info for info in read.infos}
     names = sorted(resources.namespaces) if resources.namespaces else sorted(stored)
-    now = time.time()
+    now = read.now.timestamp()
     return NamespaceList(
         namespaces=[
             _namespace_out(resources, name, stored.get(name), now)
@@ -239,7 +240,7 @@ async def get_item(request: Request) -> Response:
         raise ItemNotFoundError(namespace, key.replace("\x00", "?"))
     layer = _direct(resources) if resources.reads is None else resources.reads
     entry, state = await layer.item(namespace, key)
-    headers = cache_headers(state, time.time())
+    headers = cache_headers(state, layer.now())  # refreshed_at is on the database's clock
     etag = headers["ETag"] = entry["etag"]
     headers["Last-Modified"] = entry["last_modified"]
     if not_modified(request, etag, entry["last_modified"]):

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.engine import Connection
 
 from api import query
+from api.db_clock import Namespaces
 from api.item_rows import CachedItem, ItemRows, Writes
 from api.reads import (
     READBACK_PAUSE,
@@ -544,10 +545,10 @@ WAIT_SECONDS = 10.0
 def test_closing_waits_for_the_query_of_a_check_under_way(store: CacheStore, clock: Clock) -> None:
     started, go, ended = threading.Event(), threading.Event(), threading.Event()
 
-    class HeldStore(CacheStore):
+    class HeldRows(ItemRows):
         """Lists the namespaces only once the test lets it."""
 
-        def namespaces(self) -> list[NamespaceInfo]:
+        def namespaces(self) -> Namespaces:
             started.set()
             go.wait(WAIT_SECONDS)
             try:
@@ -555,7 +556,8 @@ def test_closing_waits_for_the_query_of_a_check_under_way(store: CacheStore, clo
             finally:
                 ended.set()
 
-    layer = ReadLayer(HeldStore(store.engine), check_seconds=CHECK_SECONDS, clock=clock)
+    rows = HeldRows(store.engine)
+    layer = ReadLayer(store, check_seconds=CHECK_SECONDS, clock=clock, rows=rows)
 
     async def scenario() -> None:
         check = asyncio.ensure_future(layer.check())
