@@ -26,10 +26,16 @@ from tests.api.fakes import FakeValidator, bearer
 
 PROBLEM = "application/problem+json"
 DEADLINE_SECONDS = 10.0
-ISSUER = IssuerStatus(
-    issuer="https://login.example/tenant/v2.0", keys=2, fetched_at=time.time() - 30,
-    next_refresh_at=time.time() + 3600, last_error="the metadata endpoint answered 503",
-)  # fmt: skip
+ISSUER_URL = "https://login.example/tenant/v2.0"
+
+
+def issuer_status() -> IssuerStatus:
+    """An issuer whose keys were read 30 s ago (now: not when the module was imported, which
+    in a long run is more than the 30 s the test allows for)."""
+    return IssuerStatus(
+        issuer=ISSUER_URL, keys=2, fetched_at=time.time() - 30,
+        next_refresh_at=time.time() + 3600, last_error="the metadata endpoint answered 503",
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -47,9 +53,8 @@ def namespaces() -> list[Namespace]:
 @pytest.fixture
 def client(store: CacheStore, db_url: str, namespaces: list[Namespace]) -> Iterator[httpx.Client]:
     settings = Settings(database_url=db_url, replica_id="replica-7")
-    resources = build_resources(
-        settings, store=store, validator=FakeValidator(issuers=[ISSUER]), namespaces=namespaces
-    )
+    validator = FakeValidator(issuers=[issuer_status()])
+    resources = build_resources(settings, store=store, validator=validator, namespaces=namespaces)
     with (
         serving(create_app(settings, resources=resources)) as url,
         httpx.Client(base_url=url, headers=bearer("admin")) as client,
@@ -149,7 +154,7 @@ def test_status_shows_namespaces_last_runs_issuers_and_replica(
     assert (other["row_count"], other["stale"], other["last_run"]) == (None, True, None)
     assert other["max_staleness_seconds"] == 60
     (issuer,) = status["issuers"]
-    assert issuer["issuer"] == ISSUER.issuer
+    assert issuer["issuer"] == ISSUER_URL
     assert issuer["keys"] == 2
     assert 29 <= issuer["age_seconds"] < 60
     assert issuer["last_error"] == "the metadata endpoint answered 503"
