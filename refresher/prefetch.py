@@ -22,8 +22,9 @@ What stays as it was in one thread:
   iterator closed in that thread. While it waits for the next batch the
   consumer calls ``check`` every :data:`POLL_SECONDS`, so a stop request is
   seen during a slow page. Closing waits for that page (at most
-  :data:`JOIN_SECONDS`) only while ``check`` passes: a refresh interrupted
-  by a shutdown returns at once and leaves the page to finish in the
+  :data:`JOIN_SECONDS`) only while ``check`` passes and no interrupt
+  (Ctrl-C, SIGTERM, a failed check) is unwinding the consumer: an
+  interrupted refresh returns at once and leaves the page to finish in the
   daemon thread, so a blocked upstream cannot hold a process past its stop
   grace.
 
@@ -116,11 +117,17 @@ def prefetched_batches(
     items each): a consumer that works per batch pays nothing per item for the handover."""
     fetcher = _Fetcher(items, depth=depth, batch=batch, name=name)
     fetcher.start()
+    interrupted = False
     try:
         while (chunk := fetcher.next_batch(check)) is not None:
             yield chunk
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        interrupted = not isinstance(exc, Exception)  # Ctrl-C, SIGTERM, a failed check
+        raise
     finally:
-        fetcher.stop(check)
+        fetcher.stop(check, wait=not interrupted)
 
 
 class _Fetcher(Generic[_T]):
@@ -159,14 +166,14 @@ class _Fetcher(Generic[_T]):
                 if check is not None:
                     check()
 
-    def stop(self, check: Callable[[], None] | None = None) -> None:
-        """Stop the producer, drop what it fetched ahead, and wait for its current page
-        while ``check`` passes (its failure, a stop request, ends the wait)."""
+    def stop(self, check: Callable[[], None] | None = None, *, wait: bool = True) -> None:
+        """Stop the producer, drop what it fetched ahead, and (with ``wait``) wait for its
+        current page while ``check`` passes (its failure, a stop request, ends the wait)."""
         self._stopping = True
         self._stopped.set()
         self._drain()
         started = time.monotonic()
-        while (left := started + JOIN_SECONDS - time.monotonic()) > 0:
+        while wait and (left := started + JOIN_SECONDS - time.monotonic()) > 0:
             self._thread.join(min(POLL_SECONDS, left))
             if not self._thread.is_alive() or not _passes(check):
                 break

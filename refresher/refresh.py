@@ -26,7 +26,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,9 +101,10 @@ def refresh_under_lease(
         credential=services.credential, secrets=services.secrets, progress=page_progress
     )
     with LeaseKeeper(store.leases, lease) as kept:
-        check = _checker(stop, kept.lost, lease)
+        abandoned = threading.Event()
+        check = _checker(stop, kept.lost, lease, abandoned)
         items = _items(namespace, context, check)
-        with contextlib.closing(items):  # stops the prefetch thread if the store stops early
+        with _closed(items, abandoned):  # stops the prefetch thread if the store stops early
             return store.apply(
                 namespace.name,
                 items,
@@ -187,11 +188,29 @@ def _items(
             yield from batch if namespace.fields is None else map(namespace.project, batch)
 
 
+@contextlib.contextmanager
+def _closed(items: Generator[Any, None, None], abandoned: threading.Event) -> Iterator[None]:
+    """Close ``items`` after the block; when an interrupt (Ctrl-C, SIGTERM, a stop request)
+    ends it, mark the refresh ``abandoned`` first, so that closing does not wait for the
+    page the source is fetching (:func:`refresher.prefetch.prefetched_batches`)."""
+    try:
+        yield
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            abandoned.set()
+        raise
+    finally:
+        items.close()
+
+
 def _checker(
-    stop: threading.Event | None, lost: threading.Event, lease: Lease
+    stop: threading.Event | None,
+    lost: threading.Event,
+    lease: Lease,
+    abandoned: threading.Event,
 ) -> Callable[[], None]:
     def check() -> None:
-        if stop is not None and stop.is_set():
+        if abandoned.is_set() or (stop is not None and stop.is_set()):
             raise RefreshInterrupted
         if lost.is_set():
             raise LeaseLostError(lease.name, lease.holder)

@@ -689,6 +689,35 @@ def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
     engine.dispose()
 
 
+def test_refresh_stopped_while_its_upstream_hangs_exits_at_once(
+    db_url: str, tmp_path: Path, silent_upstream: str
+) -> None:
+    engine = create_engine(db_url)
+    init_schema(engine)
+    (tmp_path / "namespaces.toml").write_text(
+        f'[namespaces.hung]\nkey_field = "id"\nevery = "1h"\n'
+        f'source = {{ kind = "http_json", url = "{silent_upstream}", read_timeout = 600 }}\n'
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
+    env = {**base, **_env(database_url=db_url, namespaces_file=str(tmp_path / "namespaces.toml"))}
+    process, output = _refreshing(["refresh", "hung"], env, tmp_path, engine, "hung")
+    try:
+        process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        code = process.wait(STOP_SECONDS + 30)
+        took = time.monotonic() - stopped
+    finally:
+        text = finished(process, output)
+
+    # Not after the page the source waits for (it waited 30 s for it before).
+    assert code == 1, text
+    assert took < ABANDON_WAIT_SECONDS, text
+    assert "error: refresh of namespace 'hung' stopped (Terminated): nothing was committed" in text
+    (run,) = CacheStore(engine).runs("hung")
+    assert run.status == "abandoned"
+    engine.dispose()
+
+
 def test_run_without_a_namespaces_file_exits_2(sqlite_url: str) -> None:
     result = runner.invoke(app, ["run"], env=_env(database_url=sqlite_url))
     assert result.exit_code == 2
