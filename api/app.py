@@ -21,7 +21,7 @@ from api.resources import ApiResources, open_resources
 from api.routes import admin, events, health, namespaces
 from api.routes import metrics as metrics_routes
 from refresher import __version__
-from refresher.logs import REQUEST_ID_HEADER, usable_request_id
+from refresher.logs import REQUEST_ID_HEADER, new_request_id, usable_request_id
 from refresher.settings import Settings
 
 DESCRIPTION = """\
@@ -69,7 +69,11 @@ def create_app(settings: Settings, *, resources: ApiResources | None = None) -> 
     app.add_middleware(HeadAsGet)
     # Outermost: every record logged for a request, uvicorn's access line too, has its id.
     app.add_middleware(
-        CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, validator=usable_request_id
+        CorrelationIdMiddleware,
+        header_name=REQUEST_ID_HEADER,
+        validator=usable_request_id,
+        generator=new_request_id,
+        update_request_header=False,  # nothing reads it from the request
     )
     problems.install(app)
     app.include_router(health.router)

@@ -19,8 +19,11 @@ chatty HTTP client loggers are quieted by the commands, see
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
+import os
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -71,6 +74,25 @@ def in_this_context(target: Callable[[], None]) -> Callable[[], None]:
     starts with an empty one), so that its records carry the same ``namespace``."""
     context = contextvars.copy_context()
     return lambda: context.run(target)
+
+
+class _RequestIds:
+    """Ids for requests that came without one: 16 random hex digits per process, then a
+    count in 16 more (32 in all, a UUID's length). A random UUID per request costs a
+    system call, ~2 us of the API's ~240 us a request; a fork draws new random digits."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._count = itertools.count(1)
+
+    def __call__(self) -> str:
+        if self._pid != os.getpid():
+            self._pid, self._prefix = os.getpid(), secrets.token_hex(8)
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+new_request_id = _RequestIds()
 
 
 def usable_request_id(value: str) -> bool:

@@ -17,6 +17,7 @@ from refresher.logs import (
     configure_logging,
     in_this_context,
     namespace_logged,
+    new_request_id,
     usable_request_id,
 )
 
@@ -117,3 +118,10 @@ def test_a_refreshs_records_carry_its_namespace_in_the_threads_it_starts() -> No
     assert inside["namespace"] == "users"
     assert seen == {"started": "users", "plain": None}  # a thread starts with no context
     assert "namespace" not in json.loads(JsonFormatter().format(_record()))  # ended
+
+
+def test_made_up_request_ids_are_unique_and_a_uuids_length() -> None:
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and usable_request_id(i) for i in ids)
+    assert len({i[:16] for i in ids}) == 1  # this process's random part
