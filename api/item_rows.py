@@ -115,9 +115,14 @@ class ItemRows:
     @cached_property
     def _one(self) -> SQLCompiler:
         """The single-item query, compiled for the engine's driver."""
+        key: sa.BindParameter[str] = sa.bindparam("key")
         query = sa.select(*self._columns[1:], entries.c.generation).where(
-            entries.c.namespace == sa.bindparam("namespace"), entries.c.key == sa.bindparam("key")
+            entries.c.namespace == sa.bindparam("namespace"), entries.c.key == key
         )
+        if self.engine.dialect.name == "mssql":
+            # SQL Server compares strings padded with spaces ('a' = 'a '); keys of equal
+            # length in bytes (UTF-16) too are the same key.
+            query = query.where(sa.func.datalength(entries.c.key) == sa.func.datalength(key))
         compiled = query.compile(dialect=self.engine.dialect)
         assert isinstance(compiled, SQLCompiler)
         return compiled

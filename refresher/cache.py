@@ -73,6 +73,7 @@ from refresher.lease import Lease, LeaseManager
 from refresher.schema import (
     ERROR_MESSAGE_MAX,
     NAMESPACE_MAX,
+    cut,
     entries,
     fits,
     namespaces,
@@ -681,6 +682,8 @@ class CacheStore:
                 row = conn.execute(
                     sa.select(entries).where(entries.c.namespace == namespace, entries.c.key == key)
                 ).first()
+                if row is not None and row.key != key:  # Azure SQL: 'a' = 'a ' (padded)
+                    row = None
                 if row is None:
                     self._require_namespace(conn, namespace)
                     raise ItemNotFoundError(namespace, key)
@@ -758,12 +761,16 @@ def history_since(conn: Connection, namespace: str, since: int) -> tuple[int, in
     run history: how many generations they account for (fewer than the namespace moved
     on by when the history was pruned), the rows they deleted, and the rows they
     inserted or updated."""
+    # Summed as BIGINT: SQL Server sums INTEGER columns into an INTEGER, which overflows
+    # past 2**31 (a busy namespace's week of history); PostgreSQL and SQLite sum into 64 bits.
+    rows_deleted = sa.cast(refresh_runs.c.rows_deleted, sa.BigInteger)
+    rows_written = (
+        sa.cast(refresh_runs.c.rows_inserted, sa.BigInteger) + refresh_runs.c.rows_updated
+    )
     history = sa.select(
         sa.func.count(sa.distinct(refresh_runs.c.generation)),
-        sa.func.coalesce(sa.func.sum(refresh_runs.c.rows_deleted), 0),
-        sa.func.coalesce(
-            sa.func.sum(refresh_runs.c.rows_inserted + refresh_runs.c.rows_updated), 0
-        ),
+        sa.func.coalesce(sa.func.sum(rows_deleted), 0),
+        sa.func.coalesce(sa.func.sum(rows_written), 0),
     ).where(
         refresh_runs.c.namespace == namespace,
         refresh_runs.c.status == "succeeded",
@@ -807,7 +814,7 @@ def describe_error(exc: BaseException) -> str:
         message = f"interrupted ({type(exc).__name__}) before the refresh finished"
     else:
         message = f"unexpected {type(exc).__name__}; see the service log"
-    return message[:ERROR_MESSAGE_MAX]
+    return cut(message, ERROR_MESSAGE_MAX)
 
 
 def _store_error(what: str, exc: SQLAlchemyError, url: URL | None = None) -> StoreError:

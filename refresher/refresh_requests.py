@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from refresher.cache import RunRecord, check_namespace, lease_name
 from refresher.db import IMMEDIATE, db_now
 from refresher.errors import StoreError
-from refresher.schema import ERROR_MESSAGE_MAX, leases, refresh_requests, refresh_runs
+from refresher.schema import ERROR_MESSAGE_MAX, cut, leases, refresh_requests, refresh_runs
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def request_refresh(engine: Engine, namespace: str, requested_by: str) -> int:
         values = {
             "namespace": namespace,
             "requested_at": db_now(conn),  # compared with claims other machines make
-            "requested_by": requested_by[:REQUESTER_MAX],
+            "requested_by": cut(requested_by, REQUESTER_MAX),
             "status": PENDING,
         }
         key = conn.execute(refresh_requests.insert().values(values)).inserted_primary_key
@@ -197,7 +197,7 @@ def finish(
                 status=status,
                 run_id=run_id,
                 finished_at=now,
-                error_message=None if error is None else error[:ERROR_MESSAGE_MAX],
+                error_message=None if error is None else cut(error, ERROR_MESSAGE_MAX),
             )
         )
         if ended.rowcount != 1:

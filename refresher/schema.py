@@ -71,6 +71,15 @@ def fits(text: str, limit: int) -> bool:
     return len(text) <= limit // 2 or nvarchar_length(text) <= limit
 
 
+def cut(text: str, limit: int) -> str:
+    """``text`` shortened to fit ``limit`` as :func:`nvarchar_length` counts (a character
+    is never split): a message stored in ``NVARCHAR(limit)`` on Azure SQL, where a longer
+    one is refused (error 2628), not cut."""
+    while not fits(text, limit):
+        text = text[: min(limit, len(text) - max(1, (nvarchar_length(text) - limit) // 2))]
+    return text
+
+
 ERROR_MESSAGE_MAX = 2000
 
 
@@ -117,8 +126,12 @@ BINARY_COLLATION = "Latin1_General_100_BIN2"
 insensitive, e.g. ``SQL_Latin1_General_CP1_CI_AS``) would take the keys ``ABC`` and
 ``abc``, or the namespaces ``Demo`` and ``demo``, for one, as PostgreSQL and SQLite
 never do; a binary collation compares them as they are, and pages them in the order of
-their characters' codes, as the others do. (SQL Server still ignores trailing spaces
-when it compares: ``'a'`` and ``'a '`` stay one key there.)"""
+their UTF-16 code units (so a character outside the Basic Multilingual Plane, stored as
+a surrogate pair, sorts before U+E000-U+FFFF, where PostgreSQL's C collation and SQLite
+put it after: pages are consistent on each engine, their order across engines differs
+there). SQL Server still ignores trailing spaces when it compares: ``'a'`` and ``'a '``
+are one key there (refused together, see :func:`refresher.items.refuse_unstorable`), and
+reads of one key check for it."""
 
 
 def _name(length: int) -> Unicode:

@@ -85,3 +85,15 @@ def test_a_failed_read_is_a_store_error(sqlite_url: str) -> None:
             ItemRows(engine).one("ns", "a")
     finally:
         engine.dispose()
+
+
+def test_an_item_is_read_by_its_exact_key_on_azure_sql() -> None:
+    # SQL Server compares 'a' and 'a ' as equal: the byte lengths must match too.
+    compiled = ItemRows(
+        create_engine("mssql+pyodbc://server.example/cache?driver=ODBC+Driver+18+for+SQL+Server")
+    )._one
+    assert compiled.string.endswith(
+        "WHERE cache_entries.namespace = ? AND cache_entries.[key] = ? "
+        "AND datalength(cache_entries.[key]) = datalength(?)"
+    )
+    assert compiled.positiontup == ["namespace", "key", "key"]

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from refresher.cache import CacheStore, _store_error
+from refresher.cache import CacheStore, _store_error, describe_error
 from refresher.cursor import encode_cursor
 from refresher.db import utcnow
 from refresher.errors import (
@@ -34,7 +34,14 @@ from refresher.refresh_requests import (
     request_refresh,
     request_status,
 )
-from refresher.schema import KEY_MAX, entries, refresh_requests, refresh_runs
+from refresher.schema import (
+    ERROR_MESSAGE_MAX,
+    KEY_MAX,
+    entries,
+    nvarchar_length,
+    refresh_requests,
+    refresh_runs,
+)
 
 
 def catalogue(count: int, *, start: int = 0, version: int = 1) -> list[dict[str, Any]]:
@@ -636,3 +643,9 @@ def test_a_namespace_whose_first_refresh_failed_shows_the_error_but_no_data(
 
     assert store.get_item("fresh", "a").generation == 1
     assert store.namespace("fresh").last_error_class is None
+
+
+def test_a_run_historys_message_fits_azure_sqls_nvarchar_however_it_is_written() -> None:
+    said = describe_error(InvalidItemsError("key " + "\U0001f600" * 1500 + " is bad"))
+    assert nvarchar_length(said) <= ERROR_MESSAGE_MAX  # 2,000 UTF-16 units, not characters
+    assert said.startswith("key \U0001f600")

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import pytest
@@ -21,10 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.mssql import pyodbc as mssql_pyodbc
 from sqlalchemy.engine import Dialect, Engine
 
+from refresher.cache import history_since
 from refresher.db import create_engine, init_schema
 from refresher.ddl import DIALECTS, render_ddl, split_statements
 from refresher.errors import ConfigurationError
-from refresher.schema import leases, metadata
+from refresher.schema import cut, leases, metadata, nvarchar_length
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 APP_ROLE = "cache_refresher_app"
@@ -478,3 +480,43 @@ def test_azure_sql_gets_timestamps_in_the_odbc_drivers_datetimeoffset_form(
     process = column_type.dialect_impl(dialect).bind_processor(dialect)
     assert process is not None
     assert process(moment) == sent
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a" * 3000, "\U0001f600" * 1500, "x" * 1999 + "\U0001f600", "é" * 2500 + "\U0001f600" * 9],
+    ids=["ascii", "emoji", "emoji-last", "mixed"],
+)
+def test_cut_fits_azure_sqls_nvarchar_without_splitting_a_character(text: str) -> None:
+    short = cut(text, 2000)
+    assert nvarchar_length(short) <= 2000
+    assert nvarchar_length(short) >= 1999  # no more than one unit lost to a pair
+    assert text.startswith(short)
+    assert cut("fits", 2000) == "fits"
+
+
+MSSQL_URL = "mssql+pyodbc://server.example/cache?driver=ODBC+Driver+18+for+SQL+Server"
+
+
+class _Recorder:
+    """A connection on a dialect with no server here: what it was asked to run."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.sent: list[str] = []
+
+    def execute(self, stmt: sa.Executable) -> SimpleNamespace:
+        self.sent.append(str(stmt.compile(dialect=self.dialect)))  # type: ignore[attr-defined]
+        return SimpleNamespace(one=lambda: (0, 0, 0))
+
+
+def test_the_run_historys_sums_are_bigint_on_azure_sql() -> None:
+    # SQL Server sums INTEGER into INTEGER: a busy namespace's history overflowed it.
+    conn = _Recorder(create_engine(MSSQL_URL).dialect)
+    assert history_since(conn, "users", 3) == (0, 0, 0)  # type: ignore[arg-type]
+    (query,) = conn.sent
+    assert "sum(CAST(cache_refresh_runs.rows_deleted AS BIGINT))" in query
+    assert (
+        "sum(CAST(cache_refresh_runs.rows_inserted AS BIGINT) + cache_refresh_runs.rows_updated)"
+        in query
+    )
