@@ -293,9 +293,14 @@ class ReadLayer:
             return
         if namespace in self._busy:
             return
-        kept = await run_in_threadpool(
-            self._revalidated, namespace, held.generation, generation, held.items, INLINE_CHANGES
-        )
+        try:
+            kept = await run_in_threadpool(
+                self._revalidated, namespace, held.generation, generation, held.items,
+                INLINE_CHANGES,
+            )  # fmt: skip
+        except StoreError as exc:  # this namespace's queries: the others' check goes on
+            logger.warning("following namespace %r within the check failed: %s", namespace, exc)
+            return  # left to the background revalidation, as a large refresh is
         if kept is not None:
             self._replace(namespace, generation, kept)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from api import query
@@ -727,3 +728,38 @@ def test_fields_project_in_the_order_asked_and_skip_missing_ones() -> None:
 )
 def test_negotiation_picks_the_most_preferred_format(accept: str | None, chosen: str) -> None:
     assert query.negotiate(accept) == chosen
+
+
+class FailingRows(ItemRows):
+    """The real queries, but the run history of ``failing`` cannot be read."""
+
+    failing = ""
+
+    def writes_since(self, conn: Connection, namespace: str, since: int) -> Writes:
+        if namespace == self.failing:
+            raise sa.exc.OperationalError("SELECT ...", {}, Exception("arithmetic overflow"))
+        return super().writes_since(conn, namespace, since)
+
+
+def test_a_namespace_that_cannot_be_followed_does_not_fail_the_others_reads(
+    store: CacheStore, clock: Clock
+) -> None:
+    rows = FailingRows(store.engine)
+    layer = ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock, rows=rows)
+    store.apply("bad", [{"id": "a", "v": 1}])
+    store.apply("good", [{"id": "a", "v": 1}])
+
+    async def scenario() -> None:
+        await _warmed(layer, "bad", "a")
+        await _warmed(layer, "good", "a")
+        store.apply("bad", [{"id": "a", "v": 2}])
+        store.apply("good", [{"id": "a", "v": 2}])
+        rows.failing = "bad"
+        clock.advance(CHECK_SECONDS)
+        await layer.check()  # following "bad" fails; the check goes on
+        for name in ("good", "bad"):
+            entry, state = await layer.item(name, "a")
+            assert (orjson.loads(entry["payload"])["v"], state.generation) == (2, 2), name
+        await layer.settle()
+
+    asyncio.run(scenario())
