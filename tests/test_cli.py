@@ -640,34 +640,46 @@ def silent_upstream() -> Iterator[str]:
         connection.close()
 
 
-def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
-    db_url: str, tmp_path: Path, silent_upstream: str
-) -> None:
+def _hung_setup(
+    db_url: str, tmp_path: Path, url: str, **settings: str
+) -> tuple[sa.Engine, dict[str, str]]:
+    """The tables on ``db_url``, and the environment of a command whose namespaces file has
+    ``hung``, whose upstream at ``url`` never answers (with ``settings`` too)."""
     engine = create_engine(db_url)
     init_schema(engine)
-    (tmp_path / "namespaces.toml").write_text(
-        "[namespaces.hung]\n"
-        'key_field = "id"\n'
-        'every = "1h"\n'
-        f'source = {{ kind = "http_json", url = "{silent_upstream}", read_timeout = 600 }}\n'
+    path = tmp_path / "namespaces.toml"
+    path.write_text(
+        f'[namespaces.hung]\nkey_field = "id"\nevery = "1h"\n'
+        f'source = {{ kind = "http_json", url = "{url}", read_timeout = 600 }}\n'
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
-    env = {
-        **base,
-        **_env(
-            database_url=db_url, namespaces_file=str(tmp_path / "namespaces.toml"),
-            metrics_port="0", stop_grace_seconds="1", log_format="json",
-        ),
-    }  # fmt: skip
-    process, output = _refreshing(["run"], env, tmp_path, engine, "hung")
-    store = CacheStore(engine)
+    return engine, {**base, **_env(database_url=db_url, namespaces_file=str(path), **settings)}
+
+
+def _stopped_by_sigterm(
+    process: subprocess.Popen[str], output: Output
+) -> tuple[int | None, float, str]:
+    """SIGTERM to ``process``: its exit code, the seconds it took to exit, what it printed."""
     try:
         process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         code = process.wait(STOP_SECONDS + 30)
-        took = time.monotonic() - stopped
-    finally:
-        text = finished(process, output)
+        return code, time.monotonic() - stopped, finished(process, output)
+    except BaseException:
+        finished(process, output)
+        raise
+
+
+def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
+    db_url: str, tmp_path: Path, silent_upstream: str
+) -> None:
+    engine, env = _hung_setup(
+        db_url, tmp_path, silent_upstream,
+        metrics_port="0", stop_grace_seconds="1", log_format="json",
+    )  # fmt: skip
+    process, output = _refreshing(["run"], env, tmp_path, engine, "hung")
+    store = CacheStore(engine)
+    code, took, text = _stopped_by_sigterm(process, output)
 
     # The grace (1 s), then the interrupted refresh returns without waiting for the page
     # its source is stuck in (it used to wait 30 s more for it, past a pod's kill).
@@ -692,22 +704,9 @@ def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
 def test_refresh_stopped_while_its_upstream_hangs_exits_at_once(
     db_url: str, tmp_path: Path, silent_upstream: str
 ) -> None:
-    engine = create_engine(db_url)
-    init_schema(engine)
-    (tmp_path / "namespaces.toml").write_text(
-        f'[namespaces.hung]\nkey_field = "id"\nevery = "1h"\n'
-        f'source = {{ kind = "http_json", url = "{silent_upstream}", read_timeout = 600 }}\n'
-    )
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
-    env = {**base, **_env(database_url=db_url, namespaces_file=str(tmp_path / "namespaces.toml"))}
+    engine, env = _hung_setup(db_url, tmp_path, silent_upstream)
     process, output = _refreshing(["refresh", "hung"], env, tmp_path, engine, "hung")
-    try:
-        process.send_signal(signal.SIGTERM)
-        stopped = time.monotonic()
-        code = process.wait(STOP_SECONDS + 30)
-        took = time.monotonic() - stopped
-    finally:
-        text = finished(process, output)
+    code, took, text = _stopped_by_sigterm(process, output)
 
     # Not after the page the source waits for (it waited 30 s for it before).
     assert code == 1, text
