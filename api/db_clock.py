@@ -25,11 +25,9 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from refresher.cache import NamespaceInfo
+from refresher.cache import NamespaceInfo, store_errors
 from refresher.db import db_now, utcnow
-from refresher.errors import StoreError
 from refresher.schema import namespaces
 
 
@@ -53,16 +51,8 @@ def now_column(dialect: str) -> Any | None:
 def read_namespaces(engine: Engine) -> Namespaces:
     """Every namespace that was ever refreshed (or tried), by name, and the database's
     time; errors as :class:`StoreError` (503). Blocks: run it in a thread."""
-    try:
-        with engine.connect() as conn:
-            return _read(conn)
-    except SQLAlchemyError as exc:
-        orig = getattr(exc, "orig", None)
-        cause = type(orig if orig is not None else exc).__name__
-        raise StoreError(
-            f"the database failed during the read of the namespaces ({cause}): check that "
-            "the database is reachable and the tables exist (cache-refresher db init)"
-        ) from exc
+    with store_errors("read of the namespaces"), engine.connect() as conn:
+        return _read(conn)
 
 
 def _read(conn: Connection) -> Namespaces:

@@ -817,6 +817,16 @@ def describe_error(exc: BaseException) -> str:
     return cut(message, ERROR_MESSAGE_MAX)
 
 
+@contextlib.contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """A database failure in the block as :func:`_store_error` tells it for a read or
+    bookkeeping step ``what`` (its class only, never the driver's text)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise _store_error(what, exc) from exc
+
+
 def _store_error(what: str, exc: SQLAlchemyError, url: URL | None = None) -> StoreError:
     """``exc`` as our error for the ``what`` ("refresh ...", "read ..."): a refresh's says
     that the cache is unchanged (the transaction rolled back), a read's does not.

@@ -28,11 +28,9 @@ from datetime import datetime, timedelta
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from refresher.cache import RunRecord, check_namespace, lease_name
+from refresher.cache import RunRecord, check_namespace, lease_name, store_errors
 from refresher.db import IMMEDIATE, db_now
-from refresher.errors import StoreError
 from refresher.schema import ERROR_MESSAGE_MAX, cut, leases, refresh_requests, refresh_runs
 
 logger = logging.getLogger(__name__)
@@ -73,7 +71,7 @@ class RefreshRequest:
 def request_refresh(engine: Engine, namespace: str, requested_by: str) -> int:
     """Ask for a refresh of ``namespace`` by whichever replica comes first; the request's id."""
     check_namespace(namespace)
-    with _store_errors(f"request for a refresh of {namespace!r}"), _writing(engine) as conn:
+    with store_errors(f"request for a refresh of {namespace!r}"), _writing(engine) as conn:
         values = {
             "namespace": namespace,
             "requested_at": db_now(conn),  # compared with claims other machines make
@@ -88,7 +86,7 @@ def request_refresh(engine: Engine, namespace: str, requested_by: str) -> int:
 def request_status(engine: Engine, request_id: int) -> RefreshRequest | None:
     """The request ``request_id`` as it stands (``None`` if there is no such request)."""
     query = sa.select(refresh_requests).where(refresh_requests.c.id == request_id)
-    with _store_errors(f"read of refresh request {request_id}"), engine.connect() as conn:
+    with store_errors(f"read of refresh request {request_id}"), engine.connect() as conn:
         row = conn.execute(query).first()
     return None if row is None else RefreshRequest(*row)
 
@@ -96,7 +94,7 @@ def request_status(engine: Engine, request_id: int) -> RefreshRequest | None:
 def run_record(engine: Engine, run_id: int) -> RunRecord | None:
     """The run ``run_id`` of the history (``None`` if there is no such run)."""
     query = sa.select(refresh_runs).where(refresh_runs.c.id == run_id)
-    with _store_errors(f"read of refresh run {run_id}"), engine.connect() as conn:
+    with store_errors(f"read of refresh run {run_id}"), engine.connect() as conn:
         row = conn.execute(query).mappings().first()
     if row is None:
         return None
@@ -110,7 +108,7 @@ def claim_pending(
     for ``namespaces`` only (the ones this replica knows and is not refreshing now)."""
     if limit <= 0 or not namespaces:
         return []
-    with _store_errors("poll for refresh requests"):
+    with store_errors("poll for refresh requests"):
         with engine.connect() as conn:
             candidates = sorted(
                 (row for query in pending_queries(namespaces) for row in conn.execute(query)),
@@ -161,7 +159,7 @@ def _claim(engine: Engine, request_id: int, claimer: str) -> RefreshRequest | No
 
 def unclaim(engine: Engine, request: RefreshRequest) -> None:
     """Put a claimed request back to pending (this replica cannot serve it now)."""
-    with _store_errors(f"release of refresh request {request.id}"), _writing(engine) as conn:
+    with store_errors(f"release of refresh request {request.id}"), _writing(engine) as conn:
         conn.execute(
             refresh_requests.update()
             .where(
@@ -184,7 +182,7 @@ def finish(
     for its claim to be put back may find another replica serving the request, or done
     with it; then it records nothing (logged), rather than overwrite that outcome."""
     status = FAILED if error is not None else DONE
-    with _store_errors(f"update of refresh request {request.id}"), _writing(engine) as conn:
+    with store_errors(f"update of refresh request {request.id}"), _writing(engine) as conn:
         now = db_now(conn)
         ended = conn.execute(
             refresh_requests.update()
@@ -223,7 +221,7 @@ def requeue_dead_claims(engine: Engine) -> int:
     """Put back claims older than ``CLAIM_STALE_SECONDS`` (by the database's clock, as
     claims are made) whose claimer holds no lease on the namespace (it died or gave up
     without saying so); how many were put back."""
-    with _store_errors("check of claimed refresh requests"):
+    with store_errors("check of claimed refresh requests"):
         with engine.connect() as conn:
             cutoff = db_now(conn) - timedelta(seconds=CLAIM_STALE_SECONDS)
             old = sa.select(refresh_requests).where(
@@ -246,16 +244,3 @@ def requeue_dead_claims(engine: Engine) -> int:
 def _writing(engine: Engine) -> Iterator[sa.Connection]:
     with engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
         yield conn
-
-
-@contextmanager
-def _store_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        orig = getattr(exc, "orig", None)
-        cause = type(orig if orig is not None else exc).__name__
-        raise StoreError(
-            f"the database failed during the {what} ({cause}): check that the database "
-            "is reachable and the tables exist (cache-refresher db init)"
-        ) from exc
