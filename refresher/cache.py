@@ -59,6 +59,7 @@ from refresher.errors import (
     EmptySourceError,
     ItemNotFoundError,
     LeaseLostError,
+    MassDeletionError,
     NamespaceNotFoundError,
     StoreError,
 )
@@ -327,6 +328,7 @@ class CacheStore:
         source_version: str | None = None,
         progress: Progress | None = None,
         allow_empty: bool = True,
+        max_deleted: float | None = None,
     ) -> RefreshResult:
         """Make ``items`` the namespace's complete content, in one step.
 
@@ -337,7 +339,9 @@ class CacheStore:
         Raises :class:`~refresher.errors.LeaseHeldError` if another refresher
         holds the namespace, :class:`~refresher.errors.InvalidItemsError` if
         any item is bad (nothing is written; :class:`~refresher.errors.EmptySourceError`,
-        unless ``allow_empty``, if there is none and the namespace holds some), and
+        unless ``allow_empty``, if there is none and the namespace holds some;
+        :class:`~refresher.errors.MassDeletionError` if it would delete more than the
+        fraction ``max_deleted`` of the items the namespace holds), and
         :class:`~refresher.errors.StoreError` if the database fails.
         """
         check_namespace(namespace)
@@ -353,14 +357,7 @@ class CacheStore:
                 with relaxed_collector(), stream or contextlib.nullcontext():
                     report = _feeding(on_item, stream)
                     changes = _diff(items, key_field, version_field, known, report, stream)
-                    if not (allow_empty or changes.memo or not changes.deletes):
-                        raise EmptySourceError(
-                            f"the source gave no items, and namespace {namespace!r} holds "
-                            f"{len(changes.deletes)}: refused, nothing was deleted (the cache "
-                            "keeps its data). Check the source (its address, query, scope or "
-                            "permissions); if it may rightly give none, set allow_empty = true "
-                            "for the namespace"
-                        )
+                    _guard_deletions(namespace, changes, allow_empty, max_deleted)
                     return self._commit(
                         namespace, changes, known, held, run_id, source_version,
                         secret_versions, progress, stream,
@@ -815,6 +812,33 @@ def describe_error(exc: BaseException) -> str:
     else:
         message = f"unexpected {type(exc).__name__}; see the service log"
     return cut(message, ERROR_MESSAGE_MAX)
+
+
+def _guard_deletions(
+    namespace: str, changes: Diff, allow_empty: bool, max_deleted: float | None
+) -> None:
+    """Refuse a refresh that would empty ``namespace`` (unless ``allow_empty``) or delete
+    more than ``max_deleted`` of its items: a source that lost its scope or its filter
+    would otherwise take the cached data with it."""
+    deleted = len(changes.deletes)
+    if not deleted:
+        return
+    if not changes.memo and not allow_empty:
+        raise EmptySourceError(
+            f"the source gave no items, and namespace {namespace!r} holds {deleted}: refused, "
+            "nothing was deleted (the cache keeps its data). Check the source (its address, "
+            "query, scope or permissions); if it may rightly give none, set allow_empty = true "
+            "for the namespace"
+        )
+    held = deleted + len(changes.updates) + changes.unchanged
+    if max_deleted is not None and changes.memo and deleted > max_deleted * held:
+        raise MassDeletionError(
+            f"the source no longer gives {deleted} of the {held} items of namespace "
+            f"{namespace!r} ({deleted / held:.0%}, more than its max_deleted of "
+            f"{max_deleted:.0%}): refused, nothing was deleted (the cache keeps its data). "
+            "Check the source; if so many may rightly go, refresh it once with `cache-refresher "
+            "refresh --allow-deletions`, or raise the namespace's max_deleted"
+        )
 
 
 @contextlib.contextmanager

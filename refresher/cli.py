@@ -15,6 +15,7 @@ exit 2 for bad settings or arguments, 1 when the work itself failed.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import logging
 import signal
@@ -247,6 +248,14 @@ def refresh(
     wait: Annotated[
         float, typer.Option(min=0, help="With --queue: seconds to wait for the outcome.")
     ] = 300.0,
+    allow_deletions: Annotated[
+        bool,
+        typer.Option(
+            "--allow-deletions",
+            help="Let this refresh delete what it must, past the namespace's max_deleted "
+            "and allow_empty guards (when the source's change is real).",
+        ),
+    ] = False,
 ) -> None:
     """Refresh one namespace now, with progress; exit 1 (saying why) if it fails.
 
@@ -258,8 +267,12 @@ def refresh(
         chosen = configured_namespace(settings, namespace)
     if queue:
         chosen.source.close()  # the replicas use their own
+        if allow_deletions:
+            fail("--allow-deletions refreshes in this process: leave out --queue", EXIT_USAGE)
         _queue_refresh(settings, namespace, wait)
         return
+    if allow_deletions:
+        chosen = dataclasses.replace(chosen, allow_empty=True, max_deleted=None)
     try:
         with (
             sigterm_interrupts(),

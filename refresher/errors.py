@@ -75,6 +75,11 @@ class EmptySourceError(InvalidItemsError):
     that: the refresh is refused rather than emptying the cache."""
 
 
+class MassDeletionError(InvalidItemsError):
+    """The refresh would delete more of a namespace's items than its ``max_deleted``
+    allows: it is refused, and the cached data kept."""
+
+
 class InvalidCursorError(CacheRefresherError):
     """A page cursor was malformed or belongs to another namespace."""
 

@@ -11,6 +11,7 @@
     max_staleness = "30m"           # older than this: reads are flagged stale
     readers = { app_role = "Directory.Cache.Read", group = "<group object id>" }
     allow_empty = false             # the default: a source giving no items is an error
+    max_deleted = 0.5               # optional: refuse a refresh deleting more than half
 
     [namespaces.users.source]       # (an inline table must fit on one line)
     kind = "http_json"
@@ -108,6 +109,7 @@ class NamespaceSpec(BaseModel):
     max_staleness: float | None = None
     readers: Readers = Readers()
     allow_empty: bool = False
+    max_deleted: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
     source: dict[str, Any]
 
     @field_validator("every", "max_staleness", mode="before")
@@ -230,6 +232,8 @@ class Namespace:
     allow_empty: bool = False
     """Whether a source that gives no items may empty the namespace (else such a refresh
     is refused, and the cached data kept)."""
+    max_deleted: float | None = None
+    """The largest fraction of its items a refresh may delete (``None``: any)."""
 
     def project(self, item: Mapping[str, Any]) -> Mapping[str, Any]:
         """``item`` reduced to the namespace's ``fields`` (all of it without a projection)."""
@@ -333,7 +337,7 @@ def _build(
         staleness = schedule.nominal_seconds * DEFAULT_STALENESS_INTERVALS
     return Namespace(
         name, source, spec.key_field, spec.version_field, spec.fields, schedule, staleness,
-        spec.readers, spec.allow_empty,
+        spec.readers, spec.allow_empty, spec.max_deleted,
     )  # fmt: skip
 
 

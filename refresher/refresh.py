@@ -111,6 +111,7 @@ def refresh_under_lease(
                 key_field=namespace.key_field,
                 version_field=namespace.version_field,
                 allow_empty=namespace.allow_empty,
+                max_deleted=namespace.max_deleted,
                 lease=lease,
                 secret_versions=context.secret_versions,
                 progress=_checked_progress(progress, check),

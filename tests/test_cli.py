@@ -425,6 +425,28 @@ def test_refresh_shows_progress_and_the_counts_and_exits_0(configured: dict[str,
     assert "250/250" in result.stderr
 
 
+def test_a_refresh_deleting_past_max_deleted_is_refused_unless_allowed_once(
+    configured: dict[str, str],
+) -> None:
+    path = Path(configured["CACHE_REFRESHER_NAMESPACES_FILE"])
+    assert runner.invoke(app, ["refresh", "catalogue"], env=configured).exit_code == 0
+    path.write_text(
+        path.read_text().replace(
+            'source = {{ kind = "demo", size = 250 }}'.replace("{{", "{").replace("}}", "}"),
+            'max_deleted = 0.5\nsource = { kind = "demo", size = 100 }',
+        )
+    )
+
+    refused = runner.invoke(app, ["refresh", "catalogue"], env=configured)
+    allowed = runner.invoke(app, ["refresh", "catalogue", "--allow-deletions"], env=configured)
+
+    assert refused.exit_code == 1
+    assert "no longer gives 150 of the 250 items of namespace 'catalogue' (60%" in refused.stderr
+    assert "refresh --allow-deletions" in refused.stderr
+    assert allowed.exit_code == 0, allowed.output
+    assert "150 deleted" in allowed.stdout
+
+
 def test_a_failed_refresh_exits_1_saying_why_without_a_traceback(
     configured: dict[str, str],
 ) -> None:

@@ -23,6 +23,7 @@ from refresher.errors import (
     InvalidCursorError,
     InvalidItemsError,
     ItemNotFoundError,
+    MassDeletionError,
     NamespaceNotFoundError,
 )
 from refresher.lease import LeaseManager
@@ -504,6 +505,26 @@ def test_a_source_giving_no_items_does_not_empty_a_namespace_that_does_not_allow
     assert (failed.status, failed.error_class) == ("failed", "EmptySourceError")
     assert store.apply("products", []).deleted == 5  # allowed (the store's default)
     assert store.namespace("products").row_count == 0
+
+
+def test_a_refresh_deleting_more_than_max_deleted_is_refused(
+    store: CacheStore, engine: Engine
+) -> None:
+    store.apply("products", catalogue(10))
+    assert store.apply("products", catalogue(5), max_deleted=0.5).deleted == 5  # half: allowed
+    store.apply("products", catalogue(10))
+    before = stored(engine, "products")
+
+    with pytest.raises(MassDeletionError) as caught:
+        store.apply("products", catalogue(4), max_deleted=0.5)
+
+    assert str(caught.value).startswith(
+        "the source no longer gives 6 of the 10 items of namespace 'products' (60%, more than "
+        "its max_deleted of 50%): refused, nothing was deleted"
+    )
+    assert stored(engine, "products") == before
+    assert store.runs("products")[0].error_class == "MassDeletionError"
+    assert store.apply("products", [], max_deleted=0.5).deleted == 10  # allow_empty's say
 
 
 def test_every_problem_is_counted_but_only_the_first_few_are_listed(store: CacheStore) -> None:

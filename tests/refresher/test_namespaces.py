@@ -37,6 +37,7 @@ source = { kind = "demo", size = 10, seed = 3 }
 key_field = "id"
 cron = "0 3 * * *"
 allow_empty = true
+max_deleted = 0.25
 source = { kind = "demo" }
 """
 
@@ -54,6 +55,7 @@ def test_a_valid_file_gives_namespaces_with_their_sources(tmp_path: Path) -> Non
     assert catalogue.project({"id": "a", "name": "n", "secret": 1}) == {"id": "a", "name": "n"}
     assert nightly.schedule.cron == "0 3 * * *"
     assert (catalogue.allow_empty, nightly.allow_empty) == (False, True)
+    assert (catalogue.max_deleted, nightly.max_deleted) == (None, 0.25)
     assert nightly.max_staleness == 3 * 86400  # three nominal intervals by default
 
 
@@ -202,6 +204,20 @@ def test_a_jitter_must_be_a_finite_fraction() -> None:
     )
 
     assert problem == "namespace 'n': jitter: Input should be a finite number"
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("1.5", "less than 1"), ("0", "greater than 0"), ("1", "less than 1")],
+)
+def test_max_deleted_must_be_a_fraction_between_0_and_1(value: str, said: str) -> None:
+    (problem,) = _problems(
+        f'[namespaces.n]\nkey_field = "id"\nevery = 60\nmax_deleted = {value}\n'
+        'source = { kind = "demo" }\n'
+    )
+
+    assert problem.startswith("namespace 'n': max_deleted: Input should be")
+    assert said in problem
 
 
 @pytest.mark.parametrize("cron", ["0 0 31 2 *", "0 0 31 4,6,9,11 *", "0 0 30 2 *"])
