@@ -66,17 +66,25 @@ class TokenRequest(Protocol):
         ...
 
 
-def renewal_time(token: IssuedToken, rng: random.Random) -> float:
+def renewal_hint(token: IssuedToken) -> float:
+    """When the issuer wants ``token`` renewed: its ``refresh_on``, else half its lifetime."""
+    return token.refresh_on if token.refresh_on else token.issued_at + token.lifetime / 2
+
+
+def renewal_time(token: IssuedToken, rng: random.Random, now: float) -> float:
     """When to renew ``token`` in the background.
 
     At the issuer's ``refresh_on`` hint if it gave one, else at about half its
-    lifetime; either way minus a little jitter, and never later than the point
-    where callers would stop being handed it.
+    lifetime; never later than the point where callers would stop being handed it;
+    brought forward by a little jitter (a fraction of the time left until then), and
+    never sooner than :data:`RETRY_MIN_SECONDS` from ``now``: a credential with a cache
+    of its own (azure-identity's) may hand back a token whose ``refresh_on`` is near or
+    already past, and a renewal due at once would then be due again at once.
     """
-    jitter = rng.uniform(0, RENEWAL_JITTER) * token.lifetime
-    planned = token.refresh_on if token.refresh_on else token.issued_at + token.lifetime / 2
     margin = min(EXPIRY_MARGIN_SECONDS, token.lifetime * MIN_USABLE_FRACTION)
-    return min(planned, token.expires_on - margin) - jitter
+    planned = min(renewal_hint(token), token.expires_on - margin)
+    jitter = rng.uniform(0, RENEWAL_JITTER) * max(planned - now, 0.0)
+    return max(planned - jitter, now + RETRY_MIN_SECONDS)
 
 
 def retry_time(

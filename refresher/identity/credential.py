@@ -48,7 +48,13 @@ from refresher.errors import (
     IdentityError,
     IssuerUnavailableError,
 )
-from refresher.identity.base import IssuedToken, TokenRequest, renewal_time, retry_time
+from refresher.identity.base import (
+    IssuedToken,
+    TokenRequest,
+    renewal_hint,
+    renewal_time,
+    retry_time,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -263,12 +269,26 @@ class AppIdentity:
             with self._cond:
                 self._land(slot)
             raise
+        now = self._clock()
         with self._cond:
+            held = slot.token
+            if held is not None and issued.token == held.token and now >= renewal_hint(held):
+                # The credential's own cache handed back the token held (azure-identity
+                # does until refresh_on, and after it while its refresh fails, which it
+                # does not report): not renewed; try again later, backing off.
+                slot.failures += 1
+                slot.renew_at = retry_time(
+                    now, slot.failures, retry_after=None, current=held, rng=self._rng
+                )
+                self._land(slot)
+                return held
+            renewed = held is None or issued.token != held.token
             slot.token, slot.credential = issued, credential
-            slot.renew_at = renewal_time(issued, self._rng)
+            slot.renew_at = renewal_time(issued, self._rng, now)
             slot.failures, slot.last_error = 0, None
             self._land(slot)
-        self._loop.wake()
+        if renewed:  # the renewal thread plans again (a renewal of its own needs no wake)
+            self._loop.wake()
         return issued
 
     def _wait_for_flight(self, scope: str, slot: _Slot) -> IssuedToken | None:

@@ -162,6 +162,57 @@ def test_renewal_happens_in_the_background_before_expiry() -> None:
     assert app.get_token(SCOPE).token == "secret-1-token-2"
 
 
+class CachingRequest:
+    """A credential with a cache of its own, as azure-identity's managed and workload
+    identities are: it hands back the token it holds, with its ``refresh_on``, until
+    ``renewed`` is set (its own refresh succeeding)."""
+
+    description = "fake caching credential"
+
+    def __init__(self, clock: Clock, refresh_in: float) -> None:
+        self.clock, self.calls, self.renewed = clock, 0, False
+        now = clock()
+        self.held = IssuedToken("cached-1", now + 24 * 3600, now, refresh_on=now + refresh_in)
+
+    def request(self, scope: str) -> IssuedToken:
+        self.calls += 1
+        held, now = self.held, self.clock()
+        if self.renewed:
+            self.held = held = IssuedToken("cached-2", now + 24 * 3600, now, now + 12 * 3600)
+            self.renewed = False
+        return IssuedToken(held.token, held.expires_on, now, held.refresh_on)  # stamped now
+
+
+@pytest.mark.parametrize(
+    "refresh_in", [60.0, -60.0], ids=["refresh-hint-ahead", "refresh-hint-passed"]
+)
+def test_a_credential_handing_back_its_cached_token_is_not_asked_again_at_once(
+    refresh_in: float,
+) -> None:
+    clock = Clock()
+    source = CachingRequest(clock, refresh_in)
+    app = identity(source, clock=clock)  # type: ignore[arg-type]
+    app.get_token(SCOPE)
+
+    waits = []
+    for _ in range(12):  # the renewal thread's turns, each at the time it planned
+        next_due = app.renew_due()
+        assert next_due is not None
+        waits.append(next_due - clock.now)
+        clock.now = next_due
+
+    # Never due again at once (it spun: 100,000 requests a second), backing off to 30 s
+    # while the credential hands back the same token, until it hands a new one.
+    assert min(waits) >= 1.0
+    assert source.calls == 12  # the first turn, right after get_token, found nothing due
+    if refresh_in < 0:
+        assert waits[-1] > 4.0
+    source.renewed = True
+    app.renew_due()
+    assert app.get_token(SCOPE).token == "cached-2"
+    assert app.status()[0].last_error is None
+
+
 def test_a_failed_renewal_keeps_the_current_token_and_retries_sooner() -> None:
     clock = Clock()
     source = FakeRequest(clock)
@@ -354,9 +405,10 @@ def test_the_background_thread_renews_a_short_lived_token() -> None:
 def test_renewal_follows_the_issuers_refresh_hint() -> None:
     token = IssuedToken("t", expires_on=4600.0, issued_at=1000.0, refresh_on=2000.0)
 
-    at = renewal_time(token, random.Random(3))
+    at = renewal_time(token, random.Random(3), now=1000.0)
 
-    assert 2000.0 - 0.1 * 3600 <= at <= 2000.0
+    assert 2000.0 - 0.1 * 1000 <= at <= 2000.0  # jitter: a tenth of the time left at most
+    assert renewal_time(token, random.Random(3), now=2500.0) == 2501.0  # past: not at once
 
 
 def test_retry_never_comes_before_retry_after_and_backs_off() -> None:
