@@ -9,13 +9,14 @@ do when the upstream refuses it:
   a token another caller already replaced is kept) and the request is sent
   once more with a new one.
 - :class:`ApiKeyAuth`: the secret's value in a header or a query parameter.
-  A 401/403 marks that *version* refused for this fetch and the request is
+  A 401/403 marks that *version* refused for this request and the request is
   sent again with the next candidate: the version a fresh Key Vault check
   finds (the upstream already moved on), else the previous version (the
-  upstream has not moved on yet). Each version is tried at most once, so a
-  rotation loses nothing, also when it happens between two pages of one
-  fetch; every version sent is recorded in the run through the
-  :class:`~refresher.sources.base.FetchContext`.
+  upstream has not moved on yet). Each version is tried at most once per
+  request, and the next request starts again from the version that last
+  worked, so a rotation loses nothing, in either direction and also when it
+  happens between two pages of one fetch; every version sent is recorded in
+  the run through the :class:`~refresher.sources.base.FetchContext`.
 - :class:`NoAuth`: nothing is sent.
 
 Values never reach a ``repr`` or a message: :class:`Credentials` hides them.
@@ -214,27 +215,33 @@ class _ApiKeySession:
         self._auth = auth
         self._context = context
         self._refused: list[str] = []
+        """The versions refused for the request being sent (each is tried once per request)."""
         self._fallback: SecretValue | None = None
-        """A version that was accepted after the current one was refused (the previous)."""
+        """A version accepted after the current one was refused: sent first while that
+        version (:attr:`_fallback_for`) is still the current one."""
+        self._fallback_for: str | None = None
 
     def credentials(self) -> Credentials:
         current = self._context.secret(self._auth.secret)
-        if current.version in self._refused and self._fallback is not None:
+        if self._fallback is not None and current.version == self._fallback_for:
             return self._auth.carry(self._fallback)
         return self._auth.carry(current)
 
     def rejected(self, status: int, sent: Credentials, *, retries: int) -> bool:
+        if retries == 0:  # a new request: the upstream may have moved on since the last one
+            self._refused.clear()
         if sent.version is not None and sent.version not in self._refused:
             self._refused.append(sent.version)
         if retries >= MAX_CREDENTIAL_RETRIES:
             return False
         fresh = self._rechecked()
         if fresh is not None and fresh.version not in self._refused:
-            self._fallback = None
+            self._fallback = self._fallback_for = None
             return True
         previous = self._context.previous_secret(self._auth.secret)
         if previous is not None and previous.version not in self._refused:
             self._fallback = previous
+            self._fallback_for = None if fresh is None else fresh.version
             return True
         return False
 

@@ -236,6 +236,50 @@ def test_each_key_version_is_tried_once_then_the_refusal_names_them() -> None:
     assert [r.headers["x-api-key"] for r in seen] == ["b", "a"]
 
 
+def test_an_upstream_cutover_after_the_previous_key_carried_a_page_loses_nothing() -> None:
+    # The service read the new key before the upstream had it, then the upstream cut over.
+    seen: list[httpx.Request] = []
+    store = Store("key", "old", "new")
+    accepted = {"old"}
+    pages = {None: f"{HOME}?$skiptoken=2", "2": None}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["x-api-key"] not in accepted:
+            return httpx.Response(401)
+        page = request.url.params.get("$skiptoken")
+        accepted.clear()
+        accepted.add("new")
+        return odata(f"x{page}", next_link=pages[page])
+
+    context = FetchContext(secrets=store)
+    items = list(source(handler, seen, auth="api_key", secret="key").fetch(context))
+
+    assert items == [{"id": "xNone"}, {"id": "x2"}]
+    assert [r.headers["x-api-key"] for r in seen] == ["new", "old", "old", "new"]
+    assert context.secret_versions == {"key": ["v1", "v0"]}
+
+
+def test_a_refusal_on_a_later_page_names_the_versions_tried_for_that_page() -> None:
+    seen: list[httpx.Request] = []
+    store = Store("key", "old", "new")
+    accepted = {"old"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["x-api-key"] not in accepted:
+            return httpx.Response(401)
+        accepted.clear()
+        return odata("a", next_link=f"{HOME}?$skiptoken=2")
+
+    with pytest.raises(
+        UpstreamRejectedError,
+        match=r"^page 2 of .* answered 401 Unauthorized: the API key in secret 'key' was "
+        r"refused \(versions tried: v0, v1\)",
+    ):
+        list(source(handler, seen, auth="api_key", secret="key").fetch(FetchContext(secrets=store)))
+
+    assert [r.headers["x-api-key"] for r in seen] == ["new", "old", "old", "new"]
+
+
 def test_a_refused_token_is_invalidated_and_replaced_once() -> None:
     seen: list[httpx.Request] = []
     tokens = Tokens()
