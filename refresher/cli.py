@@ -90,9 +90,14 @@ def reported_errors() -> Iterator[None]:
         fail(str(exc), EXIT_FAILED)
 
 
-HTTP_CLIENT_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "httpx")
+HTTP_CLIENT_LOGGERS = (
+    "azure.core.pipeline.policies.http_logging_policy",
+    "httpx",
+    "azure.identity",
+)
 """Log every request at INFO (azure-core with its headers, values redacted; httpx its URL,
-an API key in the query blanked): quiet unless the log level is DEBUG."""
+an API key in the query blanked; azure-identity each token it hands out, cached or not):
+quiet unless the log level is DEBUG."""
 RAW_HEADER_LOGGERS = ("httpcore",)
 """Quiet (WARNING) whatever the log level, DEBUG included. httpcore, httpx's transport,
 logs every response's raw headers at DEBUG (an upstream's ``Link`` header may echo an API
