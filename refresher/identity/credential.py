@@ -254,6 +254,11 @@ class AppIdentity:
             token, now = slot.token, self._clock()
             if token is not None and not fresh and token.usable_at(now) and slot.renew_at > now:
                 return token  # renewed by someone else a moment ago
+            usable = token is not None and token.usable_at(now)
+            if not usable and slot.last_error is not None and now < slot.renew_at:
+                # The last request failed and its backoff (or Retry-After) is not over:
+                # its error again, without a request (each caller would make one).
+                raise self._no_token(scope, _waiting(slot.last_error, slot.renew_at - now))
             slot.fetching = True
         try:
             issued, credential = self._request(scope)
@@ -389,3 +394,11 @@ class AppIdentity:
             f"every configured credential was rejected ({count}); first: {rejected}",
             code=rejected.code,
         )
+
+
+def _waiting(error: IdentityError, seconds: float) -> IdentityError:
+    """``error`` as told again while its retry waits ``seconds`` more: an unavailable
+    issuer's says how long (a caller's 503 passes it on as ``Retry-After``)."""
+    if isinstance(error, IssuerUnavailableError):
+        return IssuerUnavailableError(str(error), code=error.code, retry_after=seconds)
+    return error

@@ -348,8 +348,30 @@ def test_an_unexpected_failure_of_a_request_ends_its_flight(unexpected: BaseExce
         app.get_token(SCOPE)
     if isinstance(unexpected, Exception):
         assert "failed unexpectedly (KeyError); see the service log" in str(raised.value)
+        clock.now += 1.0  # its retry wait (the first: 1 s)
     source.fail_with = None
-    assert app.get_token(SCOPE).token == "secret-1-token-2"  # at once: nothing in flight
+    assert app.get_token(SCOPE).token == "secret-1-token-2"  # nothing left in flight
+
+
+def test_without_a_token_callers_get_the_last_error_until_its_retry_is_due() -> None:
+    clock = Clock()
+    source = FakeRequest(clock)
+    source.fail_with = IssuerUnavailableError("Entra ID answered 429", retry_after=60)
+    app = identity(source, clock=clock)
+
+    for _ in range(50):  # every request of a busy API, while Entra ID asks to wait
+        with pytest.raises(IssuerUnavailableError) as raised:
+            app.get_token(SCOPE)
+    assert source.calls == 1  # not 50: the Retry-After is honoured on the request path too
+    assert raised.value.retry_after == 60.0
+    clock.now += 30
+    with pytest.raises(IssuerUnavailableError) as raised:
+        app.get_token(SCOPE)
+    assert raised.value.retry_after == 30.0  # what is left of it
+    source.fail_with = None
+    clock.now += 30
+    assert app.get_token(SCOPE).token == "secret-1-token-2"
+    assert source.calls == 2
 
 
 def test_one_scope_per_request_and_only_our_tenant() -> None:
