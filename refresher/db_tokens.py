@@ -12,9 +12,14 @@ given for Azure SQL):
   connection whose token expires within :data:`TOKEN_EXPIRY_MARGIN_SECONDS`
   is not handed out but replaced (the checkout raises ``DisconnectionError``
   and the pool reconnects).
-- **A refused token is replaced once.** A connection failing with Azure SQL's
-  18456 (login failed) or 37396 (token expired) is discarded; a connect that
-  fails so drops the cached token and is retried once with a new one.
+- **A refused token is replaced once, and not more than once a minute.** A
+  connection failing with Azure SQL's 18456 (login failed) or 37396 (token
+  expired) is discarded; a connect that fails so drops the cached token and is
+  retried once with a new one (a token revoked, or issued before a permission
+  change). At most once per :data:`TOKEN_REPLACE_INTERVAL_SECONDS`
+  (:class:`TokenRefusals`): a token issued since then that is refused too
+  raises a ``StoreError`` pointing at the app identity's database user, since
+  18456 is also the answer when that user does not exist or may not connect.
 - **Transient faults are retried.** Azure SQL's transient errors at connect
   time are retried with exponential backoff and jitter, up to
   :data:`CONNECT_ATTEMPTS` attempts (:class:`ConnectRetry`); others are raised
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +44,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from refresher import azure_sql
-from refresher.errors import ConfigurationError
+from refresher.errors import ConfigurationError, StoreError
 from refresher.settings import DatabaseAuth
 
 logger = logging.getLogger(__name__)
@@ -62,6 +68,16 @@ BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 16.0
 """The wait after the first failed attempt, doubling each time up to the maximum;
 the actual wait is between half and all of it (jitter)."""
+
+TOKEN_REPLACE_INTERVAL_SECONDS = 60.0
+"""A refused token is dropped and replaced at most once in this time (per engine).
+
+Azure SQL answers 18456 both to a token it no longer takes (revoked, issued before a
+permission change: a new one helps) and to a good token whose database user does not
+exist or lacks access (a new one does not). The pool reconnects on each checkout, so
+replacing every refused token would turn the request rate into Entra ID token requests
+and could get the app identity throttled for every scope, Key Vault's included.
+A token issued within this time that is refused is not the token's fault."""
 
 _EXPIRES_ON = "refresher.token_expires_on"
 _CONNECTED_AT = "refresher.token_connected_at"
@@ -100,6 +116,8 @@ class TokenMethod:
     is_transient: Callable[[BaseException], bool] = _never
     is_token_refused: Callable[[BaseException], bool] = _never
     describe: Callable[[BaseException], str] = _class_name
+    user_setup: str = "sql/README.md"
+    """Where an operator learns to create the app identity's database user."""
 
 
 def _password_args(
@@ -115,6 +133,10 @@ AZURE_SQL = TokenMethod(
     is_transient=azure_sql.is_transient,
     is_token_refused=azure_sql.is_token_refused,
     describe=azure_sql.describe,
+    user_setup=(
+        "CREATE USER ... FROM EXTERNAL PROVIDER in sql/azure-sql/002_app_identity_user.sql, "
+        "see sql/README.md"
+    ),
 )
 AZURE_POSTGRESQL = TokenMethod(
     database="Azure Database for PostgreSQL",
@@ -239,6 +261,30 @@ class ConnectRetry:
                 self.sleep(wait)
 
 
+class TokenRefusals:
+    """Whether a refused token may be replaced now: at most once per ``interval``."""
+
+    def __init__(
+        self,
+        *,
+        interval: float = TOKEN_REPLACE_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._replaced_at: float | None = None
+        self._lock = threading.Lock()
+
+    def may_replace(self) -> bool:
+        """Whether a refused token may be dropped now (if so, the time is noted)."""
+        with self._lock:
+            now = self._clock()
+            if self._replaced_at is not None and now - self._replaced_at < self.interval:
+                return False
+            self._replaced_at = now
+            return True
+
+
 class TokenConnector:
     """Opens DBAPI connections with a token from ``credential`` (SQLAlchemy event handlers)."""
 
@@ -249,12 +295,14 @@ class TokenConnector:
         *,
         retry: ConnectRetry | None = None,
         expiry: TokenExpiry | None = None,
+        refusals: TokenRefusals | None = None,
         dbapi_connect: DbapiConnect = _dialect_connect,
     ) -> None:
         self._credential = credential
         self.method = method
         self._retry = retry or ConnectRetry()
         self._expiry = expiry or TokenExpiry()
+        self._refusals = refusals or TokenRefusals()
         self._dbapi_connect = dbapi_connect
 
     def install(self, engine: Engine) -> None:
@@ -301,15 +349,16 @@ class TokenConnector:
         try:
             return self._open(dialect, cargs, cparams, token), token
         except Exception as exc:
-            if not (self.method.is_token_refused(exc) and self._drop(token)):
+            refused = self.method.is_token_refused(exc)
+            if not (refused and isinstance(self._credential, InvalidatesTokens)):
                 raise
-            logger.warning(
-                "%s refused the app identity's token (%s); retrying once with a new token",
-                self.method.database,
-                self.method.describe(exc),
-            )
-        token = self._credential.get_token(self.method.scope)
-        return self._open(dialect, cargs, cparams, token), token
+            token = self._replacement(self._credential, token, exc)
+        try:
+            return self._open(dialect, cargs, cparams, token), token
+        except Exception as exc:
+            if self.method.is_token_refused(exc):
+                raise self._fresh_token_refused(exc) from exc
+            raise
 
     def _open(
         self, dialect: Dialect, cargs: list[Any], cparams: dict[str, Any], token: AccessToken
@@ -317,9 +366,31 @@ class TokenConnector:
         args, params = self.method.connect_args(cargs, cparams, token.token)
         return self._dbapi_connect(dialect, args, params)
 
-    def _drop(self, token: AccessToken) -> bool:
-        """Make the credential forget ``token``; whether a new one can be had."""
-        if not isinstance(self._credential, InvalidatesTokens):
-            return False
-        self._credential.invalidate(self.method.scope, token=token.token)
-        return True
+    def _replacement(
+        self, credential: InvalidatesTokens, refused: AccessToken, exc: Exception
+    ) -> AccessToken:
+        """The token to try once more after ``refused`` was refused (a new one at most once
+        per interval, else the current one if another connect replaced it since); or the
+        clear error if ``refused`` is still the current token and may not be replaced yet."""
+        if self._refusals.may_replace():
+            credential.invalidate(self.method.scope, token=refused.token)
+            logger.warning(
+                "%s refused the app identity's login (%s): retrying once with a new token "
+                "(if that one is refused too, the identity's database user is missing or "
+                "lacks access)",
+                self.method.database,
+                self.method.describe(exc),
+            )
+        current = self._credential.get_token(self.method.scope)
+        if current.token == refused.token:  # issued since the last replacement
+            raise self._fresh_token_refused(exc) from exc
+        return current
+
+    def _fresh_token_refused(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"{self.method.database} refused the app identity's login with a freshly issued "
+            f"token ({self.method.describe(exc)}), so a new token will not help: check that "
+            f"the app identity's database user exists and has access to the database "
+            f"({self.method.user_setup}); a refused token is replaced at most once every "
+            f"{self._refusals.interval:.0f} s meanwhile"
+        )

@@ -33,11 +33,13 @@ from refresher.db_tokens import (
     BACKOFF_MAX_SECONDS,
     CONNECT_ATTEMPTS,
     TOKEN_EXPIRY_MARGIN_SECONDS,
+    TOKEN_REPLACE_INTERVAL_SECONDS,
     ConnectRetry,
     TokenConnector,
     TokenExpiry,
+    TokenRefusals,
 )
-from refresher.errors import ConfigurationError
+from refresher.errors import ConfigurationError, StoreError
 from refresher.identity import AppIdentity, IssuedToken
 from refresher.settings import load_settings
 
@@ -125,9 +127,14 @@ def identity(clock: Clock) -> tuple[AppIdentity, NumberedTokens]:
     return app, tokens
 
 
-def connector(credential: Any, driver: Driver, sleeps: list[float]) -> TokenConnector:
+def connector(
+    credential: Any, driver: Driver, sleeps: list[float], *, clock: Clock | None = None
+) -> TokenConnector:
     retry = ConnectRetry(sleep=sleeps.append, rng=random.Random(7))
-    return TokenConnector(credential, AZURE_SQL, retry=retry, dbapi_connect=driver)
+    refusals = TokenRefusals(clock=clock or Clock())
+    return TokenConnector(
+        credential, AZURE_SQL, retry=retry, refusals=refusals, dbapi_connect=driver
+    )
 
 
 def dialect_connect_args() -> tuple[sa.Engine, list[Any], dict[str, Any]]:
@@ -323,48 +330,82 @@ def test_a_refused_token_is_replaced_and_the_connect_tried_once_more() -> None:
     assert sleeps == []
 
 
-def test_a_token_refused_twice_is_an_error() -> None:
+def test_a_freshly_issued_token_refused_too_points_at_the_database_user() -> None:
     engine, cargs, cparams = dialect_connect_args()
     app, tokens = identity(Clock())
     driver = Driver(odbc_error(*LOGIN_FAILED), odbc_error(*LOGIN_FAILED))
 
-    with pytest.raises(pyodbc.OperationalError):
+    with pytest.raises(StoreError) as caught:
         connector(app, driver, []).on_do_connect(engine.dialect, Record(), cargs, cparams)
 
+    message = str(caught.value)
+    assert "refused the app identity's login with a freshly issued token" in message
+    assert "error 18456" in message
+    assert "database user exists and has access" in message
+    assert "sql/azure-sql/002_app_identity_user.sql" in message
+    assert "sql/README.md" in message
+    assert "sql-1" not in message and "sql-2" not in message and "eyJ" not in message
+    assert isinstance(caught.value.__cause__, pyodbc.OperationalError)
     assert len(driver.calls) == 2
     assert tokens.calls == 2
 
 
-def test_a_credential_that_cannot_forget_a_token_gets_no_second_try() -> None:
+def test_a_login_refused_on_every_connect_replaces_the_token_once_per_interval() -> None:
+    # 18456 is also the answer when the identity's database user does not exist: each
+    # pool reconnect must not throw a good token away and ask Entra ID for another.
     engine, cargs, cparams = dialect_connect_args()
+    clock = Clock()
+    app, tokens = identity(clock)
+    driver = Driver(*[odbc_error(*LOGIN_FAILED) for _ in range(60)])
+    handler = connector(app, driver, [], clock=clock)
+
+    for _ in range(20):
+        clock.now += 1
+        with pytest.raises(StoreError, match="freshly issued token"):
+            handler.on_do_connect(engine.dialect, Record(), list(cargs), dict(cparams))
+
+    assert tokens.calls == 2
+    assert len(driver.calls) == 2 + 19  # the new token tried once; then one attempt each
+
+    clock.now = NOW + 1 + TOKEN_REPLACE_INTERVAL_SECONDS
+    with pytest.raises(StoreError):
+        handler.on_do_connect(engine.dialect, Record(), list(cargs), dict(cparams))
+    assert tokens.calls == 3
+
+
+class StaleOnce:
+    """The app identity, but handing out ``stale`` (when set) to the next caller once: a
+    connect that began before another one replaced the token."""
+
+    def __init__(self, app: AppIdentity) -> None:
+        self.app = app
+        self.stale: AccessToken | None = None
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        stale, self.stale = self.stale, None
+        return stale or self.app.get_token(*scopes, **kwargs)
+
+    def invalidate(self, scope: str, *, token: str | None = None) -> bool:
+        return self.app.invalidate(scope, token=token)
+
+
+def test_a_connect_refused_a_token_already_replaced_retries_with_the_new_one() -> None:
+    engine, cargs, cparams = dialect_connect_args()
+    clock = Clock()
+    app, tokens = identity(clock)
+    credential = StaleOnce(app)
+    stale = app.get_token(SQL_SCOPE)
     driver = Driver(odbc_error(*LOGIN_FAILED))
+    handler = connector(credential, driver, [], clock=clock)
+    handler.on_do_connect(engine.dialect, Record(), list(cargs), dict(cparams))
+    credential.stale, driver.failures = stale, [odbc_error(*LOGIN_FAILED)]
 
-    with pytest.raises(pyodbc.OperationalError):
-        connector(PlainCredential(), driver, []).on_do_connect(
-            engine.dialect, Record(), cargs, cparams
-        )
+    handler.on_do_connect(engine.dialect, Record(), list(cargs), dict(cparams))
 
-    assert len(driver.calls) == 1
-
-
-@pytest.mark.parametrize("error", [LOGIN_FAILED, TOKEN_EXPIRED])
-def test_a_live_connection_whose_token_is_refused_is_discarded_alone(
-    error: tuple[str, str],
-) -> None:
-    context = ErrorContext(odbc_error(*error))
-
-    TokenConnector(PlainCredential(), AZURE_SQL).on_handle_error(context)  # type: ignore[arg-type]
-
-    assert context.is_disconnect
-    assert not context.invalidate_pool_on_disconnect
-
-
-def test_other_errors_on_a_live_connection_are_left_to_sqlalchemy() -> None:
-    context = ErrorContext(odbc_error("42S02", "[SQL Server]Invalid object name 'x'. (208)"))
-
-    TokenConnector(PlainCredential(), AZURE_SQL).on_handle_error(context)  # type: ignore[arg-type]
-
-    assert not context.is_disconnect
+    assert tokens.calls == 2
+    tried = [params["attrs_before"][SQL_COPT_SS_ACCESS_TOKEN] for _, params in driver.calls]
+    current = sql_server_token_struct(app.get_token(SQL_SCOPE).token)
+    assert tried == [sql_server_token_struct(stale.token), current] * 2
 
 
 # -- the expiry-aware pool -------------------------------------------------------------
