@@ -94,6 +94,12 @@ def classify(
     if hint:
         message = f"{message} ({hint})"
     if status == 429 or (status is not None and status >= 500) or code in TRANSIENT_CODES:
+        # Not a refusal of the credential: say what it is, and how long Entra ID asks for.
+        state = "is throttling" if status == 429 else "is unavailable"
+        answered = f" (HTTP {status})" if status is not None else ""
+        message = message.replace("Entra ID refused ", f"Entra ID {state}{answered} for ", 1)
+        if retry_after is not None:
+            message = f"{message}; it asks to retry after {retry_after:g} s"
         return IssuerUnavailableError(message, code=code, retry_after=retry_after)
     if code in REJECTED_CREDENTIAL_CODES:
         return CredentialRejectedError(message, code=code)
