@@ -644,7 +644,7 @@ class CacheStore:
         try:
             with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
                 _record_failure(conn, namespace, failure, db_now(conn))
-        except SQLAlchemyError:
+        except (SQLAlchemyError, CacheRefresherError):  # a login refused, no token: ours
             # The database is what failed: record this once it is back (record_failure)
             # rather than leave the run "running" for the next one to call abandoned.
             self._unrecorded[namespace] = failure
@@ -660,14 +660,14 @@ class CacheStore:
         try:
             with self.engine.connect().execution_options(**IMMEDIATE) as conn, conn.begin():
                 _record_failure(conn, namespace, failure, failure.at)
-        except SQLAlchemyError:
+        except (SQLAlchemyError, CacheRefresherError):
             self._unrecorded.setdefault(namespace, failure)
 
     def _refresh_error(self, namespace: str, exc: SQLAlchemyError) -> StoreError:
         return _store_error(f"refresh of namespace {namespace!r}", exc, self.engine.url)
 
     def _release_quietly(self, lease: Lease) -> None:
-        with contextlib.suppress(SQLAlchemyError):  # it expires by itself
+        with contextlib.suppress(SQLAlchemyError, CacheRefresherError):  # it expires by itself
             self.leases.release(lease)
 
     # -- reads -----------------------------------------------------------------

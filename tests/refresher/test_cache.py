@@ -25,6 +25,8 @@ from refresher.errors import (
     ItemNotFoundError,
     MassDeletionError,
     NamespaceNotFoundError,
+    StoreError,
+    UpstreamUnavailableError,
 )
 from refresher.lease import LeaseManager
 from refresher.refresh_requests import (
@@ -670,3 +672,30 @@ def test_a_run_historys_message_fits_azure_sqls_nvarchar_however_it_is_written()
     said = describe_error(InvalidItemsError("key " + "\U0001f600" * 1500 + " is bad"))
     assert nvarchar_length(said) <= ERROR_MESSAGE_MAX  # 2,000 UTF-16 units, not characters
     assert said.startswith("key \U0001f600")
+
+
+def test_a_failure_the_database_cannot_record_for_want_of_a_login_is_kept_for_later(
+    store: CacheStore, engine: Engine
+) -> None:
+    store.apply("products", catalogue(3))
+    logins_refused = False
+
+    @sa.event.listens_for(engine, "do_connect")
+    def refuse(*args: Any) -> None:
+        if logins_refused:  # as the token login does: our error, not the driver's
+            raise StoreError("Azure SQL refused the app identity's login")
+
+    def failing_source() -> Iterator[dict[str, Any]]:
+        nonlocal logins_refused
+        yield from catalogue(2)
+        logins_refused = True
+        engine.dispose()  # the next connection is a new login
+        raise UpstreamUnavailableError("page 2 answered 503 five times")
+
+    with pytest.raises(UpstreamUnavailableError):  # the refresh's own error, not the login's
+        store.apply("products", failing_source())
+    logins_refused = False
+    store.record_failure("products")
+    failed = store.runs("products")[0]
+    assert (failed.status, failed.error_class) == ("failed", "UpstreamUnavailableError")
+    sa.event.remove(engine, "do_connect", refuse)
