@@ -36,6 +36,10 @@ Every `/v1` route requires an Entra ID access token for this API
 Errors are `application/problem+json` (RFC 9457) with a stable `type`
 (`urn:cache-refresher:problem:<name>`); 401 and 403 also carry
 `WWW-Authenticate: Bearer error=..., error_description=...` (RFC 6750).
+
+Every response carries `X-Request-ID`: the caller's own, when it sent one of 1-128
+letters, digits or `._:/+=-`, else one made up; the service's log records of the
+request carry it too.
 """
 
 
