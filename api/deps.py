@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -97,8 +98,24 @@ async def namespace_caller(resources: ApiResources, caller: Principal, namespace
     groups = _membership(resources)
     member = groups.cached(caller, group)
     if member is None:
-        member = await run_in_threadpool(groups.check, caller, group)
+        # Threads of their own: callers waiting for one slow Graph answer must not take
+        # the pool every other request needs (token validation, the sync routes).
+        member = await anyio.to_thread.run_sync(
+            groups.check, caller, group, limiter=_group_lookups()
+        )
     return caller.with_groups([group]) if member else caller
+
+
+GROUP_LOOKUP_THREADS = 4
+"""Threads that ask Microsoft Graph (or wait for its answer) at a time, per process."""
+_limiter: anyio.CapacityLimiter | None = None
+
+
+def _group_lookups() -> anyio.CapacityLimiter:
+    global _limiter
+    if _limiter is None:
+        _limiter = anyio.CapacityLimiter(GROUP_LOOKUP_THREADS)
+    return _limiter
 
 
 def namespace_caller_blocking(
@@ -111,13 +128,19 @@ def namespace_caller_blocking(
     return caller.with_groups([group]) if _membership(resources).check(caller, group) else caller
 
 
+_warned_no_identity = False
+
+
 def _membership(resources: ApiResources) -> GroupMembership:
+    global _warned_no_identity
     if resources.groups is None:
-        logger.warning(
-            "a caller's token carries the group overage and a namespace requires a group, "
-            "but this API has no app identity to ask Microsoft Graph with: set AZURE_CLIENT_ID "
-            "and a credential"
-        )
+        if not _warned_no_identity:
+            _warned_no_identity = True
+            logger.warning(
+                "a caller's token carries the group overage and a namespace requires a group, "
+                "but this API has no app identity to ask Microsoft Graph with: set "
+                "AZURE_CLIENT_ID and a credential (said once; such callers get 503)"
+            )
         raise unavailable()
     return resources.groups
 

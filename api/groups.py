@@ -220,7 +220,7 @@ class GroupMembership:
         clock: Clock = time.monotonic,
     ) -> None:
         self.source = source
-        self.tenant_id = tenant_id
+        self.tenant_id = tenant_id.lower()  # a token's tid is lower case; settings may not be
         self._ttl, self._max_entries, self._clock = ttl, max_entries, clock
         self._lock = threading.Lock()
         self._answers: dict[tuple[str, str], tuple[bool, float]] = {}
@@ -229,7 +229,7 @@ class GroupMembership:
 
     def cached(self, principal: Principal, group: str) -> bool | None:
         """The answer without I/O: known, or ``False`` for another tenant; ``None``: ask."""
-        if principal.tenant_id != self.tenant_id:
+        if principal.tenant_id.lower() != self.tenant_id:
             return False
         answer = self._answers.get((principal.subject, group))
         if answer is None or answer[1] <= self._clock():

@@ -31,7 +31,7 @@ def create_entra_app(entra: Entra, *, counters: Counters, faults: Faults) -> Sta
     """The ASGI app serving ``entra``, counting into ``counters``, failing per ``faults``."""
 
     async def openid_configuration(request: Request) -> Response:
-        tenant = request.path_params["tenant"]
+        tenant = request.path_params["tenant"].lower()  # Entra ID reads tenant ids so
         return _answer(entra, request, lambda: entra.openid_configuration(tenant))
 
     async def instance_discovery(request: Request) -> Response:
@@ -44,7 +44,7 @@ def create_entra_app(entra: Entra, *, counters: Counters, faults: Faults) -> Sta
 
     async def token(request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
-        tenant = request.path_params["tenant"]
+        tenant = request.path_params["tenant"].lower()
         authorization = request.headers.get("authorization")
         return _answer(entra, request, lambda: entra.token(tenant, form, authorization), NO_STORE)
 

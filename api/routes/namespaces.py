@@ -54,7 +54,12 @@ from api.reads import ReadLayer, cache_headers
 from api.resources import ApiResources
 from api.responses import problem_responses
 from refresher.cache import NamespaceInfo, check_namespace
-from refresher.errors import ConfigurationError, ItemNotFoundError, NamespaceNotFoundError
+from refresher.errors import (
+    ConfigurationError,
+    GroupMembershipUnavailableError,
+    ItemNotFoundError,
+    NamespaceNotFoundError,
+)
 
 router = APIRouter(prefix="/v1/namespaces", tags=["reads"])
 
@@ -125,9 +130,18 @@ def list_namespaces(caller: Caller, resources: ResourcesDep) -> NamespaceList:
         namespaces=[
             _namespace_out(resources, name, stored.get(name), now)
             for name in names
-            if resources.policy.may_read(namespace_caller_blocking(resources, caller, name), name)
+            if _may_read(resources, caller, name)
         ]
     )
+
+
+def _may_read(resources: ApiResources, caller: Principal, name: str) -> bool:
+    """Whether ``caller`` may read ``name``; a namespace whose group membership cannot be
+    told now (Microsoft Graph away) is left out of the list, not the whole list refused."""
+    try:
+        return resources.policy.may_read(namespace_caller_blocking(resources, caller, name), name)
+    except GroupMembershipUnavailableError:
+        return False
 
 
 async def namespace_reader(namespace: str, caller: Caller, resources: ResourcesDep) -> Principal:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -394,3 +395,52 @@ def test_hasgroups_true_is_the_overage_too(
     response = api.get(RESTRICTED, headers=bearer(token))
 
     assert response.status_code == 200, response.text
+
+
+def test_a_tenant_id_written_in_capitals_still_finds_the_members(
+    stack: DevStack, graph_reader: ApiRegistration, db_url: str, store: CacheStore,
+    namespaces: list[Namespace], api_tokens: ApiTokens, crowded_member: User,
+) -> None:  # fmt: skip
+    # Entra ID reads tenant ids in any case and writes them in lower case (tid).
+    settings = api_settings_for(
+        stack, graph_reader, database_url=db_url, api_graph_url=stack.upstream_url,
+        azure_tenant_id=graph_reader.tenant_id.upper(),
+    )  # fmt: skip
+    store.apply("restricted", [{"id": "a"}])
+    with serve_as_itself(settings, store, namespaces) as client:
+        response = client.get(RESTRICTED, headers=token_of(api_tokens, crowded_member))
+    assert response.status_code == 200, response.text  # was a 403 naming the group
+
+
+def test_the_namespace_list_leaves_out_what_cannot_be_told_rather_than_failing(
+    stack: DevStack, api: httpx.Client, api_tokens: ApiTokens, crowded_member: User
+) -> None:
+    stack.upstream_faults.fail_next(status=500, endpoint=ROUTE)
+
+    response = api.get("/v1/namespaces", headers=token_of(api_tokens, crowded_member))
+
+    assert response.status_code == 200, response.text  # was a 503 for the whole list
+    assert [n["namespace"] for n in response.json()["namespaces"]] == ["open"]
+
+
+def test_callers_waiting_for_a_slow_graph_leave_the_other_requests_their_threads(
+    stack: DevStack, api: httpx.Client, api_tokens: ApiTokens, crowded_member: User
+) -> None:
+    overage, other = token_of(api_tokens, crowded_member), bearer(api_tokens.app())
+    stack.upstream_faults.latency = 4.0  # every Graph answer takes 4 s
+    waiting = [
+        threading.Thread(target=api.get, args=(RESTRICTED,), kwargs={"headers": overage})
+        for _ in range(60)  # more than the thread pool's 40
+    ]
+    for thread in waiting:
+        thread.start()
+    time.sleep(0.5)  # they are all in, one asking Graph and the others waiting for it
+
+    started = time.monotonic()
+    response = api.get("/v1/namespaces/open/items", headers=other)  # a new token: validated
+    waited = time.monotonic() - started
+    for thread in waiting:
+        thread.join(30)
+
+    assert response.status_code == 200, response.text
+    assert waited < 2.0  # not behind the 4 s Graph answer (it waited 3.6 s before)
