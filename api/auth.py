@@ -62,6 +62,8 @@ MAX_TOKEN_CHARS = 14_336
 overage claim). A longer one gets our 401, up to the request head the server reads
 (``api.serve.MAX_REQUEST_HEAD_BYTES``); past that, uvicorn answers a bare 400."""
 CACHE_ENTRIES = 10_000
+REMOVED_KIDS_KEPT = 1000
+"""Removed signing keys remembered, for tokens validated while their key went away."""
 V1_ISSUER = "https://sts.windows.net/{tenant}/"
 """Entra's v1.0 issuer, the same for every authority host of the public cloud."""
 REQUIRED_CLAIMS = ("ver", "aud", "iss", "tid", "exp", "nbf", "iat")
@@ -79,6 +81,13 @@ class ValidatedTokens:
         self._max_entries = max_entries
         self._lock = threading.Lock()
         self._entries: dict[bytes, tuple[Principal, str]] = {}
+        self._epoch = 0  # how many removals of keys so far
+        self._removed: dict[str, int] = {}  # kid -> the epoch of its last removal
+
+    @property
+    def epoch(self) -> int:
+        """Read before a key is looked up, handed to :meth:`put` after the signature."""
+        return self._epoch
 
     def get(self, token: str) -> Principal | None:
         """The principal of ``token`` if it was validated and has not expired (no I/O)."""
@@ -87,8 +96,13 @@ class ValidatedTokens:
             return None
         return entry[0]
 
-    def put(self, token: str, principal: Principal, kid: str) -> None:
+    def put(self, token: str, principal: Principal, kid: str, epoch: int) -> None:
+        """Keep ``principal`` for ``token``, unless its key ``kid`` was removed since
+        ``epoch`` (a re-read of the keys between the lookup and now: it would be kept
+        after :meth:`forget_kids` dropped the others signed so)."""
         with self._lock:
+            if self._removed.get(kid, 0) > epoch:
+                return
             self._entries[_digest(token)] = (principal, kid)
             while len(self._entries) > self._max_entries:
                 del self._entries[next(iter(self._entries))]
@@ -96,6 +110,12 @@ class ValidatedTokens:
     def forget_kids(self, kids: set[str]) -> None:
         """Drop the tokens signed with keys the issuer no longer publishes."""
         with self._lock:
+            self._epoch += 1
+            for kid in kids:
+                self._removed.pop(kid, None)
+                self._removed[kid] = self._epoch
+            while len(self._removed) > REMOVED_KIDS_KEPT:
+                del self._removed[next(iter(self._removed))]
             self._entries = {d: e for d, e in self._entries.items() if e[1] not in kids}
 
     def __len__(self) -> int:
@@ -147,6 +167,7 @@ class EntraTokenValidator:
                 f"the token's issuer {_shown(claims['iss'])} is not tenant {tenant_id}'s "
                 f"({expected}): request a token from that tenant"
             )
+        epoch = self.cache.epoch
         key = self.issuers.key(tenant_id, kid)
         if key is None:
             raise _refused(
@@ -160,7 +181,7 @@ class EntraTokenValidator:
             )
         _verify_signature(token, key.key, header["alg"])
         principal = _principal(claims, metadata.issuer)
-        self.cache.put(token, principal, kid)
+        self.cache.put(token, principal, kid, epoch)
         return principal
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:

@@ -320,6 +320,19 @@ def test_tokens_of_a_retired_key_are_forgotten_and_refused(clock: FakeClock) -> 
         validator.validate(old_token)
 
 
+def test_a_token_whose_key_was_removed_while_it_was_checked_is_not_kept(
+    source: FakeSource, keys: SigningKeys, clock: FakeClock
+) -> None:
+    cache = ValidatedTokens(clock=clock)
+    principal = make_validator(source, clock).validate(token := keys.sign(user_claims(clock)))
+    epoch = cache.epoch  # read before the key was looked up...
+    cache.forget_kids({"kid-1"})  # ...another request's re-read of the keys dropped it...
+    cache.put(token, principal, "kid-1", epoch)  # ...before this check ended
+    assert cache.get(token) is None  # kept, it was served until its exp (up to 90 minutes)
+    cache.put(token, principal, "kid-1", cache.epoch)  # published again since: kept
+    assert cache.get(token) == principal
+
+
 def test_with_two_tenants_each_tokens_issuer_must_be_its_own_tenants(
     source: FakeSource, keys: SigningKeys, clock: FakeClock
 ) -> None:
