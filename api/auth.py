@@ -155,12 +155,14 @@ class EntraTokenValidator:
     def status(self) -> list[IssuerStatus]:
         return self.issuers.status()
 
-    def validate(self, token: str) -> Principal:
-        """The caller ``token`` names, or :class:`UnauthenticatedError` saying why not."""
+    def validate(self, token: str, *, wait: bool = True) -> Principal:
+        """The caller ``token`` names, or :class:`UnauthenticatedError` saying why not.
+        Without ``wait``, :class:`~api.jwks.KeysBeingRead` instead of waiting for a read
+        of the issuer's keys that another thread is making."""
         header, claims, kid = _parse(token)
         self._check_claims(claims)
         tenant_id = claims["tid"]
-        metadata = self.issuers.metadata(tenant_id)
+        metadata = self.issuers.metadata(tenant_id, wait=wait)
         expected = metadata.issuer if claims["ver"] == "2.0" else V1_ISSUER.format(tenant=tenant_id)
         if claims["iss"] != expected:
             raise _refused(
@@ -168,7 +170,7 @@ class EntraTokenValidator:
                 f"({expected}): request a token from that tenant"
             )
         epoch = self.cache.epoch
-        key = self.issuers.key(tenant_id, kid)
+        key = self.issuers.key(tenant_id, kid, wait=wait)
         if key is None:
             raise _refused(
                 f"the token was signed with key {_shown(kid)}, which tenant {tenant_id}'s "

@@ -23,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from api.groups import GroupMembership, unavailable
+from api.jwks import KeysBeingRead
 from api.principal import AccessPolicy, Principal
 from api.resources import ApiResources
 from refresher.errors import UnauthenticatedError
@@ -82,7 +83,14 @@ async def principal_of(resources: ApiResources, token: str | None) -> Principal:
     principal = validator.cached(token)
     if principal is not None:
         return principal
-    return await run_in_threadpool(validator.validate, token)
+    try:
+        return await run_in_threadpool(validator.validate, token, wait=False)
+    except KeysBeingRead:
+        # Another request reads the issuer's keys (a kid rolled over; Entra ID may be slow):
+        # wait for it on threads of their own, not in the pool every other request needs.
+        return await anyio.to_thread.run_sync(
+            validator.validate, token, limiter=_own_threads("key reads", KEY_READ_WAITERS)
+        )
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
@@ -101,21 +109,24 @@ async def namespace_caller(resources: ApiResources, caller: Principal, namespace
         # Threads of their own: callers waiting for one slow Graph answer must not take
         # the pool every other request needs (token validation, the sync routes).
         member = await anyio.to_thread.run_sync(
-            groups.check, caller, group, limiter=_group_lookups()
+            groups.check, caller, group, limiter=_own_threads("group lookups", GROUP_LOOKUP_THREADS)
         )
     return caller.with_groups([group]) if member else caller
 
 
 GROUP_LOOKUP_THREADS = 4
 """Threads that ask Microsoft Graph (or wait for its answer) at a time, per process."""
-_limiter: anyio.CapacityLimiter | None = None
+KEY_READ_WAITERS = 4
+"""Threads that wait for another request's read of an issuer's keys at a time."""
+_limiters: dict[str, anyio.CapacityLimiter] = {}
 
 
-def _group_lookups() -> anyio.CapacityLimiter:
-    global _limiter
-    if _limiter is None:
-        _limiter = anyio.CapacityLimiter(GROUP_LOOKUP_THREADS)
-    return _limiter
+def _own_threads(purpose: str, size: int) -> anyio.CapacityLimiter:
+    """The limiter of the threads kept for ``purpose``, apart from the shared pool."""
+    limiter = _limiters.get(purpose)
+    if limiter is None:
+        limiter = _limiters[purpose] = anyio.CapacityLimiter(size)
+    return limiter
 
 
 def namespace_caller_blocking(

@@ -20,6 +20,11 @@ The policy (azure-identity's habit: keep what works, retry on a schedule):
   :class:`~refresher.errors.IssuerMetadataUnavailableError` (503), not a 401:
   the caller's token may be fine.
 
+A read holds its tenant's lock for as long as Entra takes to answer (up to the
+timeouts). ``wait=False`` makes :meth:`Issuers.metadata` and :meth:`Issuers.key`
+raise :class:`KeysBeingRead` instead of waiting for it, so that the API can wait on
+threads of their own rather than in the pool every request needs.
+
 Foreign errors (httpx, JSON, JWK parsing) become ``IssuerMetadataUnavailableError``
 in :class:`HttpMetadataSource` and :func:`fetch_metadata`, nowhere else.
 """
@@ -60,6 +65,11 @@ ALGORITHMS_BY_KEY_TYPE: Mapping[str, frozenset[str]] = {
     "EC": frozenset({"ES256", "ES384", "ES512"}),
 }
 CURVE_OF_ALGORITHM: Mapping[str, str] = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+
+
+class KeysBeingRead(Exception):
+    """Another thread is reading the tenant's metadata and the caller asked not to wait
+    (``wait=False``): call again with ``wait=True`` where waiting costs nothing else."""
 
 
 class MetadataSource(Protocol):
@@ -242,14 +252,15 @@ class Issuers:
         now = self._clock()
         return max(0.0, min(s.next_refresh_at for s in self._tenants.values()) - now)
 
-    def metadata(self, tenant_id: str) -> IssuerMetadata:
+    def metadata(self, tenant_id: str, *, wait: bool = True) -> IssuerMetadata:
         """``tenant_id``'s last good metadata (read now if never read and not tried just
-        now), or raise :class:`IssuerMetadataUnavailableError`."""
+        now), or raise :class:`IssuerMetadataUnavailableError` (:class:`KeysBeingRead`
+        without ``wait`` while another thread reads it)."""
         state = self._tenants[tenant_id]
         found = state.metadata
         if found is not None:
             return found
-        with state.lock:
+        with _locked(state, wait=wait):
             if state.metadata is None and self._may_try(state, NEVER_FETCHED_RETRY_SECONDS):
                 self._read(state, scheduled=True)
             if state.metadata is None:
@@ -259,16 +270,17 @@ class Issuers:
                 )
             return state.metadata
 
-    def key(self, tenant_id: str, kid: str) -> SigningKey | None:
+    def key(self, tenant_id: str, kid: str, *, wait: bool = True) -> SigningKey | None:
         """The published key ``kid`` of ``tenant_id``, re-reading the keys once if it is
         unknown and the policy allows; None if it is still unknown. While the keys cannot
         be read, an unknown kid raises :class:`IssuerMetadataUnavailableError`: it may be
-        a key the issuer rolled over to."""
+        a key the issuer rolled over to. Without ``wait``, an unknown kid raises
+        :class:`KeysBeingRead` while another thread reads the keys."""
         state = self._tenants[tenant_id]
-        known = self.metadata(tenant_id).keys.get(kid)
+        known = self.metadata(tenant_id, wait=wait).keys.get(kid)
         if known is not None:
             return known
-        with state.lock:
+        with _locked(state, wait=wait):
             assert state.metadata is not None
             if kid in state.metadata.keys:
                 return state.metadata.keys[kid]
@@ -330,6 +342,17 @@ class Issuers:
             exc,
             "the last known keys stay in use" if state.metadata else "no keys known yet",
         )
+
+
+@contextmanager
+def _locked(state: _TenantState, *, wait: bool) -> Iterator[None]:
+    """Hold ``state.lock``; without ``wait``, raise :class:`KeysBeingRead` if it is held."""
+    if not state.lock.acquire(blocking=wait):
+        raise KeysBeingRead(state.tenant_id)
+    try:
+        yield
+    finally:
+        state.lock.release()
 
 
 def _status(state: _TenantState) -> IssuerStatus:

@@ -86,7 +86,10 @@ class TokenValidator(Protocol):
     """Turns a bearer token into a :class:`Principal`, or raises
     :class:`~refresher.errors.UnauthenticatedError` saying what was wrong with it."""
 
-    def validate(self, token: str) -> Principal: ...
+    def validate(self, token: str, *, wait: bool = True) -> Principal:
+        """Without ``wait``, may raise :class:`~api.jwks.KeysBeingRead` rather than wait
+        for another thread's read of the issuer's keys."""
+        ...
 
     def cached(self, token: str) -> Principal | None:
         """The principal of a token validated before and not expired yet, without

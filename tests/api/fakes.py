@@ -33,7 +33,7 @@ class FakeValidator:
         self.principals = dict(principals)
         self.issuers = issuers or []
 
-    def validate(self, token: str) -> Principal:
+    def validate(self, token: str, *, wait: bool = True) -> Principal:
         principal = self.principals.get(token)
         if principal is None:
             raise UnauthenticatedError("the token is not valid here (fake validator)")

@@ -509,6 +509,35 @@ def test_unknown_kids_re_read_the_keys_at_most_once_per_interval(
         assert stack.entra_counters["jwks"] == reads + 2
 
 
+def test_callers_waiting_for_a_slow_key_read_leave_the_other_requests_their_threads(
+    stack: DevStack, api_server: ServedApi, api_tokens: ApiTokens, restore_entra: None
+) -> None:
+    rolled = _with_kid(api_tokens.user(), stack, "rolled-over-while-slow")
+    other = api_tokens.app()  # a new token of a known key: it needs a thread to be checked
+    stack.entra_faults.latency = 2.0  # the re-read takes 4 s (configuration, then keys)
+
+    statuses: list[int] = []
+
+    def call(token: str) -> None:
+        response = httpx.get(f"{api_server.url}/v1/namespaces", headers=bearer(token), timeout=30)
+        statuses.append(response.status_code)
+
+    waiting = [threading.Thread(target=call, args=(rolled,)) for _ in range(60)]
+    for thread in waiting:  # more than the thread pool's 40
+        thread.start()
+    time.sleep(0.5)  # they are all in, one reading the keys and the others waiting for it
+
+    started = time.monotonic()
+    response = httpx.get(f"{api_server.url}/v1/namespaces", headers=bearer(other), timeout=30)
+    waited = time.monotonic() - started
+    for thread in waiting:
+        thread.join(30)
+
+    assert response.status_code == 200, response.text
+    assert waited < 2.0  # not behind the slow read (it waited 3.3 s before)
+    assert statuses == [401] * 60  # the waiters were answered once the read was done
+
+
 def test_v1_tokens_are_accepted_when_enabled(
     stack: DevStack, api_registration: ApiRegistration, store: CacheStore, api_tokens: ApiTokens
 ) -> None:

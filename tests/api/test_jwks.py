@@ -19,6 +19,7 @@ from api.jwks import (
     RETRY_AFTER_FAILURE_SECONDS,
     HttpMetadataSource,
     Issuers,
+    KeysBeingRead,
     configuration_url,
     metadata_http_client,
     parse_jwks,
@@ -195,6 +196,47 @@ def test_an_unknown_kid_that_cannot_be_looked_up_is_unavailable_not_unknown(
     source.down = False
     clock.advance(KID_REFETCH)
     assert issuers.key(TENANT, "rolled-over") is None  # read: simply unknown
+
+
+class HeldSource(FakeSource):
+    """A FakeSource whose reads wait until ``release`` is set (a slow Entra ID)."""
+
+    def __init__(self, keys: SigningKeys) -> None:
+        super().__init__(keys)
+        self.hold, self.release = False, threading.Event()
+
+    def get_json(self, url: str) -> Mapping[str, Any]:
+        if self.hold:
+            self.read.set()
+            self.release.wait(10)
+        return super().get_json(url)
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["keys-known", "never-read"])
+def test_without_wait_a_read_in_flight_is_reported_not_waited_for(
+    clock: FakeClock, known: bool
+) -> None:
+    keys = SigningKeys()
+    source = HeldSource(keys)
+    issuers = make_issuers(source, clock)
+    if known:
+        issuers.refresh_due()
+    source.hold = True
+    source.read.clear()
+    reader = threading.Thread(target=issuers.key, args=(TENANT, "rolled-over"))
+    reader.start()
+    assert source.read.wait(5)  # the reader is inside the read, holding the tenant
+
+    with pytest.raises(KeysBeingRead):
+        issuers.key(TENANT, "rolled-over-too", wait=False)
+    if known:  # known keys never wait: they are served while the read goes on
+        assert issuers.key(TENANT, keys.active_kid, wait=False) is not None
+    else:
+        with pytest.raises(KeysBeingRead):
+            issuers.metadata(TENANT, wait=False)
+    source.release.set()
+    reader.join(5)
+    assert issuers.key(TENANT, "rolled-over-too", wait=False) is None  # read: unknown
 
 
 def test_a_tenant_never_read_is_unavailable_and_retried_by_requests_only_now_and_then(
