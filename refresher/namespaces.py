@@ -5,7 +5,7 @@
     [namespaces.users]
     key_field = "id"                # the field holding each item's unique key
     version_field = "@odata.etag"   # optional: compare items by their own version
-    fields = ["id", "displayName", "mail"]   # optional projection
+    fields = ["id", "displayName", "mail", "@odata.etag"]   # optional projection
     every = "5m"                    # or: cron = "*/5 * * * *"
     jitter = 0.1                    # +- this fraction of the interval
     max_staleness = "30m"           # older than this: reads are flagged stale
@@ -161,6 +161,11 @@ class NamespaceSpec(BaseModel):
             raise ValueError("give exactly one of 'every' (an interval) and 'cron'")
         if self.fields is not None and self.key_field not in self.fields:
             raise ValueError(f"'fields' must include the key field {self.key_field!r}")
+        if self.fields is not None and self.version_field not in (None, *self.fields):
+            raise ValueError(
+                f"'fields' must include the version field {self.version_field!r} (items are "
+                "compared after the projection), or leave 'version_field' out"
+            )
         return self
 
 
@@ -236,8 +241,9 @@ class Namespace:
     """The largest fraction of its items a refresh may delete (``None``: any)."""
 
     def project(self, item: Mapping[str, Any]) -> Mapping[str, Any]:
-        """``item`` reduced to the namespace's ``fields`` (all of it without a projection)."""
-        if self.fields is None:
+        """``item`` reduced to the namespace's ``fields`` (all of it without a projection;
+        as it is if it is not an object, which the store then refuses by name)."""
+        if self.fields is None or not isinstance(item, Mapping):
             return item
         return {field: item[field] for field in self.fields if field in item}
 

@@ -107,6 +107,13 @@ def test_every_mistake_is_reported_on_its_own_line() -> None:
                 "fields": ["name"],
                 "source": {"kind": "demo"},
             },
+            "projected-version": {
+                "key_field": "id",
+                "version_field": "updated",
+                "every": 60,
+                "fields": ["id", "name"],
+                "source": {"kind": "demo"},
+            },
         },
         "extra": 1,
     }
@@ -123,8 +130,12 @@ def test_every_mistake_is_reported_on_its_own_line() -> None:
     assert "namespace name 'bad space' is not valid" in text
     assert "namespace 'typo': evry: Extra inputs are not permitted" in text
     assert "'fields' must include the key field 'id'" in text
+    assert (
+        "namespace 'projected-version': Value error, 'fields' must include the version "
+        "field 'updated'" in text
+    )  # it was accepted, and then every refresh failed
     assert "unknown top-level key 'extra'" in text
-    assert len(lines) == 8
+    assert len(lines) == 9
 
 
 def test_an_empty_file_says_how_to_define_a_namespace() -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from refresher.cache import CacheStore, RunRecord, lease_name
 from refresher.cadence import Backoff
 from refresher.db import create_engine, init_schema, utcnow
-from refresher.errors import LeaseHeldError, UpstreamUnavailableError
+from refresher.errors import InvalidItemsError, LeaseHeldError, UpstreamUnavailableError
 from refresher.lease import LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
 from refresher.refresh import RefreshOutcome
@@ -396,6 +396,37 @@ def test_a_refresh_projects_items_onto_the_namespace_fields(
     outcomes.wait_for("slim", 1)
     item = store.page("slim", limit=1).items[0]
     assert set(orjson.loads(item.payload)) == set(fields)
+
+
+class Listed:
+    """A source that yields the items it was given."""
+
+    kind = "listed"
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset()
+
+    def close(self) -> None:
+        pass
+
+    def fetch(self, context: FetchContext) -> list[Any]:
+        return self.items
+
+
+def test_an_item_that_is_not_an_object_is_refused_by_name_with_a_projection_too(
+    store: CacheStore,
+) -> None:
+    source = Listed([{"id": "a", "name": "A"}, "not an object"])
+    for fields in (None, ("id", "name")):
+        scheduler = Scheduler(store, [namespace("slim", source, fields=fields)])
+        outcome = scheduler.refresh("slim")
+        assert isinstance(outcome.error, InvalidItemsError)  # was a TypeError with fields
+        assert "item 1: is a str, not a JSON object" in str(outcome.error)
+    last = store.runs("slim")[0]
+    assert last.error_class == "InvalidItemsError", last.error_message  # not "unexpected"
 
 
 def test_refresh_runs_one_namespace_now_in_the_calling_thread(
