@@ -21,28 +21,44 @@ two columns of the same name are refused). Values are made JSON-safe:
 
 The URL is read through the secret store on every fetch; when its version
 changes (an operator rotated it, possibly to another database), the next
-fetch builds a new engine and disposes of the old one's connections. The
-source database is only read: no pragmas, no schema changes.
+fetch builds a new engine. The source database is only read: no pragmas, no
+schema changes.
 
-Errors name the namespace and the secret, never the URL or its password (any
-piece of them a driver quotes is blanked): a database that cannot be reached
+A rotation loses no refresh. When the URL's current version cannot connect
+(a new login put into Key Vault before the database has it, say), the fetch
+asks Key Vault again and connects with the version it finds, if that is
+another one (the database already moved on to a login this replica has not
+read yet), else with the previous version (the database has not moved on
+yet). Each version is tried once per fetch, the one that connects serves the
+whole fetch, and every version tried is recorded in the run. Each fetch
+starts again from the current version, so the new login is used as soon as
+it exists. Engines are kept per version, only for the versions the last
+fetch tried (at most three, and only the one that connected holds
+connections): the others are disposed of, which closes an old login's
+connections once the new one works. Only a failure to connect falls back: a
+query that fails, or a connection lost during it, fails the fetch.
+
+Errors name the namespace, the secret and its versions, never the URL or its
+password (any piece of them a driver quotes is blanked): a database that
+cannot be reached with any version tried (each version's failure is named),
 or drops the connection → :class:`~refresher.errors.UpstreamUnavailableError`;
-a failing query → :class:`~refresher.errors.UpstreamDataError`. A URL that is
-no URL, or whose password holds an unescaped '@' (SQLAlchemy would take the
-rest of the password for the host, and the driver would quote it), is a
-:class:`~refresher.errors.ConfigurationError` before any driver sees it.
+a failing query → :class:`~refresher.errors.UpstreamDataError`. A current
+version that holds no URL, or one whose password holds an unescaped '@'
+(SQLAlchemy would take the rest of the password for the host, and the driver
+would quote it), is a :class:`~refresher.errors.ConfigurationError` before any
+driver sees it (a fallback version found so counts as one that failed).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import decimal
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,7 +68,12 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from refresher.db import network_timeouts
 from refresher.db_urls import driver_says, password_cut_short, scrubber
-from refresher.errors import ConfigurationError, UpstreamDataError, UpstreamUnavailableError
+from refresher.errors import (
+    ConfigurationError,
+    SecretError,
+    UpstreamDataError,
+    UpstreamUnavailableError,
+)
 from refresher.secrets.base import SecretValue
 from refresher.sources.base import FetchContext
 
@@ -95,57 +116,126 @@ class SqlQuerySource:
         self.options = options
         self.namespace = namespace
         self._engine_factory = engine_factory
-        self._engine: tuple[str, Engine] | None = None
+        self._engines: dict[str, Engine] = {}
+        """URL secret version -> its engine, for the versions the last fetch tried."""
         self._lock = threading.Lock()
 
     def secret_names(self) -> frozenset[str]:
         return frozenset({self.options.url_secret})
 
     @property
-    def engine_version(self) -> str | None:
-        """The version of the URL secret the current engine was built from."""
-        return None if self._engine is None else self._engine[0]
+    def engine_versions(self) -> frozenset[str]:
+        """The versions of the URL secret that have an engine (those the last fetch tried)."""
+        with self._lock:
+            return frozenset(self._engines)
 
     def close(self) -> None:
-        """Dispose of the engine's connections."""
-        with self._lock:
-            if self._engine is not None:
-                self._engine[1].dispose()
-                self._engine = None
+        """Dispose of the engines' connections."""
+        self._keep(frozenset())
 
     def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
         """Every row of the query, converted (lazily, ``fetch_size`` rows per round trip)."""
-        secret = context.secret(self.options.url_secret)
+        secret, conn = self._connection(context)
+        with conn:
+            yield from self._rows(conn, secret, scrubber(secret.value), context)
+
+    def _connection(self, context: FetchContext) -> tuple[SecretValue, Connection]:
+        """A connection with the first version of the URL that connects: the current one,
+        else the one a fresh Key Vault check finds, else the previous one (each once)."""
+        name = self.options.url_secret
+        candidates: tuple[Callable[[], SecretValue | None], ...] = (
+            lambda: context.secret(name),
+            lambda: self._rechecked(context),
+            lambda: context.previous_secret(name),
+        )
+        failed: dict[str, str] = {}  # version -> why it did not connect
+        for candidate in candidates:
+            secret = candidate()
+            if secret is None or secret.version in failed:
+                continue
+            try:
+                conn = self._connect(secret)
+            except _NotConnected as exc:
+                failed[secret.version] = exc.said
+                continue
+            except ConfigurationError:
+                if not failed:  # the current version's URL is wrong: the operator fixes it
+                    raise
+                failed[secret.version] = "it holds no usable SQLAlchemy URL"
+                continue
+            self._keep(frozenset(failed) | {secret.version})
+            return secret, conn
+        self._keep(frozenset(failed))
+        raise self._unreachable(failed)
+
+    def _rechecked(self, context: FetchContext) -> SecretValue:
+        """The version in use after asking Key Vault again (it may hold a newer one)."""
+        if context.secrets is not None:
+            with contextlib.suppress(SecretError):  # Key Vault unreachable: the previous next
+                context.secrets.check(self.options.url_secret)
+        return context.secret(self.options.url_secret)
+
+    def _connect(self, secret: SecretValue) -> Connection:
+        """A connection with this version of the URL; :class:`_NotConnected` saying why not.
+
+        Driver errors are not chained: their text may quote the server's answer about
+        the login, and a traceback would carry it to the log.
+        """
         engine = self._engine_for(secret)
-        scrub = scrubber(secret.value)
-        with _connect(engine, self._where(secret), scrub) as conn:
-            yield from self._rows(conn, secret, scrub, context)
+        try:
+            return engine.connect()
+        except SQLAlchemyError as exc:
+            raise _NotConnected(driver_says(exc, scrubber(secret.value))) from None
 
     def _engine_for(self, secret: SecretValue) -> Engine:
-        """The engine for this version of the URL (a new one after a rotation)."""
+        """The engine for this version of the URL (built on its first use)."""
         with self._lock:
-            if self._engine is not None and self._engine[0] == secret.version:
-                return self._engine[1]
-            if password_cut_short(secret.value):
-                raise ConfigurationError(
-                    f"namespace {self.namespace!r}: secret {self.options.url_secret!r} (version "
-                    f"{secret.version}) holds a URL with an unescaped '@' in its password (or "
-                    "user name): SQLAlchemy ends the password at the first '@' and reads the "
-                    "rest as the host, database or query: percent-encode each '@' in the user "
-                    "name and password (and any in the database name or query) as %40"
-                )
-            try:
-                engine = self._engine_factory(secret.value)
-            except (ArgumentError, NoSuchModuleError, ValueError):
-                raise ConfigurationError(
-                    f"namespace {self.namespace!r}: secret {self.options.url_secret!r} (version "
-                    f"{secret.version}) does not hold a usable SQLAlchemy URL: set it to one "
-                    "such as postgresql+psycopg://user:password@host/db, with its driver installed"
-                ) from None
-            if self._engine is not None:
-                self._engine[1].dispose()
-            self._engine = (secret.version, engine)
+            engine = self._engines.get(secret.version)
+            if engine is None:
+                engine = self._engines[secret.version] = self._new_engine(secret)
             return engine
+
+    def _keep(self, versions: frozenset[str]) -> None:
+        """Dispose of the engines of every other version (closing their connections)."""
+        with self._lock:
+            gone = [version for version in self._engines if version not in versions]
+            engines = [self._engines.pop(version) for version in gone]
+        for engine in engines:
+            engine.dispose()
+
+    def _new_engine(self, secret: SecretValue) -> Engine:
+        if password_cut_short(secret.value):
+            raise ConfigurationError(
+                f"namespace {self.namespace!r}: secret {self.options.url_secret!r} (version "
+                f"{secret.version}) holds a URL with an unescaped '@' in its password (or "
+                "user name): SQLAlchemy ends the password at the first '@' and reads the "
+                "rest as the host, database or query: percent-encode each '@' in the user "
+                "name and password (and any in the database name or query) as %40"
+            )
+        try:
+            return self._engine_factory(secret.value)
+        except (ArgumentError, NoSuchModuleError, ValueError):
+            raise ConfigurationError(
+                f"namespace {self.namespace!r}: secret {self.options.url_secret!r} (version "
+                f"{secret.version}) does not hold a usable SQLAlchemy URL: set it to one "
+                "such as postgresql+psycopg://user:password@host/db, with its driver installed"
+            ) from None
+
+    def _unreachable(self, failed: Mapping[str, str]) -> UpstreamUnavailableError:
+        """The error of a fetch no version of the URL could connect for."""
+        if len(failed) == 1:
+            [(version, said)] = failed.items()
+            return UpstreamUnavailableError(
+                f"{self._where(version)} could not be reached ({said}): check that the "
+                "database is up and reachable and that the URL in the secret is right"
+            )
+        tried = ", ".join(f"version {version} ({said})" for version, said in failed.items())
+        return UpstreamUnavailableError(
+            f"{self._where()} could not be reached with any version of the URL: {tried}: "
+            "check that the database is up and reachable and that the secret's current "
+            "version holds the right URL, with a login the database has (in a rotation, "
+            "create the new login before its URL goes into Key Vault)"
+        )
 
     def _rows(
         self,
@@ -160,7 +250,7 @@ class SqlQuerySource:
                 sa.text(self.options.query), self.options.params
             )
             with result:  # a server-side cursor: closed also when the consumer stops early
-                columns = _column_names(list(result.keys()), self._where(secret))
+                columns = _column_names(list(result.keys()), self._where(secret.version))
                 done = 0
                 for rows in result.partitions(size):
                     yield from (
@@ -178,37 +268,29 @@ class SqlQuerySource:
         said = driver_says(exc, scrub)
         if getattr(exc, "connection_invalidated", False):
             return UpstreamUnavailableError(
-                f"{self._where(secret)} dropped the connection during the query ({said}); "
+                f"{self._where(secret.version)} dropped the connection during the query ({said}); "
                 "the next refresh tries again"
             )
         return UpstreamDataError(
-            f"the query on {self._where(secret)} failed ({said}): fix the query or its params "
-            "in the namespaces file"
+            f"the query on {self._where(secret.version)} failed ({said}): fix the query or its "
+            "params in the namespaces file"
         )
 
-    def _where(self, secret: SecretValue) -> str:
+    def _where(self, version: str | None = None) -> str:
+        """The source database, by namespace, secret and (if given) the URL's version."""
+        which = "" if version is None else f", version {version}"
         return (
             f"the source database of namespace {self.namespace!r} (its URL in secret "
-            f"{self.options.url_secret!r}, version {secret.version})"
+            f"{self.options.url_secret!r}{which})"
         )
 
 
-@contextmanager
-def _connect(engine: Engine, where: str, scrub: Callable[[str], str]) -> Iterator[Connection]:
-    """A connection; a failure to connect translated into our error.
+class _NotConnected(Exception):
+    """One version of the URL did not connect; ``said`` is the driver's reason, scrubbed."""
 
-    Driver errors are not chained (``from None``): their text may quote the
-    server's answer about the login, and a traceback would carry it to the log.
-    """
-    try:
-        conn = engine.connect()
-    except SQLAlchemyError as exc:
-        raise UpstreamUnavailableError(
-            f"{where} could not be reached ({driver_says(exc, scrub)}): check that the "
-            "database is up and reachable and that the URL in the secret is right"
-        ) from None
-    with conn:
-        yield conn
+    def __init__(self, said: str) -> None:
+        super().__init__(said)
+        self.said = said
 
 
 def _column_names(columns: Sequence[str], where: str) -> list[str]:

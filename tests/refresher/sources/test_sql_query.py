@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -201,8 +202,164 @@ def test_a_rotation_to_another_database_is_followed_and_the_old_engine_disposed(
     assert cache.get_item(NS, "s-1").data()["name"] == "Edsger"
     assert cache.runs(NS)[0].secret_versions == {secret_name: [second]}
     assert cache.runs(NS)[1].secret_versions == {secret_name: [first]}
-    assert source.engine_version == second
+    assert source.engine_versions == {second}
     assert pg_connections(tag, postgres_server) == 0
+
+
+EXISTING_ROLES = sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)")
+END_SESSIONS = sa.text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :role"
+)
+
+
+@pytest.fixture
+def logins(postgres_server: Engine) -> Iterator[Callable[[], str]]:
+    """Names of PostgreSQL logins that do not exist (yet): a test may create one, as the new
+    login of a two-login rotation. Those created are dropped at the end, sessions ended."""
+    names: list[str] = []
+
+    def name() -> str:
+        names.append(f"app_{secrets.token_hex(4)}")
+        return names[-1]
+
+    yield name
+    with postgres_server.begin() as conn:
+        created = conn.execute(EXISTING_ROLES, {"names": names}).scalars().all()
+        for role in created:
+            conn.execute(END_SESSIONS, {"role": role})
+            conn.exec_driver_sql(f"DROP OWNED BY {role}")
+            conn.exec_driver_sql(f"DROP ROLE {role}")
+
+
+def login_url(source_url: str, role: str) -> Url:
+    """``source_url`` with the login ``role``, a password (trust auth ignores it; no message
+    may show it) and an application_name of its own."""
+    url = make_url(source_url).set(username=role, password=f"Pw{secrets.token_hex(8)}")
+    url = url.update_query_dict({"application_name": f"src-{uuid.uuid4().hex[:8]}"})
+    return Url(url.render_as_string(hide_password=False))
+
+
+def create_login(server: Engine, role: str, source_url: str) -> None:
+    """Create ``role`` as a login that may read the ``people`` table of the source's schema."""
+    schema = str(make_url(source_url).query["options"]).removeprefix("-csearch_path=")
+    with server.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        conn.exec_driver_sql(f"GRANT SELECT ON {schema}.people TO {role}")
+
+
+def app_name(url: str) -> str:
+    return str(make_url(url).query["application_name"])
+
+
+def test_a_new_login_not_in_the_database_yet_falls_back_to_the_previous_version_until_it_is(
+    cache: CacheStore,
+    stack: DevStack,
+    make_store: MakeStore,
+    pg_source: str,
+    secret_name: str,
+    logins: Callable[[], str],
+    sources: Callable[..., SqlQuerySource],
+    postgres_server: Engine,
+) -> None:
+    first = stack.vault.set(secret_name, pg_source).version
+    vault = make_store([secret_name])
+    source = sources(url_secret=secret_name)
+    refresh(cache, source, FetchContext(secrets=vault))
+    role = logins()
+    new_url = login_url(pg_source, role)
+    second = stack.vault.set(secret_name, new_url).version  # the login is created later
+    assert vault.check(secret_name) == [secret_name]
+
+    result = refresh(cache, source, FetchContext(secrets=vault))
+
+    assert (result.inserted, result.deleted, result.unchanged) == (0, 0, 3)
+    assert cache.runs(NS)[0].secret_versions == {secret_name: [second, first]}
+    assert source.engine_versions == {first, second}
+    assert pg_connections(app_name(pg_source), postgres_server) == 1  # kept for the next one
+
+    create_login(postgres_server, role, pg_source)
+    refresh(cache, source, FetchContext(secrets=vault))
+
+    assert cache.runs(NS)[0].secret_versions == {secret_name: [second]}
+    assert source.engine_versions == {second}
+    assert pg_connections(app_name(pg_source), postgres_server) == 0  # the old login's closed
+    assert pg_connections(app_name(new_url), postgres_server) == 1
+
+    context = FetchContext(secrets=vault)  # a failing query is no reason to fall back
+    with pytest.raises(UpstreamDataError, match="no_such_table"):
+        list(sources(url_secret=secret_name, query="SELECT * FROM no_such_table").fetch(context))
+    assert context.secret_versions == {secret_name: [second]}
+
+
+def test_a_newer_version_than_the_one_held_is_found_by_asking_key_vault_again(
+    cache: CacheStore,
+    stack: DevStack,
+    make_store: MakeStore,
+    pg_source: str,
+    secret_name: str,
+    logins: Callable[[], str],
+    sources: Callable[..., SqlQuerySource],
+) -> None:
+    dropped = stack.vault.set(secret_name, login_url(pg_source, logins())).version
+    vault = make_store([secret_name])
+    assert vault.get(secret_name).version == dropped
+    newer = stack.vault.set(secret_name, pg_source).version  # this replica has not read it
+
+    result = refresh(cache, sources(url_secret=secret_name), FetchContext(secrets=vault))
+
+    assert result.inserted == 3
+    assert cache.runs(NS)[0].secret_versions == {secret_name: [dropped, newer]}
+    assert vault.versions_in_use() == {secret_name: newer}
+
+
+@pytest.mark.parametrize("previous", ["missing login", "no url"])
+def test_when_no_version_connects_the_error_names_each_version_never_a_url(
+    cache: CacheStore,
+    stack: DevStack,
+    make_store: MakeStore,
+    pg_source: str,
+    secret_name: str,
+    logins: Callable[[], str],
+    sources: Callable[..., SqlQuerySource],
+    previous: str,
+) -> None:
+    old_url = login_url(pg_source, logins()) if previous == "missing login" else Url("no url")
+    first = stack.vault.set(secret_name, old_url).version
+    vault = make_store([secret_name])
+    vault.get(secret_name)
+    new_url = login_url(pg_source, logins())
+    second = stack.vault.set(secret_name, new_url).version
+    assert vault.check(secret_name) == [secret_name]
+
+    with pytest.raises(UpstreamUnavailableError) as caught:
+        refresh(cache, sources(url_secret=secret_name), FetchContext(secrets=vault))
+
+    message = str(caught.value)
+    why_first = (
+        r"OperationalError: [^()]*role \"app_\w+\" does not exist[^()]*"
+        if previous == "missing login"
+        else "it holds no usable SQLAlchemy URL"
+    )
+    assert re.fullmatch(
+        re.escape(
+            f"the source database of namespace {NS!r} (its URL in secret {secret_name!r}) "
+            f"could not be reached with any version of the URL: version {second} ("
+        )
+        + r"OperationalError: [^()]*role \"app_\w+\" does not exist[^()]*"
+        + re.escape(f"), version {first} (")
+        + why_first
+        + re.escape(
+            "): check that the database is up and reachable and that the secret's current "
+            "version holds the right URL, with a login the database has (in a rotation, "
+            "create the new login before its URL goes into Key Vault)"
+        ),
+        message,
+    ), message
+    passwords = [make_url(url).password for url in (old_url, new_url) if "://" in url]
+    assert passwords and not any(str(password) in message for password in passwords)
+    assert cache.runs(NS)[0].secret_versions == {secret_name: [second, first]}
+    assert cache.runs(NS)[0].error_message == message
 
 
 def test_an_unreachable_database_names_the_secret_never_the_url(
