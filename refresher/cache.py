@@ -489,6 +489,11 @@ class CacheStore:
             ).scalar()
             if (0 if current is None else int(current)) != known.generation:
                 raise LeaseLostError(lease.name, lease.holder)  # someone else wrote meanwhile
+            # Fencing, first: the lease row stays locked until the commit (SQLite's whole
+            # database), so no one can take it over while the writes run, however long
+            # they take. Checked after them, a write longer than the lease's time left
+            # failed on SQLite, whose keeper cannot renew while this transaction writes.
+            self.leases.confirm(conn, lease)
             now = db_now(conn)  # one clock for every replica's run times
             write_changes(
                 conn, namespace, changes, generation, now, progress,
@@ -512,7 +517,6 @@ class CacheStore:
                     secret_versions=_dump_versions(secret_versions),
                 )
             )
-            self.leases.confirm(conn, lease)
         if self._remember:
             self._memos[namespace] = (generation, known.mode, changes.memo)
         return RefreshResult(

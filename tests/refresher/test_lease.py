@@ -123,6 +123,22 @@ def test_apply_under_a_lost_lease_writes_nothing(engine: Engine) -> None:
     assert store.runs("products")[0].error_class == "LeaseLostError"
 
 
+def test_a_commit_longer_than_the_lease_has_left_still_lands(engine: Engine) -> None:
+    # On SQLite the keeper cannot renew while the commit writes (one writer at a time):
+    # a long commit ran past the lease's expiry and was refused, though no one took it.
+    leases = LeaseManager(engine, holder="only-replica", ttl=SHORT_TTL)
+    store = CacheStore(engine, leases=leases)
+    lease = leases.acquire(lease_name("products"))
+
+    def slow_writes(phase: str, done: int, total: int | None) -> None:
+        if phase == "write" and done == 0:
+            time.sleep(SHORT_TTL + 0.1)  # the writes outlast the lease's TTL
+
+    result = store.apply("products", [{"id": "a"}], lease=lease, progress=slow_writes)
+
+    assert (result.inserted, store.runs("products")[0].status) == (1, "succeeded")
+
+
 def test_apply_under_a_held_lease_keeps_it(engine: Engine) -> None:
     leases = LeaseManager(engine, holder="scheduler")
     store = CacheStore(engine, leases=leases)
