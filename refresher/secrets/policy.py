@@ -10,7 +10,9 @@ say; enforcing them is the consumer's job. The rules here:
   list a vault in the same second; but **no later than the next turning
   point**: a staged newer version's ``nbf``, or the expiry of the version in use.
 - **After a failure, retry with bounded, jittered exponential backoff**, never
-  sooner than Key Vault's ``Retry-After`` and never later than the interval.
+  sooner than Key Vault's ``Retry-After`` and never later than the interval (a
+  ``Retry-After`` longer than it is cut to it: a day's wait would leave a first
+  load without its secret, or a rotation unseen, for that long).
 - **A check costs one request however many versions a secret has**, while its
   latest version is the one in use (:func:`cheap_check_will_do`).
 """
@@ -150,5 +152,5 @@ class CheckPolicy:
         ceiling = min(self.retry_max, self.interval, self.retry_min * 2 ** max(failures - 1, 0))
         delay = rng.uniform(min(self.retry_min, ceiling), ceiling)
         if retry_after is not None:
-            delay = max(delay, retry_after)
+            delay = min(max(delay, retry_after), self.interval)
         return now + delay

@@ -14,6 +14,7 @@ error *code*; never Key Vault's message text, never a value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -101,6 +102,7 @@ def _retry_after(exc: HttpResponseError) -> float | None:
     headers = getattr(exc.response, "headers", None) or {}
     header = headers.get("Retry-After")
     try:
-        return float(header) if header else None
+        seconds = float(header) if header else None
     except ValueError:  # an HTTP date: azure-core already waited it out once
         return None
+    return seconds if seconds is not None and 0 <= seconds < math.inf else None

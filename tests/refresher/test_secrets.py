@@ -173,6 +173,9 @@ def test_retries_never_wait_longer_than_the_interval_nor_less_than_retry_after()
 
     assert short.retry_at(NOW, 10, random.Random(1)) <= NOW + 0.2
     assert CheckPolicy().retry_at(NOW, 1, random.Random(1), retry_after=30) == NOW + 30
+    # A day's Retry-After is cut to the interval (it was waited out in full).
+    hourly = CheckPolicy(interval=300)
+    assert hourly.retry_at(NOW, 1, random.Random(1), retry_after=86400) == NOW + 300
 
 
 # -- values ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.keyvault.secrets import SecretClient
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -582,6 +582,33 @@ def test_sdk_errors_translate_to_distinct_classes(
     assert unavailable.retry_after == 7
     assert type(unreachable) is VaultUnavailableError
     assert "ServiceRequestError" in str(unreachable)
+
+
+class _Throttled:
+    """The parts of a Key Vault answer that translate reads: a 429 with ``Retry-After``."""
+
+    status_code, reason, request = 429, "Too Many Requests", None
+
+    def __init__(self, retry_after: str) -> None:
+        self.headers = {"Retry-After": retry_after}
+
+    def text(self, encoding: str | None = None) -> str:
+        return "{}"
+
+    def body(self) -> bytes:
+        return b"{}"
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("7", 7.0), ("nan", None), ("inf", None), ("-3", None)]
+)
+def test_only_a_finite_retry_after_of_zero_or_more_is_kept(
+    header: str, seconds: float | None
+) -> None:
+    error = HttpResponseError(response=_Throttled(header))
+    translated = translate(error, name="quiet", vault="https://vault.example")
+    assert type(translated) is VaultUnavailableError
+    assert translated.retry_after == seconds  # "inf" was kept: no check for ever
 
 
 def test_no_value_in_repr_status_logs_or_messages(
