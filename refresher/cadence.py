@@ -5,7 +5,9 @@ reads the same way, so three replicas refresh a namespace about once per
 interval between them, not three times:
 
 - never attempted: due now;
-- the last attempt succeeded (or was abandoned): due at ``schedule.next_after(start)``;
+- the last attempt succeeded (or was abandoned): due at ``schedule.next_after(start)``
+  (for a cron line, a start less than ``CRON_EARLY_SECONDS`` before a cron time counts
+  as that time's run);
 - ``n`` attempts in a row failed: due ``Backoff.delay(n)`` after the last one
   started (exponential, bounded, jittered), whatever the interval.
 
@@ -35,6 +37,11 @@ RETRY_MAX_SECONDS = 900.0
 
 RETRY_JITTER = 0.2
 """Backoff delays are shortened by up to this fraction, so failing namespaces spread out."""
+
+CRON_EARLY_SECONDS = 1.0
+"""A run that started this little before a cron time was that time's run: clocks differ a
+little (the database's, which stamps runs, and a replica's estimate of it), and planning
+from the start alone made that same cron time due again at once, run after run."""
 
 HISTORY_DEPTH = 12
 """Runs read back to count failures in a row (enough for the backoff to reach its bound)."""
@@ -145,6 +152,8 @@ def due_at(name: str, schedule: Schedule, history: History, backoff: Backoff) ->
     rng = random.Random(f"{name}:{last.isoformat()}")
     if history.failures:
         return last + timedelta(seconds=backoff.delay(history.failures, rng))
+    if schedule.cron is not None:
+        return schedule.next_after(last + timedelta(seconds=CRON_EARLY_SECONDS), rng)
     return schedule.next_after(last, rng)
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from refresher.cadence import (
+    CRON_EARLY_SECONDS,
     IDLE_WAKEUP_SECONDS,
     NEVER_RUN,
     RECHECK_MAX_SECONDS,
@@ -64,6 +65,23 @@ def test_a_cron_namespace_is_due_at_its_next_cron_time() -> None:
     schedule = Schedule(None, "*/15 * * * *", 0.1)
     due = due_at("users", schedule, History(T0 + seconds(61), 0), NO_JITTER)
     assert due == T0 + timedelta(minutes=15)
+
+
+@pytest.mark.parametrize("early", [0.05, 0.5, 0.99])
+def test_a_cron_run_that_started_just_before_its_time_uses_that_time_up(early: float) -> None:
+    # A replica whose clock runs a little ahead of the database's starts the 12:15 run at
+    # 12:14:59.5 by the run history: planned from that start alone, 12:15 was due again.
+    schedule = Schedule(None, "*/15 * * * *", 0.0)
+    firing = T0 + timedelta(minutes=15)
+    due = due_at("users", schedule, History(firing - seconds(early), 0), NO_JITTER)
+    assert due == firing + timedelta(minutes=15)
+
+
+def test_a_cron_run_that_started_well_before_a_time_leaves_that_time_due() -> None:
+    schedule = Schedule(None, "*/15 * * * *", 0.0)
+    firing = T0 + timedelta(minutes=15)
+    due = due_at("users", schedule, History(firing - seconds(CRON_EARLY_SECONDS + 1), 0), NO_JITTER)
+    assert due == firing
 
 
 @pytest.mark.parametrize(
