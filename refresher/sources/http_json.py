@@ -26,8 +26,16 @@ Options (checked by :func:`from_options`; see :class:`HttpJsonOptions`):
   ``odata``, else ``""``: the body is the list).
 - ``page_size`` / ``page_size_param`` (default ``$top``), ``headers`` (extra,
   not secret: secrets belong in Key Vault), ``connect_timeout`` /
-  ``read_timeout`` (seconds), ``max_response_bytes`` (per page, read as a
-  stream and abandoned past the limit), ``max_pages``, ``retries``.
+  ``read_timeout`` (seconds, each wait for the socket), ``request_timeout``
+  (seconds for one request, headers to last byte, however the body trickles;
+  default 300), ``max_fetch_seconds`` (the whole fetch, every page, retry and
+  the time the cache store takes between pages; default 12 h),
+  ``max_response_bytes`` (per page after decompression, read as a stream and
+  abandoned past the limit), ``max_pages``, ``retries``.
+
+Bodies are asked for as ``Accept-Encoding: gzip, deflate`` and decompressed
+here, never more than the page may still hold at a time (:class:`Inflater`):
+a small compressed body cannot fill memory past ``max_response_bytes``.
 
 **Credentials never leave the configured origin.** Every next page must be on
 the scheme, host and port of ``url``; a next link elsewhere fails the refresh
@@ -40,15 +48,20 @@ arrives and ``context.progress(pages, None)`` is called after each.
 What goes wrong, and what the run history then says (always naming the page
 and the URL without its query string, never a key or token):
 
-- 408, 429, 5xx, timeouts, refused connections and a connection closed before
-  the body was complete are retried (:mod:`refresher.sources.http_retry`,
-  honouring ``Retry-After``); when retries run out:
+- 408, 429, 5xx, timeouts (``request_timeout`` too), refused connections and a
+  connection closed before the body was complete are retried
+  (:mod:`refresher.sources.http_retry`, honouring ``Retry-After``); when retries
+  run out:
   :class:`~refresher.errors.UpstreamUnavailableError` ("page 3 of
   https://host/v1.0/users answered 503 five times; giving up after 31 s").
+- A fetch past ``max_fetch_seconds`` (checked between two network reads and
+  before each request): :class:`~refresher.errors.UpstreamUnavailableError` at
+  once, not retried.
 - 401/403 after the credential retry, redirects and other 4xx:
   :class:`~refresher.errors.UpstreamRejectedError`, with what to fix.
 - A body that is not JSON, JSON that stops short (a complete HTTP answer with a
-  truncated document), a page over ``max_response_bytes``, no item list at
+  truncated document), a page over ``max_response_bytes``, a body compressed
+  with an encoding not asked for, more than once, or brokenly, no item list at
   ``items``, a next page on another origin, more than ``max_pages``:
   :class:`~refresher.errors.UpstreamDataError`, not retried.
 - A header the request cannot carry (a control character, a non-ASCII
@@ -74,7 +87,8 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -166,6 +180,128 @@ class Page:
     links: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When one request must be done: ``request_timeout`` after it starts, or when the
+    fetch reaches ``max_fetch_seconds``, whichever comes first.
+
+    httpx's ``read_timeout`` bounds each wait for the socket, not a request: the body is
+    checked against this between network reads, and no httpx timeout is set beyond it.
+    """
+
+    at: float
+    fetch_ends_first: bool
+    options: HttpJsonOptions
+    clock: Callable[[], float]
+
+    @classmethod
+    def of(
+        cls, options: HttpJsonOptions, clock: Callable[[], float], *, fetch_ends: float
+    ) -> Deadline:
+        """The deadline of a request starting now, in a fetch that must end at ``fetch_ends``."""
+        request_ends = clock() + options.request_timeout
+        return cls(min(request_ends, fetch_ends), fetch_ends <= request_ends, options, clock)
+
+    def passed(self) -> bool:
+        return self.clock() >= self.at
+
+    def left(self) -> float:
+        """Seconds left; at least a millisecond (an httpx timeout must be positive)."""
+        return max(self.at - self.clock(), 0.001)
+
+    def error(self, what: str) -> Exception:
+        """Why the request stops: the fetch's time is up (final), or the request's (retried,
+        as a read timeout would be)."""
+        if self.fetch_ends_first:
+            return UpstreamUnavailableError(
+                f"{what}: the fetch took longer than max_fetch_seconds = "
+                f"{self.options.max_fetch_seconds:g} s (every page and retry counted): raise "
+                "max_fetch_seconds if fetching this API takes longer; the next scheduled "
+                "refresh tries again"
+            )
+        return TransientFailure(
+            f"was not complete within request_timeout = {self.options.request_timeout:g} s",
+            advice="raise request_timeout if this API's pages take longer, or lower page_size",
+        )
+
+
+ACCEPT_ENCODING = "gzip, deflate"
+"""What a request asks for, and all that is decoded (by :class:`Inflater`)."""
+
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+_RAW_DEFLATE = -zlib.MAX_WBITS
+
+
+class Inflater:
+    """One body's gzip or deflate data, decompressed at most one byte past the limit.
+
+    httpx's own decoders inflate each network chunk whole (and undo any stack of
+    encodings), so a few KB on the wire could fill gigabytes before a size limit saw
+    them. Here each read is inflated with zlib's ``max_length``: the output of one
+    call never exceeds what the page may still hold plus one byte.
+    """
+
+    def __init__(self, coding: str, what: str) -> None:
+        self.coding = coding
+        self._what = what
+        self._zlib = zlib.decompressobj(_WBITS[coding])
+        self._fed = False
+
+    @classmethod
+    def of(cls, response: httpx.Response, what: str) -> Inflater | None:
+        """The inflater the answer's ``Content-Encoding`` needs (``None``: not compressed);
+        :class:`UpstreamDataError` for an encoding not asked for, or more than one."""
+        listed = response.headers.get_list("content-encoding", split_commas=True)
+        codings = [c.strip().lower() for c in listed if c.strip().lower() not in ("", "identity")]
+        if not codings:
+            return None
+        if len(codings) > 1:
+            raise UpstreamDataError(
+                f"{what} is compressed {len(codings)} times (Content-Encoding: "
+                f"{_shown(', '.join(codings))}), which was not asked for: a page may be "
+                "compressed once, with gzip or deflate; check the API, or a proxy in front of "
+                "it compressing its answers again"
+            )
+        if codings[0] not in _WBITS:
+            raise UpstreamDataError(
+                f"{what} is compressed with {_shown(codings[0])}, which was not asked for "
+                f"(Accept-Encoding: {ACCEPT_ENCODING}) and is not decoded; check the API, or a "
+                "proxy in front of it"
+            )
+        return cls(codings[0], what)
+
+    def feed(self, data: bytes, *, room: int) -> bytes:
+        """``data`` decompressed: at most ``room + 1`` bytes (more than ``room``: too large)."""
+        try:  # room + 1 >= 1: a max_length of 0 would mean no limit at all
+            out = self._zlib.decompress(data, room + 1)
+        except zlib.error as exc:
+            if self._fed or self.coding != "deflate":
+                raise self._broken(f"not valid {self.coding} data") from exc
+            # "deflate" is zlib-wrapped (RFC 9110), but some servers send it raw.
+            self._fed, self._zlib = True, zlib.decompressobj(_RAW_DEFLATE)
+            return self.feed(data, room=room)
+        self._fed = True
+        if self._zlib.unused_data:
+            raise self._broken(f"more data after the end of its {self.coding} data")
+        return out
+
+    def finish(self) -> None:
+        """Checks that the compressed data ended with the body."""
+        if not self._zlib.eof:
+            raise self._broken(f"{self.coding} data that stops short (a truncated body)")
+
+    def _broken(self, detail: str) -> UpstreamDataError:
+        return UpstreamDataError(
+            f"{self._what} sent a body that could not be decompressed ({detail}): check the "
+            "API, or a proxy in front of it"
+        )
+
+
+def _shown(text: str) -> str:
+    """Upstream text quoted in a message, cut short (it is not ours to print at length)."""
+    return repr(text if len(text) <= 40 else f"{text[:40]}...")
+
+
 class HttpJsonSource:
     """Every item of a paged JSON API (see the module docstring for the options)."""
 
@@ -192,6 +328,7 @@ class HttpJsonSource:
             QUERY_REDACTION.register(options.query_param)
         policy = retry or RetryPolicy(attempts=options.retries + 1)
         self._retrier = Retrier(policy, sleep=sleep, clock=clock, rng=rng)
+        self._clock = clock
         self._wall_clock = wall_clock
         self._home = origin(options.url)
         self._described: dict[str, str] = {}
@@ -206,6 +343,7 @@ class HttpJsonSource:
     def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
         """Every item of every page, page by page (lazily)."""
         session = self.auth.session(context)
+        fetch_ends = self._clock() + self.options.max_fetch_seconds
         url: str | None = self.paging.first(self.options.url, self.options.page_size)
         number = 0
         while url is not None:
@@ -216,7 +354,7 @@ class HttpJsonSource:
                     f"{self.options.max_pages}: raise max_pages, or check that the API's "
                     "next-page links come to an end"
                 )
-            attempt = functools.partial(self._get, url, session, number)
+            attempt = functools.partial(self._get, url, session, number, fetch_ends)
             page = self._retrier.call(attempt, what=self._what(number, url))
             url, items = self._read(page, url, number)
             yield from items
@@ -251,27 +389,32 @@ class HttpJsonSource:
 
     # -- one request ------------------------------------------------------------------------
 
-    def _get(self, url: str, session: AuthSession, number: int) -> Page:
-        """One page, re-sent with other credentials while the session allows."""
+    def _get(self, url: str, session: AuthSession, number: int, fetch_ends: float) -> Page:
+        """One page, re-sent with other credentials while the session allows, by its deadline."""
+        what = self._what(number, url)
+        deadline = Deadline.of(self.options, self._clock, fetch_ends=fetch_ends)
         retries = 0
         while True:
+            if deadline.passed():
+                raise deadline.error(what)
             sent = session.credentials()
-            with _transport_errors(self._what(number, url)), self._send(url, sent) as response:
+            with _transport_errors(what, deadline), self._send(url, sent, deadline) as response:
                 if response.status_code in REJECTED_STATUSES and session.rejected(
                     response.status_code, sent, retries=retries
                 ):
                     retries += 1
                     continue
                 self._check_status(response, session, number, url)
-                return Page(self._body(response, number, url), response.headers.get_list("link"))
+                return Page(self._body(response, what, deadline), response.headers.get_list("link"))
 
     @contextmanager
-    def _send(self, url: str, sent: Credentials) -> Iterator[httpx.Response]:
+    def _send(self, url: str, sent: Credentials, deadline: Deadline) -> Iterator[httpx.Response]:
+        headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
         request = self.client.build_request(
             "GET",
             with_params(url, sent.params),
-            headers={"Accept": "application/json", **self.options.headers, **sent.headers},
-            timeout=timeout(self.options),
+            headers={**headers, **self.options.headers, **sent.headers},
+            timeout=timeout(self.options, within=deadline.left()),
         )
         response = self.client.send(request, stream=True, follow_redirects=False)
         try:
@@ -304,27 +447,41 @@ class HttpJsonSource:
             f"{what} {said}: check the url and the source's options", status=status
         )
 
-    def _body(self, response: httpx.Response, number: int, url: str) -> Any:
+    def _body(self, response: httpx.Response, what: str, deadline: Deadline) -> Any:
+        """The page's JSON, read as it arrives (raw, decompressed here: see :class:`Inflater`)
+        and abandoned past ``max_response_bytes`` decoded or past the request's deadline."""
         limit = self.options.max_response_bytes
-        too_large = UpstreamDataError(
-            f"{self._what(number, url)} is larger than max_response_bytes = {limit} bytes: "
-            "lower page_size, or raise max_response_bytes"
-        )
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise too_large
+            raise _too_large(what, limit)
+        inflater: Inflater | None = None
+        if response.is_stream_consumed:  # an injected transport's answer, read and decoded
+            raws: Iterable[bytes] = (response.content,)
+        else:
+            raws, inflater = response.iter_raw(), Inflater.of(response, what)
         chunks, size = [], 0
-        for chunk in response.iter_bytes():
+        clock, ends = deadline.clock, deadline.at
+        for raw in raws:
+            if clock() >= ends:  # once per network read: a drip of single bytes is caught too
+                raise deadline.error(what)
+            chunk = raw if inflater is None else inflater.feed(raw, room=limit - size)
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(what, limit)
             chunks.append(chunk)
+        if inflater is not None:
+            inflater.finish()
         try:
             return decode_json(b"".join(chunks))
         except PageError as exc:
-            raise UpstreamDataError(
-                f"{self._what(number, url)} {exc}{_not_json(response)}"
-            ) from None
+            raise UpstreamDataError(f"{what} {exc}{_not_json(response)}") from None
+
+
+def _too_large(what: str, limit: int) -> UpstreamDataError:
+    return UpstreamDataError(
+        f"{what} is larger than max_response_bytes = {limit} bytes: "
+        "lower page_size, or raise max_response_bytes"
+    )
 
 
 def _not_json(response: httpx.Response) -> str:
@@ -336,13 +493,16 @@ def _not_json(response: httpx.Response) -> str:
 
 
 @contextmanager
-def _transport_errors(what: str) -> Iterator[None]:
-    """httpx's transport errors, translated once: transient ones for the retrier, a TLS
-    verification failure as a clear permanent error, a request that cannot be sent as
-    the configuration error it is (never quoting the header h11 or the codec refused)."""
+def _transport_errors(what: str, deadline: Deadline) -> Iterator[None]:
+    """httpx's transport errors, translated once: transient ones for the retrier (a timeout
+    past the request's deadline as that deadline), a TLS verification failure as a clear
+    permanent error, a request that cannot be sent as the configuration error it is (never
+    quoting the header h11 or the codec refused)."""
     try:
         yield
     except httpx.TimeoutException as exc:
+        if deadline.passed():
+            raise deadline.error(what) from exc
         raise TransientFailure(f"timed out ({_timeout_phase(exc)})") from exc
     except httpx.ConnectError as exc:
         if _tls_verification_failed(exc):
@@ -361,8 +521,6 @@ def _transport_errors(what: str) -> Iterator[None]:
             "is not valid HTTP (a control character, a non-ASCII character, or a space at "
             "either end of a value or anywhere in a name): fix it in the namespaces file"
         ) from None
-    except httpx.DecodingError as exc:
-        raise UpstreamDataError(f"{what} sent a body that could not be decompressed") from exc
     except httpx.TransportError as exc:
         raise TransientFailure(f"failed in transit ({type(exc).__name__})") from exc
 

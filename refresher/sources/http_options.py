@@ -9,6 +9,7 @@ uses. The options themselves are described in :mod:`refresher.sources.http_json`
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 from collections.abc import Callable, Mapping
@@ -33,6 +34,13 @@ from refresher.sources.http_retry import ATTEMPTS
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 60.0
 MAX_TIMEOUT_SECONDS = 3600.0
+REQUEST_TIMEOUT_SECONDS = 300.0
+"""One request, from sending it to its body's last byte (``read_timeout`` only bounds
+each wait for the socket: an upstream sending a byte now and then never trips it)."""
+MAX_FETCH_SECONDS = 12 * 3600.0
+"""One fetch, every page and retry included: 10,000 pages (``max_pages``) at over 4 s each.
+The namespace's lease is renewed while a fetch runs, so something has to end it."""
+MAX_MAX_FETCH_SECONDS = 7 * 24 * 3600.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """The largest page read (after decompression); larger ones fail the refresh."""
 MAX_PAGES = 10_000
@@ -62,6 +70,12 @@ class HttpJsonOptions(BaseModel):
     )
     read_timeout: float = Field(
         default=READ_TIMEOUT_SECONDS, gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False
+    )
+    request_timeout: float = Field(
+        default=REQUEST_TIMEOUT_SECONDS, gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False
+    )
+    max_fetch_seconds: float = Field(
+        default=MAX_FETCH_SECONDS, gt=0, le=MAX_MAX_FETCH_SECONDS, allow_inf_nan=False
     )
     max_response_bytes: int = Field(default=MAX_RESPONSE_BYTES, ge=1)
     max_pages: int = Field(default=MAX_PAGES, ge=1)
@@ -99,6 +113,7 @@ class HttpJsonOptions(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> HttpJsonOptions:
         _check_auth(self)
+        _check_headers(self)
         if (self.pagination == "cursor") != (self.cursor_field is not None):
             raise ValueError("give 'cursor_field' (and 'cursor_param') with pagination = cursor")
         if (self.cursor_field is None) != (self.cursor_param is None):
@@ -129,11 +144,20 @@ def _check_auth(options: HttpJsonOptions) -> None:
         raise ValueError("auth = api_key needs 'secret', the name of the Key Vault secret")
     if options.header and options.query_param:
         raise ValueError("give the API key's 'header' or its 'query_param', not both")
+
+
+def _check_headers(options: HttpJsonOptions) -> None:
+    named = {name.lower() for name in options.headers}
     secret_headers = {"authorization", (options.header or "x-api-key").lower()}
-    if secret_headers & {name.lower() for name in options.headers}:
+    if secret_headers & named:
         raise ValueError(
             "'headers' may not set Authorization or the API key header: keep credentials in "
             "Key Vault (auth = api_key) or use the app identity (auth = app_token)"
+        )
+    if "accept-encoding" in named:
+        raise ValueError(
+            "'headers' may not set Accept-Encoding: the source asks for gzip and deflate, "
+            "the encodings it decompresses itself (within max_response_bytes); remove it"
         )
 
 
@@ -171,13 +195,11 @@ def build_client(options: HttpJsonOptions) -> httpx.Client:
     return httpx.Client(verify=verify, follow_redirects=False, timeout=timeout(options))
 
 
-def timeout(options: HttpJsonOptions) -> httpx.Timeout:
-    return httpx.Timeout(
-        connect=options.connect_timeout,
-        read=options.read_timeout,
-        write=options.read_timeout,
-        pool=options.connect_timeout,
-    )
+def timeout(options: HttpJsonOptions, *, within: float = math.inf) -> httpx.Timeout:
+    """httpx's timeouts for the options, none longer than ``within`` (what a request has left)."""
+    connect = min(options.connect_timeout, within)
+    read = min(options.read_timeout, within)
+    return httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
 
 
 def parse_options(namespace: str, options: Mapping[str, Any]) -> HttpJsonOptions:

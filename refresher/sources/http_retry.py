@@ -99,12 +99,19 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
 
 
 class TransientFailure(Exception):
-    """An attempt failed in a way worth retrying; ``reason`` completes "<what> ..."."""
+    """An attempt failed in a way worth retrying; ``reason`` completes "<what> ...".
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    ``advice``, when given, ends the final error if this was the last failure (what
+    to change when the failure is one of our own limits, such as a request deadline).
+    """
+
+    def __init__(
+        self, reason: str, *, retry_after: float | None = None, advice: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.advice = advice
 
 
 class Retrier:
@@ -153,6 +160,8 @@ class Retrier:
             )
         else:
             message = f"{what} {summarise(reasons)}; giving up after {elapsed:.0f} s"
+            if last.advice:
+                message = f"{message}: {last.advice}"
         return UpstreamUnavailableError(message, retry_after=last.retry_after)
 
 

@@ -424,6 +424,19 @@ def test_every_wrong_option_is_named_with_the_namespace() -> None:
         ),
         ({"url": "https://h/u", "read_timeout": float("inf")}, "read_timeout: Input should be a"),
         ({"url": "https://h/u", "connect_timeout": float("nan")}, "connect_timeout: Input should"),
+        ({"url": "https://h/u", "request_timeout": 0}, "request_timeout: Input should be greater"),
+        (
+            {"url": "https://h/u", "max_fetch_seconds": float("inf")},
+            "max_fetch_seconds: Input should be a finite number",
+        ),
+        (
+            {"url": "https://h/u", "max_fetch_seconds": 10**9},
+            "max_fetch_seconds: Input should be less than or equal to 604800",
+        ),
+        (
+            {"url": "https://h/u", "headers": {"accept-encoding": "br"}},
+            "'headers' may not set Accept-Encoding: the source asks for gzip and deflate",
+        ),
     ],
 )
 def test_inconsistent_options_are_explained(options: dict[str, Any], message: str) -> None:
@@ -442,6 +455,7 @@ def test_defaults_suit_a_graph_like_api() -> None:
 
     assert options.items_pointer == "/value"
     assert build_paging(options) == ODataPaging("$top")
+    assert (options.request_timeout, options.max_fetch_seconds) == (300, 12 * 3600)
     assert build_auth(options).secret_names() == frozenset()
 
 
