@@ -14,6 +14,13 @@ interval between them, not three times:
 The jitter comes from a generator seeded with the namespace and the last
 attempt's start, so every replica draws the same due time for the same history.
 
+Two clocks, never a host's wall clock: due times are on the **database's
+clock**, which stamps the runs (a replica whose clock runs ahead of it would
+find everything due early, again and again); the scheduler's waits are on
+``time.monotonic()`` (a step of the host's clock would stop them for its size).
+:func:`on_monotonic` turns one into the other with the database's time read
+along with the history.
+
 :class:`Plan` is the scheduler's memory of when to look at each namespace
 again: a lower bound on its due time (another replica's refresh only moves it
 later), re-read from the database when it comes, and at least every
@@ -106,7 +113,8 @@ class Backoff:
 
 
 class Outage:
-    """The database as the scheduler's loop last found it (not thread-safe: one loop owns it).
+    """The database as the scheduler's loop last found it (not thread-safe: one loop owns it;
+    times are ``time.monotonic()``).
 
     While planning fails with the database, the loop tries it again once per wait, not
     once per namespace: the waits start at ``backoff.first`` and double up to
@@ -118,24 +126,25 @@ class Outage:
     def __init__(self, backoff: Backoff, rng: random.Random) -> None:
         self.backoff = backoff
         self._rng = rng
-        self.since: datetime | None = None
+        self.since: float | None = None
         """When the current outage began (``None``: the database answered last time)."""
         self.failures = 0
-        self.retry_at: datetime | None = None
+        self.retry_at: float | None = None
 
-    def failed(self, now: datetime) -> datetime:
+    def failed(self, now: float) -> float:
         """One more failure at ``now``; when to try again."""
-        self.since = self.since or now
+        self.since = self.since if self.since is not None else now
         self.failures += 1
-        self.retry_at = now + timedelta(seconds=self.backoff.delay(self.failures, self._rng))
+        self.retry_at = now + self.backoff.delay(self.failures, self._rng)
         return self.retry_at
 
-    def answered(self, now: datetime) -> timedelta | None:
-        """The database answered at ``now``: how long it had been away (``None``: it wasn't)."""
+    def answered(self, now: float) -> float | None:
+        """The database answered at ``now``: for how many seconds it had been away
+        (``None``: it wasn't)."""
         since, self.since, self.failures, self.retry_at = self.since, None, 0, None
         return None if since is None else now - since
 
-    def waiting(self, now: datetime) -> bool:
+    def waiting(self, now: float) -> bool:
         """Whether the loop should leave the database alone at ``now``."""
         return self.retry_at is not None and now < self.retry_at
 
@@ -157,35 +166,44 @@ def due_at(name: str, schedule: Schedule, history: History, backoff: Backoff) ->
     return schedule.next_after(last, rng)
 
 
-def is_due(now: datetime, due: datetime | None) -> bool:
+def on_monotonic(due: datetime | None, db_now: datetime, at: float) -> float | None:
+    """``due`` (on the database's clock) as a ``time.monotonic()`` time, the database's clock
+    having read ``db_now`` at ``at``; ``None`` (due now) stays ``None``."""
+    return None if due is None else at + (due - db_now).total_seconds()
+
+
+def is_due(now: float, due: float | None) -> bool:
+    """Whether a namespace due at ``due`` (:func:`on_monotonic`) is due at ``now``."""
     return due is None or due <= now
 
 
 class Plan:
-    """When the scheduler next looks at each namespace (not thread-safe: one loop owns it)."""
+    """When the scheduler next looks at each namespace (not thread-safe: one loop owns it).
 
-    def __init__(self, names: Iterable[str], now: datetime) -> None:
+    Times are ``time.monotonic()``: a step of the host's clock moves none of them.
+    """
+
+    def __init__(self, names: Iterable[str], now: float) -> None:
         self._at = dict.fromkeys(names, now)
 
-    def look_at(self, name: str, when: datetime, now: datetime) -> None:
+    def look_at(self, name: str, when: float, now: float) -> None:
         """Look at ``name`` again at ``when``, but no later than the recheck bound."""
-        self._at[name] = min(when, now + timedelta(seconds=RECHECK_MAX_SECONDS))
+        self._at[name] = min(when, now + RECHECK_MAX_SECONDS)
 
-    def look_now(self, name: str, now: datetime) -> None:
+    def look_now(self, name: str, now: float) -> None:
         self._at[name] = now
 
-    def ready(self, now: datetime, busy: Collection[str]) -> list[str]:
+    def ready(self, now: float, busy: Collection[str]) -> list[str]:
         """Namespaces whose time to look has come and that are not being refreshed here,
         the longest waiting first."""
         waiting = [(at, name) for name, at in self._at.items() if at <= now and name not in busy]
         return [name for _, name in sorted(waiting)]
 
-    def wait_seconds(self, now: datetime, busy: Collection[str], *also: datetime) -> float:
+    def wait_seconds(self, now: float, busy: Collection[str], *also: float) -> float:
         """How long the loop may sleep: until the next look, or one of ``also``."""
-        times: Sequence[datetime] = [
+        times: Sequence[float] = [
             *(at for name, at in self._at.items() if name not in busy),
             *also,
         ]
-        soonest = min(times, default=now + timedelta(seconds=IDLE_WAKEUP_SECONDS))
-        seconds = (soonest - now).total_seconds()
-        return min(max(seconds, 0.0), IDLE_WAKEUP_SECONDS)
+        soonest = min(times, default=now + IDLE_WAKEUP_SECONDS)
+        return min(max(soonest - now, 0.0), IDLE_WAKEUP_SECONDS)

@@ -9,8 +9,10 @@ Replicas cooperate through the database alone:
 
 - **Due times come from the run history** (:mod:`refresher.cadence`): a
   namespace is due when its last attempt, by any replica, is an interval ago
-  (or a backoff after failures). The loop remembers when to look again and
-  re-reads the history then.
+  (or a backoff after failures), by the database's clock, which stamps the runs
+  and is read along with them. The loop remembers when to look again, on
+  ``time.monotonic()``, and re-reads the history then: this host's wall clock
+  (``clock``, ahead, behind or stepped) decides nothing.
 - **The lease decides who refreshes.** A replica that finds a namespace due
   takes its lease (:class:`~refresher.errors.LeaseHeldError`: someone else is
   on it, look again soon), re-reads the history *under the lease* (another
@@ -54,7 +56,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from refresher import refresh_requests as requests
-from refresher.cache import CacheStore, describe_error, lease_name
+from refresher.cache import CacheStore, describe_error, lease_name, store_errors
 from refresher.cadence import (
     HELD_RECHECK_SECONDS,
     HISTORY_DEPTH,
@@ -67,8 +69,9 @@ from refresher.cadence import (
     due_at,
     history_of,
     is_due,
+    on_monotonic,
 )
-from refresher.db import utcnow
+from refresher.db import db_now, utcnow
 from refresher.errors import CacheRefresherError, LeaseHeldError, StoreError
 from refresher.lease import Lease
 from refresher.logs import namespace_logged
@@ -109,11 +112,17 @@ class LoopState:
     """How long ago the loop last woke up (``None``: not yet). It wakes at least every
     ``IDLE_WAKEUP_SECONDS`` unless something it waits for hangs."""
     database_failing_since: datetime | None
-    """Since when planning has failed with the database (``None``: it answers)."""
+    """Since when planning has failed with the database (``None``: it answers), by the
+    scheduler's ``clock``."""
 
 
 class Scheduler:
-    """Refresh ``namespaces`` on their schedules and on request, in a thread and a pool."""
+    """Refresh ``namespaces`` on their schedules and on request, in a thread and a pool.
+
+    ``clock`` is this host's wall clock, only for what the scheduler reports
+    (:attr:`LoopState.database_failing_since`): due times are judged on the database's
+    clock, waits on ``time.monotonic()``.
+    """
 
     def __init__(
         self,
@@ -134,19 +143,20 @@ class Scheduler:
         self.namespaces = {namespace.name: namespace for namespace in namespaces}
         self.services = services or SourceServices()
         self.workers = workers
-        self.request_poll = timedelta(seconds=request_poll)
+        self.request_poll = request_poll
         self.backoff = backoff or Backoff()
-        self.error_recheck = timedelta(seconds=error_recheck)
+        self.error_recheck = error_recheck
         self._on_outcome = on_outcome
         self._clock = clock
         self._lock = threading.Lock()
         self._busy: set[str] = set()  # guarded by _lock
-        self._looks: dict[str, datetime] = {}  # worker -> loop: look again at (under _lock)
+        # The loop's times, and the looks workers ask for, are time.monotonic().
+        self._looks: dict[str, float] = {}  # worker -> loop: look again at (under _lock)
         self._unplanned: dict[str, str] = {}  # the loop's: why a namespace cannot be planned
         self._unpolled: str | None = None  # the loop's: why requests cannot be polled
-        self._next_poll = clock()  # the loop's
-        self._turned: float | None = None  # time.monotonic() of the loop's latest turn
-        self._plan = Plan(self.namespaces, clock())
+        self._next_poll = time.monotonic()  # the loop's
+        self._turned: float | None = None  # of the loop's latest turn
+        self._plan = Plan(self.namespaces, self._next_poll)
         rng = random.Random()  # seeded apart in each replica: they spread out
         self._outage = Outage(
             Backoff(error_recheck, max(error_recheck, OUTAGE_RETRY_MAX_SECONDS)), rng
@@ -207,11 +217,13 @@ class Scheduler:
 
     def state(self) -> LoopState:
         """What probes see of the loop (from any thread)."""
-        turned = self._turned
+        turned, since, now = self._turned, self._outage.since, time.monotonic()
         return LoopState(
             running=self.running,
-            last_turn_seconds=None if turned is None else time.monotonic() - turned,
-            database_failing_since=self._outage.since,
+            last_turn_seconds=None if turned is None else now - turned,
+            database_failing_since=(
+                None if since is None else self._clock() - timedelta(seconds=now - since)
+            ),
         )
 
     def refresh(self, name: str) -> RefreshOutcome:
@@ -226,8 +238,7 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            self._turned = time.monotonic()
-            now = self._clock()
+            now = self._turned = time.monotonic()
             try:
                 self._take_looks(now)
                 if not self._outage.waiting(now):
@@ -237,28 +248,28 @@ class Scheduler:
                 pause = self._sleep_seconds(now)
             except Exception:  # the loop must outlive any bug in one round
                 logger.exception("the refresh scheduler's loop failed unexpectedly; going on")
-                pause = self.error_recheck.total_seconds()
+                pause = self.error_recheck
             self._wake.wait(pause)
             self._wake.clear()
 
-    def _sleep_seconds(self, now: datetime) -> float:
+    def _sleep_seconds(self, now: float) -> float:
         if self._outage.waiting(now):
             assert self._outage.retry_at is not None
-            return min((self._outage.retry_at - now).total_seconds(), IDLE_WAKEUP_SECONDS)
+            return min(self._outage.retry_at - now, IDLE_WAKEUP_SECONDS)
         with self._lock:
             busy, free = set(self._busy), self.workers - len(self._busy)
         if free <= 0:  # a finishing worker wakes the loop
             return self._plan.wait_seconds(now, self.namespaces, self._next_poll)
         return self._plan.wait_seconds(now, busy, self._next_poll)
 
-    def _take_looks(self, now: datetime) -> None:
+    def _take_looks(self, now: float) -> None:
         """Move what workers asked for (look again at ...) into the plan."""
         with self._lock:
             looks, self._looks = self._looks, {}
         for name, when in looks.items():
             self._plan.look_at(name, when, now)
 
-    def _start_due(self, now: datetime) -> None:
+    def _start_due(self, now: float) -> None:
         ready = self._plan.ready(now, self._busy_names())
         for position, name in enumerate(ready):
             if self._free_workers() <= 0 or self._stopping.is_set():
@@ -275,13 +286,13 @@ class Scheduler:
             self._database_answered(now)
             if self._unplanned.pop(name, None) is not None:
                 logger.info("namespace %r can be planned again", name)
-            if is_due(now, due):
+            if is_due(time.monotonic(), due):
                 self._submit(name, None)
             else:
                 assert due is not None
                 self._plan.look_at(name, due, now)
 
-    def _database_failed(self, exc: StoreError, waiting: Sequence[str], now: datetime) -> None:
+    def _database_failed(self, exc: StoreError, waiting: Sequence[str], now: float) -> None:
         """Planning failed with the database: every namespace in ``waiting`` waits for the
         next try, which comes later with each failure in a row."""
         retry_at = self._outage.failed(now)
@@ -291,17 +302,14 @@ class Scheduler:
             logger.warning(
                 "cannot plan refreshes: %s (trying again in %.1f s, then less often, at "
                 "least every %g s)",
-                exc, (retry_at - now).total_seconds(), self._outage.backoff.maximum,
+                exc, retry_at - now, self._outage.backoff.maximum,
             )  # fmt: skip
 
-    def _database_answered(self, now: datetime) -> None:
+    def _database_answered(self, now: float) -> None:
         away = self._outage.answered(now)
         if away is not None:
             self._next_poll = min(self._next_poll, now)  # requests waited too
-            logger.info(
-                "the database answers again after %.1f s; planning refreshes resumes",
-                away.total_seconds(),
-            )
+            logger.info("the database answers again after %.1f s; planning refreshes resumes", away)
 
     def _cannot_plan(self, name: str, exc: Exception) -> None:
         """Log why ``name`` cannot be planned: once, and again only when the reason changes."""
@@ -309,7 +317,7 @@ class Scheduler:
         if self._unplanned.get(name) == problem:
             return
         self._unplanned[name] = problem
-        again = self.error_recheck.total_seconds()
+        again = self.error_recheck
         if isinstance(exc, CacheRefresherError):
             logger.warning(
                 "cannot plan namespace %r: %s (trying again every %g s)", name, exc, again
@@ -320,7 +328,7 @@ class Scheduler:
                 name, type(exc).__name__, again, exc_info=exc,
             )  # fmt: skip
 
-    def _serve_requests(self, now: datetime) -> None:
+    def _serve_requests(self, now: float) -> None:
         try:
             requeued = requests.requeue_dead_claims(self.store.engine)
             if requeued:
@@ -341,7 +349,7 @@ class Scheduler:
                 logger.warning(
                     "cannot poll refresh requests: %s (trying again in %.1f s, then less "
                     "often, at least every %g s)",
-                    exc, (self._next_poll - now).total_seconds(),
+                    exc, self._next_poll - now,
                     self._poll_outage.backoff.maximum,
                 )  # fmt: skip
             return
@@ -371,7 +379,7 @@ class Scheduler:
     # -- one job, in a worker --------------------------------------------------------------
 
     def _job(self, name: str, request: RefreshRequest | None) -> None:
-        look_again = self._clock() + self.error_recheck
+        look_again = time.monotonic() + self.error_recheck
         try:
             look_again = self._attempt(self.namespaces[name], request)
         except Exception:  # a worker must survive anything; the loop plans again
@@ -382,19 +390,20 @@ class Scheduler:
                 self._looks[name] = look_again
             self._wake.set()
 
-    def _attempt(self, namespace: Namespace, request: RefreshRequest | None) -> datetime:
-        """Take the lease, check, refresh, release; when the loop should look again."""
+    def _attempt(self, namespace: Namespace, request: RefreshRequest | None) -> float:
+        """Take the lease, check, refresh, release; when the loop should look again
+        (``time.monotonic()``)."""
         with namespace_logged(namespace.name):
             return self._attempt_logged(namespace, request)
 
-    def _attempt_logged(self, namespace: Namespace, request: RefreshRequest | None) -> datetime:
-        started_at = self._clock()
+    def _attempt_logged(self, namespace: Namespace, request: RefreshRequest | None) -> float:
+        started_at = time.monotonic()
         try:
             lease = self.store.leases.acquire(lease_name(namespace.name))
         except LeaseHeldError as exc:
             logger.debug("namespace %r is being refreshed elsewhere: %s", namespace.name, exc)
             self._give_back(request)
-            return started_at + timedelta(seconds=min(exc.seconds_left, HELD_RECHECK_SECONDS))
+            return started_at + min(exc.seconds_left, HELD_RECHECK_SECONDS)
         except (CacheRefresherError, SQLAlchemyError) as exc:
             logger.warning("cannot take the lease of namespace %r: %s", namespace.name, exc)
             self._give_back(request)
@@ -409,21 +418,15 @@ class Scheduler:
                 except CacheRefresherError as exc:
                     logger.warning("cannot plan namespace %r: %s", namespace.name, exc)
                     return started_at + self.error_recheck
-                if not is_due(self._clock(), due):
+                if not is_due(time.monotonic(), due):
                     assert due is not None
                     return due
-            self._run(namespace, lease, request, started_at)
-            return self._clock()  # the loop re-reads the history, which now has this run
+            self._run(namespace, lease, request)
+            return time.monotonic()  # the loop re-reads the history, which now has this run
         finally:
             release_quietly(self.store, lease)
 
-    def _run(
-        self,
-        namespace: Namespace,
-        lease: Lease,
-        request: RefreshRequest | None,
-        started_at: datetime,
-    ) -> None:
+    def _run(self, namespace: Namespace, lease: Lease, request: RefreshRequest | None) -> None:
         began = time.monotonic()
         result, error = None, None
         try:
@@ -468,16 +471,25 @@ class Scheduler:
 
     # -- reading the database --------------------------------------------------------------
 
-    def _due(self, namespace: Namespace) -> datetime | None:
-        return due_at(
-            namespace.name, namespace.schedule, self._history(namespace.name), self.backoff
-        )
+    def _due(self, namespace: Namespace) -> float | None:
+        """When ``namespace`` is next due, on ``time.monotonic()`` (``None``: now)."""
+        history, now, at = self._history(namespace.name)
+        due = due_at(namespace.name, namespace.schedule, history, self.backoff)
+        return on_monotonic(due, now, at)
 
-    def _history(self, name: str) -> History:
+    def _history(self, name: str) -> tuple[History, datetime, float]:
+        """The history of ``name``, the database's time after reading it, and
+        ``time.monotonic()`` when that time was read."""
         # A refresh the database failed under counts as failed (backoff), not as running.
         self.store.record_failure(name)
         runs = self.store.runs(name, limit=HISTORY_DEPTH)
-        return history_of((run.started_at, run.status) for run in runs)
+        what = f"read of the database's time for {name!r}"
+        with store_errors(what), self.store.engine.connect() as conn:
+            now = db_now(conn)
+            # Paired with the end of the round trip: by the database's clock, a refresh
+            # starts a little after its due time, never before it.
+            at = time.monotonic()
+        return history_of((run.started_at, run.status) for run in runs), now, at
 
     def _busy_names(self) -> set[str]:
         with self._lock:

@@ -264,6 +264,13 @@ def test_an_on_demand_request_is_served_and_records_its_run(
     )  # fmt: skip
 
 
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 def _wait_finished(engine: Engine, request_id: int) -> Any:
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
@@ -289,14 +296,64 @@ def test_a_replica_whose_clock_runs_ahead_leaves_a_fresh_claim_alone(
         namespace("users", DemoSource(size=5), every=3600), on_outcome=outcomes,
         clock=lambda: utcnow() + timedelta(hours=1),
     )  # fmt: skip
-    outcomes.wait_for("users", 1)  # due by its clock: it has planned and polled since
-    assert not threading.Event().wait(10 * 0.05)  # and polled ten times more
+    wait_until(lambda: ahead.state().last_turn_seconds is not None, "the loop never turned")
+    assert not threading.Event().wait(10 * 0.05)  # it has planned, and polled ten times
 
     request = request_status(engine, request_id)
     assert request is not None
     assert (request.status, request.claimed_by) == ("claimed", "replica-a")
-    assert all(outcome.request_id is None for outcome in outcomes.by_namespace["users"])
+    # Nor is the namespace due by its clock: refreshed just now by the database's.
+    assert outcomes.by_namespace["users"] == []
     assert ahead.running
+
+
+@pytest.mark.parametrize("skew", [120.0, -120.0])
+def test_a_replica_whose_clock_is_off_keeps_intervals_and_backoffs_by_the_databases_clock(
+    store: CacheStore, run: Callable[..., Scheduler], skew: float
+) -> None:
+    # Runs are stamped with the database's time. Judged by a clock 2 min ahead, a 1 s
+    # namespace was due again at once, run after run (a review counted 451 runs of a
+    # 60 s namespace in 6 s), and failures did not back off; 2 min behind, nothing ran
+    # again for 2 min.
+    outcomes = Outcomes()
+    run(
+        namespace("steady", DemoSource(size=5), every=1.0),
+        namespace("failing", Failing(UpstreamUnavailableError("503")), every=0.1),
+        backoff=Backoff(first=1.0, maximum=1.0, jitter=0.0),
+        on_outcome=outcomes,
+        clock=lambda: utcnow() + timedelta(seconds=skew),
+    )
+    outcomes.wait_for("steady", 3)
+    outcomes.wait_for("failing", 3)
+    for name in ("steady", "failing"):
+        runs = list(reversed(store.runs(name, limit=100)))
+        gaps = [(b.started_at - a.started_at).total_seconds() for a, b in itertools.pairwise(runs)]
+        assert len(runs) >= 3, name
+        assert all(gap >= 1.0 - 0.02 for gap in gaps), (name, gaps)
+
+
+def test_refreshes_and_requests_go_on_when_the_host_clock_is_stepped_back(
+    engine: Engine, store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    # An NTP correction or a restored VM steps the wall clock back 10 minutes. The plan
+    # and the next poll for requests were wall-clock times: nothing was refreshed or
+    # served for 10 minutes, while the probes said all was well.
+    step = [timedelta(0)]
+    outcomes = Outcomes()
+    run(
+        namespace("users", DemoSource(size=5), every=0.2), on_outcome=outcomes,
+        clock=lambda: utcnow() + step[0],
+    )  # fmt: skip
+    outcomes.wait_for("users", 2)
+    step[0] = timedelta(minutes=-10)
+    before = len(outcomes.by_namespace["users"])
+    request_id = request_refresh(engine, "users", "operator")
+
+    outcomes.wait_for("users", before + 3)
+    request = _wait_finished(engine, request_id)
+
+    assert request.status == "done"
+    assert any(o.request_id == request_id for o in outcomes.by_namespace["users"][before:])
 
 
 def test_each_request_is_served_by_exactly_one_of_two_replicas(
