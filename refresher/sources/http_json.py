@@ -34,7 +34,8 @@ Options (checked by :func:`from_options`; see :class:`HttpJsonOptions`):
   abandoned past the limit), ``max_pages``, ``retries``.
 
 Bodies are asked for as ``Accept-Encoding: gzip, deflate`` and decompressed
-here, never more than the page may still hold at a time (:class:`Inflater`):
+here, never more than the page may still hold at a time
+(:class:`~refresher.sources.http_body.Inflater`):
 a small compressed body cannot fill memory past ``max_response_bytes``.
 
 **Credentials never leave the configured origin.** Every next page must be on
@@ -62,7 +63,8 @@ and the URL without its query string, never a key or token):
 - A body that is not JSON, JSON that stops short (a complete HTTP answer with a
   truncated document), a page over ``max_response_bytes``, a body compressed
   with an encoding not asked for, more than once, or brokenly, no item list at
-  ``items``, a next page on another origin, more than ``max_pages``:
+  ``items``, a next page on another origin or that is no URL, next-page links
+  (or cursors) leading back to a page already fetched, more than ``max_pages``:
   :class:`~refresher.errors.UpstreamDataError`, not retried.
 - A header the request cannot carry (a control character, a non-ASCII
   character): :class:`~refresher.errors.ConfigurationError`, not retried, never
@@ -87,7 +89,6 @@ import random
 import ssl
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ from refresher.errors import (
 )
 from refresher.sources.base import FetchContext
 from refresher.sources.http_auth import REJECTED_STATUSES, AuthSession, Credentials
+from refresher.sources.http_body import ACCEPT_ENCODING, Deadline, Inflater
 from refresher.sources.http_options import (
     HttpJsonOptions,
     build_auth,
@@ -180,128 +182,6 @@ class Page:
     links: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class Deadline:
-    """When one request must be done: ``request_timeout`` after it starts, or when the
-    fetch reaches ``max_fetch_seconds``, whichever comes first.
-
-    httpx's ``read_timeout`` bounds each wait for the socket, not a request: the body is
-    checked against this between network reads, and no httpx timeout is set beyond it.
-    """
-
-    at: float
-    fetch_ends_first: bool
-    options: HttpJsonOptions
-    clock: Callable[[], float]
-
-    @classmethod
-    def of(
-        cls, options: HttpJsonOptions, clock: Callable[[], float], *, fetch_ends: float
-    ) -> Deadline:
-        """The deadline of a request starting now, in a fetch that must end at ``fetch_ends``."""
-        request_ends = clock() + options.request_timeout
-        return cls(min(request_ends, fetch_ends), fetch_ends <= request_ends, options, clock)
-
-    def passed(self) -> bool:
-        return self.clock() >= self.at
-
-    def left(self) -> float:
-        """Seconds left; at least a millisecond (an httpx timeout must be positive)."""
-        return max(self.at - self.clock(), 0.001)
-
-    def error(self, what: str) -> Exception:
-        """Why the request stops: the fetch's time is up (final), or the request's (retried,
-        as a read timeout would be)."""
-        if self.fetch_ends_first:
-            return UpstreamUnavailableError(
-                f"{what}: the fetch took longer than max_fetch_seconds = "
-                f"{self.options.max_fetch_seconds:g} s (every page and retry counted): raise "
-                "max_fetch_seconds if fetching this API takes longer; the next scheduled "
-                "refresh tries again"
-            )
-        return TransientFailure(
-            f"was not complete within request_timeout = {self.options.request_timeout:g} s",
-            advice="raise request_timeout if this API's pages take longer, or lower page_size",
-        )
-
-
-ACCEPT_ENCODING = "gzip, deflate"
-"""What a request asks for, and all that is decoded (by :class:`Inflater`)."""
-
-_WBITS = {"gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
-_RAW_DEFLATE = -zlib.MAX_WBITS
-
-
-class Inflater:
-    """One body's gzip or deflate data, decompressed at most one byte past the limit.
-
-    httpx's own decoders inflate each network chunk whole (and undo any stack of
-    encodings), so a few KB on the wire could fill gigabytes before a size limit saw
-    them. Here each read is inflated with zlib's ``max_length``: the output of one
-    call never exceeds what the page may still hold plus one byte.
-    """
-
-    def __init__(self, coding: str, what: str) -> None:
-        self.coding = coding
-        self._what = what
-        self._zlib = zlib.decompressobj(_WBITS[coding])
-        self._fed = False
-
-    @classmethod
-    def of(cls, response: httpx.Response, what: str) -> Inflater | None:
-        """The inflater the answer's ``Content-Encoding`` needs (``None``: not compressed);
-        :class:`UpstreamDataError` for an encoding not asked for, or more than one."""
-        listed = response.headers.get_list("content-encoding", split_commas=True)
-        codings = [c.strip().lower() for c in listed if c.strip().lower() not in ("", "identity")]
-        if not codings:
-            return None
-        if len(codings) > 1:
-            raise UpstreamDataError(
-                f"{what} is compressed {len(codings)} times (Content-Encoding: "
-                f"{_shown(', '.join(codings))}), which was not asked for: a page may be "
-                "compressed once, with gzip or deflate; check the API, or a proxy in front of "
-                "it compressing its answers again"
-            )
-        if codings[0] not in _WBITS:
-            raise UpstreamDataError(
-                f"{what} is compressed with {_shown(codings[0])}, which was not asked for "
-                f"(Accept-Encoding: {ACCEPT_ENCODING}) and is not decoded; check the API, or a "
-                "proxy in front of it"
-            )
-        return cls(codings[0], what)
-
-    def feed(self, data: bytes, *, room: int) -> bytes:
-        """``data`` decompressed: at most ``room + 1`` bytes (more than ``room``: too large)."""
-        try:  # room + 1 >= 1: a max_length of 0 would mean no limit at all
-            out = self._zlib.decompress(data, room + 1)
-        except zlib.error as exc:
-            if self._fed or self.coding != "deflate":
-                raise self._broken(f"not valid {self.coding} data") from exc
-            # "deflate" is zlib-wrapped (RFC 9110), but some servers send it raw.
-            self._fed, self._zlib = True, zlib.decompressobj(_RAW_DEFLATE)
-            return self.feed(data, room=room)
-        self._fed = True
-        if self._zlib.unused_data:
-            raise self._broken(f"more data after the end of its {self.coding} data")
-        return out
-
-    def finish(self) -> None:
-        """Checks that the compressed data ended with the body."""
-        if not self._zlib.eof:
-            raise self._broken(f"{self.coding} data that stops short (a truncated body)")
-
-    def _broken(self, detail: str) -> UpstreamDataError:
-        return UpstreamDataError(
-            f"{self._what} sent a body that could not be decompressed ({detail}): check the "
-            "API, or a proxy in front of it"
-        )
-
-
-def _shown(text: str) -> str:
-    """Upstream text quoted in a message, cut short (it is not ours to print at length)."""
-    return repr(text if len(text) <= 40 else f"{text[:40]}...")
-
-
 class HttpJsonSource:
     """Every item of a paged JSON API (see the module docstring for the options)."""
 
@@ -346,8 +226,16 @@ class HttpJsonSource:
         fetch_ends = self._clock() + self.options.max_fetch_seconds
         url: str | None = self.paging.first(self.options.url, self.options.page_size)
         number = 0
+        fetched: dict[str, int] = {}  # URL -> the page it was: a link back is a cycle
         while url is not None:
             number += 1
+            if url in fetched:
+                raise UpstreamDataError(
+                    f"{self._what(number, url)} would be page {fetched[url]} again: the API's "
+                    "next-page links (or cursors) go round in a circle; check the API, which "
+                    "would otherwise be asked for the same pages until max_pages"
+                )
+            fetched[url] = number
             if number > self.options.max_pages:
                 raise UpstreamDataError(
                     f"{self._what(number, url)} would exceed max_pages = "

@@ -205,8 +205,17 @@ def next_link(headers: Sequence[str], base: str) -> str | None:
     for header in headers:
         for link in parse_link_header(header):
             if "next" in link.relations:
-                return str(httpx.URL(base).join(link.target))
+                return joined(base, link.target, 'a Link header rel="next"')
     return None
+
+
+def joined(base: str, link: str, where: str) -> str:
+    """``link`` resolved against ``base``; a :class:`PageError` if it is not a URL (not
+    quoted: it is the upstream's, and may carry anything)."""
+    try:
+        return str(httpx.URL(base).join(link))
+    except httpx.InvalidURL:
+        raise PageError(f"has a next-page link in {where} that is not a valid URL") from None
 
 
 # -- URLs -----------------------------------------------------------------------------------
@@ -272,7 +281,7 @@ class ODataPaging:
             return None
         if not isinstance(link, str) or not link:
             raise PageError(f"has an {ODATA_NEXT_LINK} that is not a URL")
-        return str(httpx.URL(url).join(link))
+        return joined(url, link, ODATA_NEXT_LINK)
 
 
 @dataclass(frozen=True, slots=True)

@@ -357,6 +357,7 @@ def test_retry_after_takes_seconds_or_an_http_date() -> None:
     assert parse_retry_after(date, now=now) == 42
     assert parse_retry_after(email.utils.formatdate(now - 9, usegmt=True), now=now) == 0
     assert parse_retry_after("soon", now=now) is None
+    assert parse_retry_after("\u00b2", now=now) is None  # a digit to isdigit(): was a ValueError
     assert parse_retry_after(None, now=now) is None
 
 

@@ -154,6 +154,65 @@ def test_next_links_that_never_end_stop_at_max_pages() -> None:
     assert len(seen) == 3
 
 
+def link_back(request: httpx.Request) -> httpx.Response:
+    """Page 1 links to page 2, which links back to page 1."""
+    page = request.url.params.get("page", "1")
+    return odata(f"u{page}", next_link=f"{HOME}?page={2 if page == '1' else 1}")
+
+
+def cursor_back(request: httpx.Request) -> httpx.Response:
+    """Cursors A -> B -> A."""
+    cursor = request.url.params.get("after")
+    return httpx.Response(
+        200, json={"items": [{"id": cursor or "first"}], "next": "B" if cursor == "A" else "A"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("handler", "options", "again"),
+    [
+        (lambda r: odata("a", next_link=HOME), {}, "page 2 of .* would be page 1 again"),
+        (link_back, {}, "page 4 of .* would be page 2 again"),
+        (cursor_back, {"pagination": "cursor", "cursor_field": "/next", "cursor_param": "after",
+                       "items": "/items"}, "page 4 of .* would be page 2 again"),
+    ],
+    ids=["itself", "a-b-a", "cursor-a-b-a"],
+)  # fmt: skip
+def test_next_links_that_go_round_in_a_circle_stop_at_the_first_repeat(
+    handler: Handler, options: dict[str, Any], again: str
+) -> None:
+    seen: list[httpx.Request] = []
+
+    with pytest.raises(UpstreamDataError, match=f"{again}: the API's next-page links"):
+        list(source(handler, seen, **options).fetch(FetchContext()))
+
+    assert len(seen) <= 3  # not 10,000 (max_pages) requests for the same pages
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        odata("a", next_link="https://api.example:1:/v1/users?page=2"),
+        httpx.Response(
+            200, json=[{"id": "a"}], headers={"Link": '<https://api.example:1:/x>; rel="next"'}
+        ),
+    ],
+    ids=["odata", "link"],
+)  # fmt: skip
+def test_a_next_link_that_is_not_a_url_is_a_data_error_that_does_not_quote_it(
+    answer: httpx.Response,
+) -> None:
+    seen: list[httpx.Request] = []
+    pagination = "odata" if "value" in answer.text else "link"
+
+    with pytest.raises(
+        UpstreamDataError, match=r"next-page link .* that is not a valid URL"
+    ) as caught:
+        list(source(lambda r: answer, seen, pagination=pagination).fetch(FetchContext()))
+
+    assert ":1:" not in str(caught.value)  # it was httpx's InvalidURL, "unexpected" in the run
+
+
 def test_an_html_page_is_reported_with_its_content_type() -> None:
     seen: list[httpx.Request] = []
 
