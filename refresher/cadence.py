@@ -5,14 +5,22 @@ reads the same way, so three replicas refresh a namespace about once per
 interval between them, not three times:
 
 - never attempted: due now;
-- the last attempt succeeded (or was abandoned): due at ``schedule.next_after(start)``
-  (for a cron line, a start less than ``CRON_EARLY_SECONDS`` before a cron time counts
-  as that time's run);
+- the last attempt succeeded: due at ``schedule.next_after(start)`` (for a cron
+  line, a start less than ``CRON_EARLY_SECONDS`` before a cron time counts as that
+  time's run);
 - ``n`` attempts in a row failed: due ``Backoff.delay(n)`` after the last one
-  started (exponential, bounded, jittered), whatever the interval.
+  started (exponential, bounded, jittered), whatever the interval;
+- an attempt in progress (its run ``running``, its lease held by another
+  replica): look again when the lease would expire;
+- attempts that never finished (``abandoned``: stopped past the grace period;
+  or ``running`` with the lease free: the process died) are not attempts: the
+  namespace stays due as the finished ones say, so another replica takes over
+  once the lease is free, however long the interval. ``n`` of them in a row, the
+  latest runs, hold it back ``Backoff.delay(n - 1)`` after the last one started,
+  so that a refresh that takes its process down does not run again and again.
 
-The jitter comes from a generator seeded with the namespace and the last
-attempt's start, so every replica draws the same due time for the same history.
+The jitter comes from a generator seeded with the namespace and the attempt's
+start, so every replica draws the same due time for the same history.
 
 Two clocks, never a host's wall clock: due times are on the **database's
 clock**, which stamps the runs (a replica whose clock runs ahead of it would
@@ -67,35 +75,55 @@ OUTAGE_RETRY_MAX_SECONDS = 30.0
 
 FAILED = "failed"
 SUCCEEDED = "succeeded"
+RUNNING = "running"
 
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """What the run history says about a namespace's timing."""
+    """What the run history says about a namespace's timing (the database's clock)."""
 
     last_started: datetime | None
-    """When the latest attempt (whatever its outcome, even one still running) started."""
+    """When the latest attempt that finished (succeeded or failed) started."""
     failures: int
     """Failed attempts in a row since the last success."""
+    interrupted: int = 0
+    """Attempts in a row, newer than every finished one, that never finished."""
+    last_interrupted: datetime | None = None
+    """When the latest of those started."""
+    running_until: datetime | None = None
+    """The latest attempt is in progress, under a lease another holder has until then."""
 
 
 NEVER_RUN = History(None, 0)
 
 
-def history_of(runs: Iterable[tuple[datetime, str]]) -> History:
+def history_of(
+    runs: Iterable[tuple[datetime, str]], *, held_until: datetime | None = None
+) -> History:
     """The :class:`History` of runs given as ``(started_at, status)``, newest first.
 
-    Running and abandoned runs count as attempts but neither as failures nor
-    as successes: a replica killed mid-refresh says nothing about the source.
+    ``held_until``: until when another holder has the namespace's lease (``None``: no
+    one else has it). The latest run, still ``running``, is in progress while another
+    holds the lease; otherwise its process died. Runs that never finished count
+    neither as failures nor as successes (a replica killed mid-refresh says nothing
+    about the source): those newer than every finished run as ``interrupted``.
     """
-    last: datetime | None = None
-    failures = 0
-    for started, status in runs:
-        last = last or started
-        if status == SUCCEEDED:
-            break
-        failures += status == FAILED
-    return History(last, failures)
+    finished: datetime | None = None
+    interrupted_at: datetime | None = None
+    running_until: datetime | None = None
+    failures = interrupted = 0
+    for position, (started, status) in enumerate(runs):
+        if status in (SUCCEEDED, FAILED):
+            finished = finished or started
+            if status == SUCCEEDED:
+                break
+            failures += 1
+        elif position == 0 and status == RUNNING and held_until is not None:
+            running_until = held_until
+        elif finished is None:
+            interrupted += 1
+            interrupted_at = interrupted_at or started
+    return History(finished, failures, interrupted, interrupted_at, running_until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +178,23 @@ class Outage:
 
 
 def due_at(name: str, schedule: Schedule, history: History, backoff: Backoff) -> datetime | None:
-    """When namespace ``name`` is next due (``None``: now, it never ran).
+    """When namespace ``name`` is next due (``None``: now, no attempt of it finished).
 
     Raises :class:`~refresher.errors.ConfigurationError` when ``schedule`` has no next
     time (see :meth:`Schedule.next_after`); the scheduler then plans the others.
     """
+    if history.running_until is not None:
+        return history.running_until
+    dues = (
+        _after_finished(name, schedule, history, backoff),
+        _after_interrupted(name, history, backoff),
+    )
+    return max((due for due in dues if due is not None), default=None)
+
+
+def _after_finished(
+    name: str, schedule: Schedule, history: History, backoff: Backoff
+) -> datetime | None:
     last = history.last_started
     if last is None:
         return None
@@ -164,6 +204,15 @@ def due_at(name: str, schedule: Schedule, history: History, backoff: Backoff) ->
     if schedule.cron is not None:
         return schedule.next_after(last + timedelta(seconds=CRON_EARLY_SECONDS), rng)
     return schedule.next_after(last, rng)
+
+
+def _after_interrupted(name: str, history: History, backoff: Backoff) -> datetime | None:
+    # The first holds nothing back: another replica takes over once its lease is free.
+    last = history.last_interrupted
+    if last is None or history.interrupted < 2:
+        return None
+    rng = random.Random(f"{name}:{last.isoformat()}")
+    return last + timedelta(seconds=backoff.delay(history.interrupted - 1, rng))
 
 
 def on_monotonic(due: datetime | None, db_now: datetime, at: float) -> float | None:

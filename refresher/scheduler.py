@@ -17,8 +17,10 @@ Replicas cooperate through the database alone:
   takes its lease (:class:`~refresher.errors.LeaseHeldError`: someone else is
   on it, look again soon), re-reads the history *under the lease* (another
   replica may have just finished) and only then fetches and applies, with the
-  lease kept renewed and the commit fenced on it. A dead holder's lease
-  expires and another replica takes over.
+  lease kept renewed and the commit fenced on it. While another replica's
+  run is in progress, the others look again when its lease would expire. A
+  dead holder's lease expires and another replica takes over: a run that never
+  finished does not count as an attempt, however long the interval.
 - **On-demand requests** (:mod:`refresher.refresh_requests`) are polled every
   ``request_poll`` seconds and claimed atomically; a request runs whether or
   not the namespace is due.
@@ -53,6 +55,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from refresher import refresh_requests as requests
@@ -62,6 +66,7 @@ from refresher.cadence import (
     HISTORY_DEPTH,
     IDLE_WAKEUP_SECONDS,
     OUTAGE_RETRY_MAX_SECONDS,
+    RUNNING,
     Backoff,
     History,
     Outage,
@@ -86,6 +91,7 @@ from refresher.refresh import (
     release_quietly,
 )
 from refresher.refresh_requests import RefreshRequest
+from refresher.schema import leases
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +420,8 @@ class Scheduler:
                 return started_at
             if request is None:
                 try:
-                    due = self._due(namespace)  # under the lease: someone may have just finished
+                    # Under the lease: someone may have just finished.
+                    due = self._due(namespace, leased=True)
                 except CacheRefresherError as exc:
                     logger.warning("cannot plan namespace %r: %s", namespace.name, exc)
                     return started_at + self.error_recheck
@@ -471,25 +478,41 @@ class Scheduler:
 
     # -- reading the database --------------------------------------------------------------
 
-    def _due(self, namespace: Namespace) -> float | None:
-        """When ``namespace`` is next due, on ``time.monotonic()`` (``None``: now)."""
-        history, now, at = self._history(namespace.name)
+    def _due(self, namespace: Namespace, *, leased: bool = False) -> float | None:
+        """When ``namespace`` is next due, on ``time.monotonic()`` (``None``: now).
+
+        ``leased``: this replica holds the namespace's lease, so a run still marked
+        running is a dead process's (see :func:`~refresher.cadence.history_of`).
+        """
+        history, now, at = self._history(namespace.name, leased=leased)
         due = due_at(namespace.name, namespace.schedule, history, self.backoff)
         return on_monotonic(due, now, at)
 
-    def _history(self, name: str) -> tuple[History, datetime, float]:
+    def _history(self, name: str, *, leased: bool) -> tuple[History, datetime, float]:
         """The history of ``name``, the database's time after reading it, and
         ``time.monotonic()`` when that time was read."""
         # A refresh the database failed under counts as failed (backoff), not as running.
         self.store.record_failure(name)
         runs = self.store.runs(name, limit=HISTORY_DEPTH)
-        what = f"read of the database's time for {name!r}"
-        with store_errors(what), self.store.engine.connect() as conn:
+        running = not leased and bool(runs) and runs[0].status == RUNNING
+        with store_errors(f"read of the lease of {name!r}"), self.store.engine.connect() as conn:
+            held = self._held_until(conn, name) if running else None
             now = db_now(conn)
             # Paired with the end of the round trip: by the database's clock, a refresh
             # starts a little after its due time, never before it.
             at = time.monotonic()
-        return history_of((run.started_at, run.status) for run in runs), now, at
+        if held is not None and held <= now:
+            held = None  # expired: its holder died
+        history = history_of(((run.started_at, run.status) for run in runs), held_until=held)
+        return history, now, at
+
+    def _held_until(self, conn: Connection, name: str) -> datetime | None:
+        """Until when another holder has the lease of ``name`` (``None``: no one else,
+        as far as the row says; it may have expired)."""
+        row = conn.execute(
+            sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == lease_name(name))
+        ).first()
+        return None if row is None or row.holder == self.holder else row.expires_at
 
     def _busy_names(self) -> set[str]:
         with self._lock:

@@ -30,6 +30,7 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 M0 = 1000.0
 """A time on ``time.monotonic()``: the scheduler's waits."""
 EVERY_MINUTE = Schedule(60.0, None, 0.0)
+HOURLY = Schedule(3600.0, None, 0.0)
 NO_JITTER = Backoff(first=5.0, maximum=60.0, jitter=0.0)
 
 
@@ -125,9 +126,39 @@ def test_history_counts_the_failures_since_the_last_success_only() -> None:
     assert history_of(runs) == History(T0 + seconds(30), 2)
 
 
-def test_running_and_abandoned_runs_are_attempts_but_not_failures() -> None:
+def test_runs_that_never_finished_are_neither_attempts_nor_failures() -> None:
+    # A running run with no one holding the lease: its process died.
     runs = [(T0 + seconds(30), "running"), (T0 + seconds(20), "abandoned"), (T0, "failed")]
-    assert history_of(runs) == History(T0 + seconds(30), 1)
+    assert history_of(runs) == History(T0, 1, interrupted=2, last_interrupted=T0 + seconds(30))
+
+
+def test_a_run_whose_lease_is_held_elsewhere_is_in_progress_until_the_lease_expires() -> None:
+    runs = [(T0 + seconds(3600), "running"), (T0, "succeeded")]
+    history = history_of(runs, held_until=T0 + seconds(3660))
+    assert history.running_until == T0 + seconds(3660)
+    assert due_at("users", HOURLY, history, NO_JITTER) == T0 + seconds(3660)
+
+
+@pytest.mark.parametrize("status", ["running", "abandoned"])
+def test_a_killed_refresh_leaves_the_namespace_due_as_its_schedule_says(status: str) -> None:
+    # The 13:00 refresh of an hourly namespace was killed (SIGKILL, or a stop past its
+    # grace): it was due again at 14:00, and no one took over for an hour.
+    runs = [(T0 + seconds(3600), status), (T0, "succeeded")]
+    assert due_at("users", HOURLY, history_of(runs), NO_JITTER) == T0 + seconds(3600)
+    # A first load killed: the namespace has no data, it is due at once.
+    assert due_at("users", HOURLY, history_of(runs[:1]), NO_JITTER) is None
+
+
+def test_a_refresh_that_keeps_killing_its_process_backs_off() -> None:
+    overdue = (T0 - seconds(7200), "succeeded")  # due an hour ago by its schedule
+    waits = []
+    for n in range(1, 6):
+        runs = [*((T0 - seconds(k), "abandoned") for k in range(n)), overdue]
+        due = due_at("users", HOURLY, history_of(runs), NO_JITTER)
+        assert due is not None
+        waits.append((due - T0).total_seconds())
+    # The first costs nothing but its lease's expiry; then from 5 s, doubling.
+    assert waits == [-3600.0, 5.0, 10.0, 20.0, 40.0]
 
 
 def test_no_runs_is_never_run() -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
+import os
 import random
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -20,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 from refresher.cache import CacheStore, RunRecord, lease_name
 from refresher.cadence import Backoff
-from refresher.db import create_engine, init_schema, utcnow
+from refresher.db import create_engine, db_now, init_schema, utcnow
 from refresher.errors import InvalidItemsError, LeaseHeldError, UpstreamUnavailableError
 from refresher.lease import LeaseManager
 from refresher.namespaces import Namespace, Readers, Schedule
@@ -29,6 +32,7 @@ from refresher.refresh_requests import claim_pending, request_refresh, request_s
 from refresher.scheduler import Scheduler
 from refresher.sources.base import FetchContext, Source
 from refresher.sources.demo import DemoSource
+from tests.refresher import workers
 
 WAIT = 15.0
 """Upper bound on waiting for the scheduler; tests end as soon as it has done the work."""
@@ -442,6 +446,63 @@ def test_stop_hands_back_a_request_whose_refresh_it_interrupted(
     assert request is not None
     assert (request.status, request.claimed_by, request.run_id) == ("pending", None, None)
     assert store.runs("users")[0].status == "abandoned"
+
+
+def test_a_refresh_stopped_past_its_grace_is_taken_over_by_another_replica_at_once(
+    engine: Engine, store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    # A rolling deploy stops replica A during the first load of an hourly namespace. Its
+    # abandoned run counted as an attempt: nobody refreshed the namespace, which had no
+    # data at all, for an hour (a daily cron: two days).
+    leases_a = LeaseManager(engine, holder="replica-a", ttl=30)
+    trickle = Trickle()
+    a = run(namespace("users", trickle), store=CacheStore(engine, leases=leases_a))
+    assert trickle.started.wait(WAIT)
+    a.stop(grace=0.2)
+    outcomes = Outcomes()
+
+    run(namespace("users", DemoSource(size=5)), on_outcome=outcomes)
+
+    (outcome,) = outcomes.wait_for("users", 1)[:1]
+    assert outcome.result is not None
+    runs = [(r.runner, r.status) for r in store.runs("users")]
+    assert runs == [("test-holder", "succeeded"), ("replica-a", "abandoned")]
+
+
+def test_a_replica_killed_mid_refresh_is_taken_over_once_its_lease_expires(
+    db_url: str, engine: Engine, store: CacheStore, run: Callable[..., Scheduler]
+) -> None:
+    # Replica A is SIGKILLed (OOM, node lost) while refreshing an hourly namespace. Its run
+    # stays "running" and counted as an attempt: replica B, watching, never took over
+    # within the hour, whatever the lease's TTL.
+    ttl = 1.0
+    context = multiprocessing.get_context("spawn")
+    events = context.Queue()
+    args = (db_url, "users", "replica-a", ttl, events)
+    killed = context.Process(target=workers.refresh_until_killed, args=args, daemon=True)
+    killed.start()
+    try:
+        assert events.get(timeout=WAIT)[0] == "fetching"
+        wait_until(lambda: [r.status for r in store.runs("users")] == ["running"], "no run")
+        outcomes = Outcomes()
+        b = run(namespace("users", DemoSource(size=5)), on_outcome=outcomes)
+        wait_until(lambda: b.state().last_turn_seconds is not None, "B's loop never turned")
+        assert killed.pid is not None
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.join(WAIT)
+        with engine.connect() as conn:
+            killed_at = db_now(conn)
+
+        (outcome,) = outcomes.wait_for("users", 1)[:1]
+    finally:
+        if killed.is_alive() and killed.pid is not None:
+            os.kill(killed.pid, signal.SIGKILL)
+        killed.join(WAIT)
+    assert outcome.result is not None
+    taken, dead = store.runs("users")
+    assert (taken.runner, taken.status) == ("test-holder", "succeeded")
+    assert (dead.runner, dead.status) == ("replica-a", "abandoned")
+    assert taken.started_at > killed_at  # not while A lived: its lease was kept renewed
 
 
 def test_a_refresh_projects_items_onto_the_namespace_fields(

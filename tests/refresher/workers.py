@@ -1,9 +1,10 @@
-"""Functions run in child processes by the concurrency tests (importable under spawn)."""
+"""Functions run in child processes by the concurrency and scheduler tests (importable
+under spawn)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from typing import Any
@@ -12,6 +13,9 @@ from refresher.cache import CacheStore
 from refresher.db import create_engine
 from refresher.errors import LeaseHeldError
 from refresher.lease import LeaseManager
+from refresher.namespaces import Namespace, Readers, Schedule
+from refresher.refresh import SourceServices, refresh_now
+from refresher.sources.base import FetchContext
 
 
 def items(count: int, *, start: int = 0, version: int = 1) -> list[dict[str, Any]]:
@@ -78,3 +82,35 @@ def apply_then_hang(
             time.sleep(600)
 
     store.apply(namespace, items(count, version=2), progress=progress)
+
+
+class Hanging:
+    """A source that says it is fetching, then hangs until its process is killed."""
+
+    kind = "hanging"
+
+    def __init__(self, events: Queue[tuple[str, int]]) -> None:
+        self.events = events
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset()
+
+    def close(self) -> None:
+        pass
+
+    def fetch(self, context: FetchContext) -> Iterator[Mapping[str, Any]]:
+        self.events.put(("fetching", 0))
+        time.sleep(600)
+        yield from ()
+
+
+def refresh_until_killed(
+    url: str, namespace: str, holder: str, ttl: float, events: Queue[tuple[str, int]]
+) -> None:
+    """A replica refreshing an hourly ``namespace`` (its lease of ``ttl`` seconds kept
+    renewed) whose fetch hangs until the process is killed."""
+    engine = create_engine(url)
+    store = CacheStore(engine, leases=LeaseManager(engine, holder=holder, ttl=ttl))
+    hourly = Schedule(3600.0, None, 0.0)
+    hanging = Namespace(namespace, Hanging(events), "id", None, None, hourly, 10800.0, Readers())
+    refresh_now(store, hanging, services=SourceServices())
