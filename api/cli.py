@@ -72,7 +72,7 @@ from refresher.cli import (
     settings_or_exit,
     sigterm_interrupts,
 )
-from refresher.db import cache_engine, init_schema
+from refresher.db import cache_engine, describe_database, init_schema
 from refresher.lease import LeaseManager
 from refresher.metrics import RefreshMetrics
 from refresher.namespaces import MIN_INTERVAL_SECONDS, sources_closed_after
@@ -133,7 +133,7 @@ def _announce_api(settings: Settings, resources: ApiResources) -> None:
     _say(
         f"cache-refresher api: serving on {base_url(settings.host, settings.port)} "
         f"(audiences {', '.join(api_audiences(settings)) or '-'}; namespaces: {names}; "
-        f"replica {resources.replica_id})"
+        f"replica {resources.replica_id}; reading {describe_database(resources.store.engine.url)})"
     )
 
 

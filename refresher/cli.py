@@ -10,7 +10,13 @@ package never imports ``api``) and is the console script's entry point.
 Every command builds its :class:`~refresher.settings.Settings` with
 :func:`~refresher.settings.load_settings`, so ``CACHE_REFRESHER_*`` variables
 apply. Our errors print one line and exit non-zero, never a traceback:
-exit 2 for bad settings or arguments, 1 when the work itself failed.
+exit 2 for bad settings or arguments, 1 when the work itself failed. With
+``CACHE_REFRESHER_LOG_FORMAT=json`` that line is a JSON record at ERROR, like
+every other line on standard error, so a log collector keeps it.
+
+Standard output not being a terminal (a pipe, a file, CI, ``kubectl exec``
+without ``-t``), tables are as wide as their rows unless ``COLUMNS`` says
+otherwise: no namespace name or secret version is cut to fit 80 columns.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import logging
+import os
 import signal
 import socket
 import threading
@@ -29,15 +36,15 @@ from typing import Annotated, NoReturn
 
 import typer
 from prometheus_client import CollectorRegistry
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from sqlalchemy.engine import Engine, make_url
 
 from refresher.cache import CacheStore, check_namespace, describe_error
-from refresher.db import cache_engine, database_problem, init_schema, utcnow
+from refresher.db import cache_engine, database_problem, describe_database, init_schema, utcnow
 from refresher.ddl import DIALECTS, render_ddl
 from refresher.errors import CacheRefresherError, ConfigurationError
 from refresher.lease import LeaseManager, default_holder
-from refresher.logs import configure_logging
+from refresher.logs import configure_logging, log_fatal_as_json
 from refresher.metrics import RefreshMetrics, serve_metrics
 from refresher.namespaces import Namespace, load_namespaces, sources_closed_after
 from refresher.probes import scheduler_probes
@@ -46,8 +53,14 @@ from refresher.refresh import RefreshOutcome, is_expected, refresh_now
 from refresher.refresh_requests import RefreshRequest, request_refresh, request_status
 from refresher.scheduler import Scheduler
 from refresher.services import AppServices, open_services
-from refresher.settings import Settings, load_settings
-from refresher.tables import namespace_table, refresh_summary, runs_table, secrets_table
+from refresher.settings import Settings, load_settings, requested_log_format
+from refresher.tables import (
+    namespace_table,
+    refresh_summary,
+    runs_table,
+    secret_errors,
+    secrets_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +70,11 @@ STOP_POLL_SECONDS = 0.5
 """How often ``run``'s main thread looks whether a signal asked it to stop."""
 QUEUE_POLL_SECONDS = 0.5
 """How often ``refresh --queue`` looks whether its request was served."""
+PIPED_WIDTH = 10_000
+"""Columns of standard output when it is not a terminal and ``COLUMNS`` is not set: wide
+enough that no table row is folded, so that ``grep`` finds a whole namespace name or
+secret version in ``cache-refresher namespaces | grep ...``. A table is only as wide as
+its cells, and a line of text is not padded."""
 
 app = typer.Typer(
     name="cache-refresher",
@@ -69,13 +87,38 @@ app.add_typer(db_app, name="db")
 secrets_app = typer.Typer(help="The Key Vault secrets the service uses.", no_args_is_help=True)
 app.add_typer(secrets_app, name="secrets")
 
-console = Console()
+
+class _Stdout(Console):
+    """rich's console, :data:`PIPED_WIDTH` wide when its output is not a terminal and
+    ``COLUMNS`` is not set, where rich would take 80 columns (or the width of a terminal
+    that stdin or stderr is) and cut every table to fit."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        # COLUMNS is the terminal's convention, which rich reads too: not one of our settings.
+        if self.is_terminal or os.environ.get("COLUMNS", "").isdigit():  # noqa: TID251
+            return size
+        return ConsoleDimensions(PIPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self.width, self.height = new_size
+
+
+console = _Stdout()
 errors = Console(stderr=True)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    """Print ``message`` to stderr as one error and exit with ``code``."""
-    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    """Print ``message`` to stderr as one error and exit with ``code``.
+
+    With the JSON log format it is a JSON record at ERROR instead of a line of
+    text: both would go to standard error, where a log collector reads every
+    line as JSON (and would drop this one, the most important).
+    """
+    if not log_fatal_as_json(message, logger=__name__):
+        errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -121,9 +164,13 @@ def observed_scheduler(
 
 
 def settings_or_exit(**overrides: object) -> Settings:
-    """The settings from the environment and ``overrides``, or exit 2 saying what is wrong."""
-    with reported_errors():
+    """The settings from the environment and ``overrides``, or exit 2 saying what is wrong
+    (as a JSON record if the environment asks for JSON logs)."""
+    try:
         settings = load_settings(**overrides)
+    except ConfigurationError as exc:
+        configure_logging("INFO", requested_log_format())
+        fail(str(exc), EXIT_USAGE)
     configure_logging(settings.log_level, settings.log_format)
     if settings.log_level != "DEBUG":
         # Both log every request at INFO (azure-core with all its headers): noise for an
@@ -145,8 +192,10 @@ def db_init() -> None:
     settings = settings_or_exit()
     with reported_errors(), cache_engine(settings) as engine:
         init_schema(engine)
-    backend = engine.url.get_backend_name()
-    console.print(f"The cache tables exist on the {backend} database.", highlight=False)
+    console.print(
+        f"The cache tables exist on {describe_database(engine.url)}.",
+        highlight=False, markup=False, soft_wrap=True,
+    )  # fmt: skip
 
 
 @db_app.command("sql")
@@ -212,7 +261,8 @@ def _serve_until(
     )
     console.print(
         f"cache-refresher run: {len(scheduler.namespaces)} namespace(s) "
-        f"({', '.join(sorted(scheduler.namespaces))}) as {scheduler.holder}; metrics: {where}",
+        f"({', '.join(sorted(scheduler.namespaces))}) as {scheduler.holder} on "
+        f"{describe_database(scheduler.store.engine.url)}; metrics: {where}",
         highlight=False, markup=False, soft_wrap=True,
     )  # fmt: skip
     try:
@@ -425,6 +475,8 @@ def secrets_status() -> None:
         console.print("CACHE_REFRESHER_SECRETS names no secret.", highlight=False)
         return
     console.print(secrets_table(statuses))
+    for line in secret_errors(statuses):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     if any(status.state == "failed" for status in statuses):
         raise typer.Exit(EXIT_FAILED)
 

@@ -222,7 +222,7 @@ def cache_engine(settings: Settings, *, identity: AppIdentity | None = None) -> 
             yield engine
         except (StoreError, SQLAlchemyError) as exc:
             problem = database_problem(exc, engine.url)
-            if problem is None or _database(engine.url) in str(exc):
+            if problem is None or describe_database(engine.url) in str(exc):
                 raise  # not a problem of the database as a whole, or already said so
             raise StoreError(problem) from exc
         finally:
@@ -328,13 +328,13 @@ def init_schema(engine: Engine) -> None:
         driver = _driver_error(exc)
         if driver is not None and _permission_denied(driver[1]):
             raise StoreError(
-                f"could not create the cache tables: {_database(engine.url)} refused it "
+                f"could not create the cache tables: {describe_database(engine.url)} refused it "
                 f"({_said(driver[0], engine.url)}): this login lacks DDL rights; {dba}"
             ) from exc
         problem = database_problem(exc, engine.url)
         if problem is None:
             problem = (
-                f"{_database(engine.url)} failed ({_said(exc, engine.url)}): see its "
+                f"{describe_database(engine.url)} failed ({_said(exc, engine.url)}): see its "
                 f"message; if this login may not create tables, {dba}"
             )
         raise StoreError(f"could not create the cache tables: {problem}") from exc
@@ -356,23 +356,23 @@ def database_problem(exc: BaseException, url: URL) -> str | None:
     error, orig = driver
     said = _said(error, url)
     if _odbc_driver_missing(orig):
-        return f"cannot connect to {_database(url)}: {_odbc_driver_problem(url, said)}"
+        return f"cannot connect to {describe_database(url)}: {_odbc_driver_problem(url, said)}"
     if isinstance(orig, sqlite3.Error):
         return _sqlite_problem(orig, url, said)
     if _permission_denied(orig):
         return (
-            f"{_database(url)} refused this login ({said}): grant it SELECT, INSERT, UPDATE "
-            "and DELETE on the cache tables (sql/README.md), or use the login that has them "
+            f"{describe_database(url)} refused this login ({said}): grant it SELECT, INSERT, "
+            "UPDATE and DELETE on the cache tables (sql/README.md), or use the login that has them "
             f"in {URL_SETTING}"
         )
     if _sqlstate(orig) in READ_ONLY_SQLSTATES:
         return (
-            f"{_database(url)} takes no writes here ({said}): point {URL_SETTING} at the "
+            f"{describe_database(url)} takes no writes here ({said}): point {URL_SETTING} at the "
             "primary server, not a read replica"
         )
     if error.statement is None and _failed_connect(orig):
         return (
-            f"cannot connect to {_database(url)} ({said}): check that the server is up and "
+            f"cannot connect to {describe_database(url)} ({said}): check that the server is up and "
             "reachable from here, that the database exists and that this login may connect "
             f"(host, port, database and user in {URL_SETTING}; CACHE_REFRESHER_DATABASE_AUTH)"
         )
@@ -399,13 +399,13 @@ def _sqlite_problem(orig: sqlite3.Error, url: URL, said: str) -> str | None:
     code = getattr(orig, "sqlite_errorcode", 0) & 0xFF
     if code == SQLITE_READONLY:
         return (
-            f"{_database(url)} is read-only here ({said}): make the file and "
+            f"{describe_database(url)} is read-only here ({said}): make the file and "
             "its folder writable by this user (SQLite writes -wal and -shm files next to "
             f"it), or set {URL_SETTING} to a writable path"
         )
     if code == SQLITE_CANTOPEN:
         return (
-            f"cannot open or create {_database(url)} ({said}): its folder must "
+            f"cannot open or create {describe_database(url)} ({said}): its folder must "
             "exist and this user must be able to create and write files in it (SQLite "
             f"writes -wal and -shm files next to it); or set {URL_SETTING} to a writable path"
         )
@@ -459,7 +459,7 @@ def _failed_connect(orig: BaseException) -> bool:
     )
 
 
-def _database(url: URL) -> str:
+def describe_database(url: URL) -> str:
     """The database as an operator knows it: kind, name, host and port (no password)."""
     backend = url.get_backend_name()
     if backend == "sqlite":

@@ -165,6 +165,21 @@ def configure_logging(level: str, kind: LogFormat) -> None:
         root.addHandler(_Handler(kind))
 
 
+def log_fatal_as_json(message: str, *, logger: str) -> bool:
+    """Write ``message`` as a JSON record at ERROR (fields as any other's) through the
+    handler :func:`configure_logging` added, whatever the log level, and say whether it
+    did: ``False``, writing nothing, when records are text or go to handlers of someone
+    else's. For the error that stops a command, which a log collector must not drop."""
+    ours = [h for h in logging.getLogger().handlers if isinstance(h, _Handler)]
+    if not ours or not isinstance(ours[0].formatter, JsonFormatter):
+        return False
+    record = logging.getLogger(logger).makeRecord(
+        logger, logging.ERROR, "(fatal)", 0, message, (), None
+    )
+    ours[0].handle(record)
+    return True
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, kind: LogFormat) -> None:
         super().__init__()

@@ -30,6 +30,7 @@ the settings do not name...). Durations are finite and at most
 
 from __future__ import annotations
 
+import codecs
 import math
 import random
 import re
@@ -266,7 +267,7 @@ def load_namespaces(path: Path, *, configured_secrets: Collection[str]) -> list[
     """Every namespace in the TOML file at ``path``, validated; or one ConfigurationError
     with a line per mistake."""
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(_utf8_text(path.read_bytes(), path))
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read the namespaces file {str(path)!r} ({exc.strerror}): "
@@ -277,6 +278,25 @@ def load_namespaces(path: Path, *, configured_secrets: Collection[str]) -> list[
             f"the namespaces file {str(path)!r} is not valid TOML: {exc}"
         ) from None
     return parse_namespaces(document, configured_secrets=configured_secrets, origin=str(path))
+
+
+def _utf8_text(data: bytes, path: Path) -> str:
+    """The file's text: UTF-8 as TOML requires, whatever the locale, a UTF-8 byte order
+    mark (which some editors write) left out; else a ConfigurationError saying where."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigurationError(
+            f"the namespaces file {str(path)!r} is UTF-16 (it starts with a UTF-16 byte order "
+            "mark), and TOML is UTF-8: save it as UTF-8"
+        )
+    try:
+        return data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data[:offset].count(b"\n") + 1
+        raise ConfigurationError(
+            f"the namespaces file {str(path)!r} is not UTF-8: byte 0x{data[offset]:02x} at "
+            f"offset {offset} (line {line}) is not UTF-8 text: save it as UTF-8"
+        ) from None
 
 
 def parse_namespaces(

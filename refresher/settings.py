@@ -2,7 +2,10 @@
 
 Our own settings live under the ``CACHE_REFRESHER_`` prefix; later the Azure
 SDK's own variables (``AZURE_TENANT_ID``, ...) are read here too. Nothing else
-in the code base reads the environment.
+in the code base reads the environment. A ``CACHE_REFRESHER_`` variable that is
+no setting is refused, naming the nearest setting: a misspelled
+``CACHE_REFRESHER_DATABASE_URL`` would otherwise leave the default (a local
+SQLite file) in its place without a word.
 
 Every number is finite and bounded (``inf`` and ``nan`` are refused, naming
 the variable and its unit); an optional file set to an empty value counts as
@@ -12,9 +15,11 @@ a database this service supports, through a driver that is installed.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import ssl
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -516,14 +521,64 @@ def _check_ca_bundle(path: Path) -> None:
         raise ValueError(f"{str(path)!r} holds no usable certificate ({reason}): {what}") from None
 
 
+class _LogFormat(BaseSettings):
+    """Only the log format, read when the settings as a whole are wrong."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    log_format: Literal["text", "json"] = "text"
+
+
+def requested_log_format() -> Literal["text", "json"]:
+    """The log format the environment asks for (``text`` when it asks for none, or for one
+    that is wrong): how to report that the settings are wrong, which :func:`load_settings`
+    cannot build then."""
+    try:
+        return _LogFormat().log_format
+    except ValidationError:
+        return "text"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and ``overrides``), or raise
-    :class:`ConfigurationError` with one line per wrong setting."""
+    :class:`ConfigurationError` with one line per wrong setting, and per
+    ``CACHE_REFRESHER_`` variable that is no setting (:func:`unknown_variables`)."""
+    lines = unknown_variables(os.environ)  # noqa: TID251 (this module reads the environment)
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = [f"{_variable(err['loc'])}: {_message(err)}" for err in exc.errors()]
-        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(lines)) from None
+        lines += [f"{_variable(err['loc'])}: {_message(err)}" for err in exc.errors()]
+    if lines:
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(lines))
+    return settings
+
+
+def unknown_variables(environment: Mapping[str, str]) -> list[str]:
+    """A line per variable of ``environment`` under our prefix that is no setting, naming
+    the nearest setting when one is close (never the value: it may be a password)."""
+    known = _setting_variables()
+    lines = []
+    for name in sorted(environment):
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known.values():
+            close = difflib.get_close_matches(name.upper()[len(ENV_PREFIX) :].lower(), known, 1)
+            if close:
+                lines.append(f"{name}: is not a setting (did you mean {known[close[0]]}?): "
+                             "rename it, or unset it")  # fmt: skip
+            else:
+                lines.append(f"{name}: is not a setting: unset it (the settings are listed "
+                             "in the README)")  # fmt: skip
+    return lines
+
+
+def _setting_variables() -> dict[str, str]:
+    """Every setting's field name and the environment variable it is read from (the Azure
+    SDK's own, without our prefix, for those that have one)."""
+    variables = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        variable = alias.choices[0] if isinstance(alias, AliasChoices) else ENV_PREFIX + name
+        variables[name] = str(variable).upper()
+    return variables
 
 
 def _message(error: ErrorDetails) -> str:

@@ -4,6 +4,10 @@ Each function turns what the store, the secret store or a refresh returned
 into a rich :class:`~rich.table.Table` or a line of text, so the commands in
 :mod:`refresher.cli` stay thin and the formatting is tested on its own.
 Secret *values* never reach these functions: statuses carry names and versions.
+
+No cell is ever cut: one too wide for its column folds onto more lines (rich's
+default ends it with "…", which cut namespace names, secret versions and
+runner ids, the very things these tables are read for).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from rich.table import Table
+from rich.table import Column, Table
 
 from refresher.cache import NamespaceInfo, RefreshResult, RunRecord
 from refresher.secrets.base import SecretStatus, format_time
@@ -47,6 +51,11 @@ def is_stale(info: NamespaceInfo | None, max_staleness: float, now: datetime) ->
     return age is None or age > max_staleness
 
 
+def _table(*headings: str) -> Table:
+    """A table with these column headings whose cells fold rather than being cut."""
+    return Table(*(Column(heading, overflow="fold") for heading in headings))
+
+
 def namespace_table(
     infos: Sequence[NamespaceInfo],
     staleness: Mapping[str, float] | None,
@@ -61,7 +70,7 @@ def namespace_table(
     that never refreshed, ``never_refreshed`` gives their latest run, whose
     error is the last error.
     """
-    table = Table(
+    table = _table(
         "namespace", "rows", "generation", "last success (UTC)", "age", "stale", "last error"
     )
     known = {info.namespace: info for info in infos}
@@ -104,7 +113,7 @@ def _namespace_cells(info: NamespaceInfo | None, stale: str, now: datetime) -> l
 
 def runs_table(runs: Sequence[RunRecord]) -> Table:
     """The refresh history, newest first; rows as ``+inserted ~updated -deleted =unchanged``."""
-    table = Table(
+    table = _table(
         "run", "started (UTC)", "took", "status", "rows", "secret versions", "runner", "error"
     )
     for run in runs:
@@ -135,10 +144,11 @@ def _error(error_class: str | None, message: str | None) -> str:
 
 
 def secrets_table(statuses: Sequence[SecretStatus]) -> Table:
-    """Names, versions, validity, fetch and check times, state: never a value."""
-    table = Table(
+    """Names, versions, validity, fetch and check times, state: never a value. The last
+    errors, sentences long, are lines of their own below it (:func:`secret_errors`)."""
+    table = _table(
         "secret", "version", "previous", "not before", "expires", "fetched at", "next check",
-        "state", "last error",
+        "state",
     )  # fmt: skip
     for status in statuses:
         table.add_row(
@@ -150,9 +160,17 @@ def secrets_table(statuses: Sequence[SecretStatus]) -> Table:
             _time(status.fetched_at),
             "due now" if status.next_check is None else _time(status.next_check),
             status.state,
-            status.last_error or "",
         )
     return table
+
+
+def secret_errors(statuses: Sequence[SecretStatus]) -> list[str]:
+    """A line per secret whose last check failed, saying why (printed below the table)."""
+    return [
+        f"last error of {status.name}: {status.last_error}"
+        for status in statuses
+        if status.last_error
+    ]
 
 
 def _time(moment: float | None) -> str:

@@ -1,6 +1,6 @@
 """Shared fixtures: databases, the devstack, and the suite-wide secret leak check.
 
-- PostgreSQL comes from ``CACHE_REFRESHER_TEST_POSTGRES_URL`` (default: the
+- PostgreSQL comes from ``TEST_POSTGRES_URL`` (default: the
   local server at 127.0.0.1:5432, user ``postgres``, database ``test``). Each
   test gets a schema of its own, dropped afterwards. If no server answers, the
   tests that need it fail with a message saying how to provide one: never a skip.
@@ -30,7 +30,13 @@ from refresher.cache import CacheStore
 from refresher.db import create_engine, init_schema
 from refresher.lease import LeaseManager
 
-POSTGRES_URL_VARIABLE = "CACHE_REFRESHER_TEST_POSTGRES_URL"
+POSTGRES_URL_VARIABLE = "TEST_POSTGRES_URL"
+RENAMED_VARIABLES = {
+    "CACHE_REFRESHER_TEST_POSTGRES_URL": POSTGRES_URL_VARIABLE,
+    "CACHE_REFRESHER_TEST_POSTGRES_PASSWORD_URL": "TEST_POSTGRES_PASSWORD_URL",
+}
+"""The tests' own variables, once under the service's prefix, where the service now refuses
+every variable that is none of its settings."""
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
@@ -152,6 +158,9 @@ class _Collector(logging.Handler):
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    for old, new in RENAMED_VARIABLES.items():
+        if old in os.environ:
+            raise pytest.UsageError(f"{old} is now called {new}: rename it in your environment")
     collector = _Collector(level=logging.DEBUG)
     collector.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(collector)

@@ -70,7 +70,8 @@ def test_db_sql_refuses_an_unknown_dialect_naming_the_known_ones() -> None:
 def test_db_init_creates_the_tables_on_the_configured_database(sqlite_url: str) -> None:
     result = runner.invoke(app, ["db", "init"], env=_env(database_url=sqlite_url))
     assert result.exit_code == 0, result.output
-    assert "sqlite" in result.stdout
+    path = sqlite_url.removeprefix("sqlite:///")
+    assert result.stdout == f"The cache tables exist on the SQLite database {path!r}.\n"
     tables = set(sa.inspect(sa.create_engine(sqlite_url)).get_table_names())
     assert {"cache_entries", "cache_namespaces", "cache_refresh_runs", "cache_leases"} <= tables
 
@@ -107,6 +108,21 @@ def test_namespaces_on_a_database_it_cannot_reach_says_so_and_exits_1() -> None:
     assert result.stderr.startswith("error: cannot connect to the postgresql database 'cache'")
     assert "check that the server is up and reachable from here" in result.stderr
     assert "pw-not-shown" not in result.output
+
+
+@pytest.mark.parametrize("args", [["db", "init"], ["namespaces"]])
+def test_a_misspelled_variable_exits_2_naming_the_setting_meant_and_touches_no_database(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default database, ./.dev/cache.db, would be
+    url = "postgresql+psycopg://postgres:pw-not-shown@127.0.0.1:1/cache"
+    result = runner.invoke(app, args, env={"CACHE_REFRESHER_DATABASE_ULR": url})
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "error: invalid settings:\n  CACHE_REFRESHER_DATABASE_ULR: is not a setting (did you "
+        "mean CACHE_REFRESHER_DATABASE_URL?): rename it, or unset it\n"
+    )
+    assert not (tmp_path / ".dev").exists()
 
 
 def test_bad_settings_print_what_is_wrong_and_exit_2() -> None:
@@ -378,7 +394,10 @@ def test_dev_serves_three_namespaces_from_its_devstack_and_stops_cleanly(
 # -- refresh, namespaces, runs, secrets status ---------------------------------------------
 
 WIDE = {"COLUMNS": "250"}
-"""rich tables fit the terminal; the runner's is 80 columns unless told otherwise."""
+"""rich tables fit the terminal, or COLUMNS; output that is not a terminal (the runner's)
+is as wide as its rows without it."""
+PIPED = {"COLUMNS": None}
+"""Output that is not a terminal, as in a pipe: no COLUMNS, whatever the test's environment."""
 
 NAMESPACES_TOML = """\
 [namespaces.catalogue]
@@ -554,6 +573,28 @@ def test_runs_lists_the_history_newest_first(configured: dict[str, str]) -> None
     assert f":{os.getpid()}:" in rows[1]  # the runner: host:pid:suffix
 
 
+LONG_NAME = "customer-orders-emea-production-replica-eu-west-2025-with-a-much-longer-suffix"
+LONG_REPLICA = "review-replica-with-a-fairly-long-hostname-pod-7d9f8c6b5-x2z9q"
+
+
+def test_tables_piped_show_every_name_whole_on_its_row(configured: dict[str, str]) -> None:
+    # `cache-refresher namespaces | grep <name>` found nothing: cut to 80 columns, "custo…".
+    path = Path(configured["CACHE_REFRESHER_NAMESPACES_FILE"])
+    path.write_text(path.read_text().replace("[namespaces.catalogue]", f"[namespaces.{LONG_NAME}]"))
+    env = {**configured, **_env(replica_id=LONG_REPLICA), **PIPED}
+    assert runner.invoke(app, ["refresh", LONG_NAME], env=env).exit_code == 0
+
+    listed = runner.invoke(app, ["namespaces"], env=env)
+    runs = runner.invoke(app, ["runs", LONG_NAME], env=env)
+
+    assert listed.exit_code == 0, listed.output
+    assert _table_row(listed.stdout, LONG_NAME)["rows"] == "250"
+    assert runs.exit_code == 0, runs.output
+    (row,) = [line for line in runs.stdout.splitlines() if "succeeded" in line]
+    assert f" {LONG_REPLICA}:{os.getpid()}:" in row
+    assert "…" not in listed.stdout + runs.stdout
+
+
 def test_runs_of_a_namespace_without_history_says_so(configured: dict[str, str]) -> None:
     result = runner.invoke(app, ["runs", "catalogue"], env=configured)
     assert result.exit_code == 0
@@ -707,6 +748,11 @@ def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
     # its source is stuck in (it used to wait 30 s more for it, past a pod's kill).
     assert code == 0, text
     assert took < 1 + ABANDON_WAIT_SECONDS, text
+    # Its first line names the database it uses (a misspelled URL variable went unseen).
+    started = next(line for line in text.splitlines() if line.startswith("cache-refresher run:"))
+    url = sa.make_url(db_url)
+    kind = "SQLite" if url.get_backend_name() == "sqlite" else "postgresql"
+    assert f" on the {kind} database {url.database!r}" in started
     records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     by_logger = {r["logger"]: r for r in records}
     assert "left to finish in the background" in by_logger["refresher.prefetch"]["message"]
@@ -737,6 +783,21 @@ def test_refresh_stopped_while_its_upstream_hangs_exits_at_once(
     (run,) = CacheStore(engine).runs("hung")
     assert run.status == "abandoned"
     engine.dispose()
+
+
+def test_a_namespaces_file_not_in_utf8_exits_2_saying_where(
+    configured: dict[str, str], tmp_path: Path
+) -> None:
+    # It was a UnicodeDecodeError's traceback, and exit 1.
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("# Prüfung\n[namespaces.a]\n".encode("latin-1"))
+    env = {**configured, **_env(namespaces_file=str(path))}
+    result = runner.invoke(app, ["namespaces"], env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"error: the namespaces file {str(path)!r} is not UTF-8: byte 0xfc at offset 4 "
+        "(line 1) is not UTF-8 text: save it as UTF-8\n"
+    )
 
 
 def test_run_without_a_namespaces_file_exits_2(sqlite_url: str) -> None:
@@ -777,7 +838,8 @@ def test_secrets_status_shows_versions_never_values(stack: DevStack) -> None:
     value = secrets.token_urlsafe(24)
     first = stack.vault.set(name, secrets.token_urlsafe(24))
     second = stack.vault.set(name, value)
-    result = runner.invoke(app, ["secrets", "status"], env=_vault_env(stack, [name]))
+    # Piped (`secrets status | cat`), the version was cut to "dd3fa…": the one thing it shows.
+    result = runner.invoke(app, ["secrets", "status"], env={**_vault_env(stack, [name]), **PIPED})
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if name in line)
     assert second.version in row
@@ -790,10 +852,15 @@ def test_secrets_status_exits_1_when_a_secret_cannot_be_loaded(stack: DevStack) 
     name = f"cli-{uuid.uuid4().hex[:8]}"
     stack.vault.set(name, secrets.token_urlsafe(24))
     missing = f"missing-{uuid.uuid4().hex[:8]}"
-    result = runner.invoke(app, ["secrets", "status"], env=_vault_env(stack, [name, missing]))
+    env = {**_vault_env(stack, [name, missing]), **PIPED}
+    result = runner.invoke(app, ["secrets", "status"], env=env)
     assert result.exit_code == 1
     row = next(line for line in result.stdout.splitlines() if missing in line)
     assert "failed" in row
+    # Its error, sentences long, is a line below the table (it was a word per line in it).
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith(f"last error of {missing}: ")
+    assert f"secret {missing!r} does not exist in Key Vault " in last
     assert "Traceback" not in result.output
 
 
@@ -804,6 +871,40 @@ def test_secrets_status_without_a_vault_exits_2() -> None:
 
 
 # -- logging ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "settings", "code", "says"),
+    [
+        (["run"], {"database_url": "postgresql+psycopg://postgres:pw-not-shown@127.0.0.1:{port}/c"},
+         1, "cannot connect to the postgresql database 'c' on 127.0.0.1:"),
+        (["run"], {"port": "x", "database_ulr": "sqlite:///c.db"},
+         2, "invalid settings:\n  CACHE_REFRESHER_DATABASE_ULR: is not a setting"),
+        (["api"], {"port": "{port}"}, 2, "the API needs its tenant and audience"),
+    ],
+)  # fmt: skip
+def test_with_json_logs_the_error_that_stops_a_command_is_a_json_record(
+    tmp_path: Path, args: list[str], settings: dict[str, str], code: int, says: str
+) -> None:
+    # It was a line of text, `error: ...`, which a log collector reading JSON lines drops.
+    path = tmp_path / "namespaces.toml"
+    path.write_text(
+        '[namespaces.demo]\nkey_field = "id"\nevery = "1h"\nsource = { kind = "demo" }\n'
+    )
+    values = {name: value.format(port=free_port()) for name, value in settings.items()}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
+    env = {**base, **_env(namespaces_file=str(path), metrics_port="0", log_format="json", **values)}
+    done = subprocess.run(
+        [str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == code, done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines()]  # every line: JSON
+    (fatal,) = [record for record in records if record["level"] == "ERROR"]
+    assert fatal["logger"] == "refresher.cli"
+    assert says in fatal["message"]
+    assert {"time", "thread"} <= set(fatal)
+    assert "pw-not-shown" not in done.stdout + done.stderr
+
 
 ECHO_NAMESPACES_TOML = """\
 [namespaces.echo]

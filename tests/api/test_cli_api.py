@@ -128,6 +128,8 @@ def test_api_serves_standalone_with_its_own_services_and_stops_on_sigterm(
     assert process.wait(STOP_SECONDS) == 0
     text = output.text
     assert "Stopped." in text
+    database = api_env["CACHE_REFRESHER_DATABASE_URL"].removeprefix("sqlite:///")
+    assert f"replica api-cli-test; reading the SQLite database {database!r})" in text
     assert "Traceback" not in text
     assert api_env["AZURE_CLIENT_SECRET"] not in text
     assert "eyJ" not in text  # no token

@@ -10,7 +10,7 @@ there the test proves that the password libpq holds for the connection is
 the role's, by the server's own SCRAM verifier. That a *wrong* token is
 refused needs a server that checks passwords: a throwaway cluster with
 ``scram-sha-256`` authentication, started from the local PostgreSQL binaries
-(or ``CACHE_REFRESHER_TEST_POSTGRES_PASSWORD_URL``, a superuser URL of a
+(or ``TEST_POSTGRES_PASSWORD_URL``, a superuser URL of a
 server that checks passwords).
 """
 
@@ -41,7 +41,7 @@ from refresher.db_tokens import POSTGRESQL_SCOPE, TokenExpiry
 from refresher.identity import AppIdentity
 from refresher.identity.msal_client import MsalTokenRequest, RecordingSession
 
-PASSWORD_URL_VARIABLE = "CACHE_REFRESHER_TEST_POSTGRES_PASSWORD_URL"
+PASSWORD_URL_VARIABLE = "TEST_POSTGRES_PASSWORD_URL"
 
 
 class Clock:

@@ -152,6 +152,44 @@ def test_unreadable_and_malformed_files_are_clear_errors(tmp_path: Path) -> None
         load_namespaces(broken, configured_secrets=[])
 
 
+ONE_NAMESPACE = '# Prüfung\n[namespaces.a]\nkey_field = "id"\nevery = 60\nsource.kind = "demo"\n'
+
+
+def test_a_file_that_is_not_utf8_is_refused_saying_where_and_what_to_do(tmp_path: Path) -> None:
+    # It was a UnicodeDecodeError (a traceback), or read in the locale's encoding.
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(ONE_NAMESPACE.encode("latin-1"))
+    with pytest.raises(ConfigurationError) as caught:
+        load_namespaces(path, configured_secrets=[])
+    assert str(caught.value) == (
+        f"the namespaces file {str(path)!r} is not UTF-8: byte 0xfc at offset 4 (line 1) is "
+        "not UTF-8 text: save it as UTF-8"
+    )
+
+
+def test_a_utf16_file_is_refused_naming_its_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "utf16.toml"
+    path.write_bytes(ONE_NAMESPACE.encode("utf-16"))  # with its byte order mark
+    with pytest.raises(ConfigurationError, match=r"is UTF-16 \(it starts with a UTF-16 byte "
+                       r"order mark\), and TOML is UTF-8: save it as UTF-8$"):  # fmt: skip
+        load_namespaces(path, configured_secrets=[])
+
+
+def test_a_utf8_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # Some editors write one; tomllib took it for a statement ("Invalid statement").
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + ONE_NAMESPACE.encode("utf-8"))
+    with sources_closed_after(load_namespaces(path, configured_secrets=[])) as loaded:
+        assert [namespace.name for namespace in loaded] == ["a"]
+
+
+def test_a_byte_after_a_byte_order_mark_is_placed_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bom-latin1.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + ONE_NAMESPACE.encode("latin-1"))
+    with pytest.raises(ConfigurationError, match=r"byte 0xfc at offset 7 \(line 1\)"):
+        load_namespaces(path, configured_secrets=[])
+
+
 def _problems(toml: str) -> list[str]:
     """The problem lines of a namespaces file (read as TOML, which allows nan and inf)."""
     with pytest.raises(ConfigurationError) as caught:

@@ -256,3 +256,58 @@ def test_the_settings_repr_leaves_out_the_database_url_and_secrets() -> None:
         azure_client_secret=secret,
     )
     assert password not in repr(settings) and secret not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "line"),
+    [
+        ("CACHE_REFRESHER_DATABASE_ULR",
+         "CACHE_REFRESHER_DATABASE_ULR: is not a setting (did you mean "
+         "CACHE_REFRESHER_DATABASE_URL?): rename it, or unset it"),
+        ("CACHE_REFRESHER_STOP_GRACE_SECOND",
+         "CACHE_REFRESHER_STOP_GRACE_SECOND: is not a setting (did you mean "
+         "CACHE_REFRESHER_STOP_GRACE_SECONDS?): rename it, or unset it"),
+        # The Azure SDK's own variables have no prefix.
+        ("CACHE_REFRESHER_AZURE_CLIENT_SECRET",
+         "CACHE_REFRESHER_AZURE_CLIENT_SECRET: is not a setting (did you mean "
+         "AZURE_CLIENT_SECRET?): rename it, or unset it"),
+        ("CACHE_REFRESHER_FROBNICATE",
+         "CACHE_REFRESHER_FROBNICATE: is not a setting: unset it (the settings are listed in "
+         "the README)"),
+    ],
+)  # fmt: skip
+def test_a_variable_under_our_prefix_that_is_no_setting_is_refused_naming_the_nearest(
+    monkeypatch: pytest.MonkeyPatch, variable: str, line: str
+) -> None:
+    # A misspelled CACHE_REFRESHER_DATABASE_URL left the default, a local SQLite file.
+    value = f"postgresql+psycopg://app:{PASSWORD}@db.example/cache"
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    assert str(caught.value).splitlines() == ["invalid settings:", f"  {line}"]
+    assert PASSWORD not in str(caught.value)
+
+
+def test_an_unknown_variable_is_listed_with_the_wrong_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CACHE_REFRESHER_DATABASE_ULR", "sqlite:///x.db")
+    monkeypatch.setenv("CACHE_REFRESHER_PORT", "x")
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    lines = str(caught.value).splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "CACHE_REFRESHER_DATABASE_ULR", "CACHE_REFRESHER_PORT",
+    ]  # fmt: skip
+
+
+def test_a_setting_named_in_lower_case_is_read_not_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("cache_refresher_port", "8123")
+
+    assert load_settings().port == 8123

@@ -15,14 +15,15 @@ from refresher.tables import (
     namespace_table,
     refresh_summary,
     runs_table,
+    secret_errors,
     secrets_table,
 )
 
 NOW = datetime(2030, 1, 31, 12, 0, tzinfo=UTC)
 
 
-def text(table: Table) -> list[str]:
-    console = Console(width=250, record=True, file=None)
+def text(table: Table, width: int = 250) -> list[str]:
+    console = Console(width=width, record=True, file=None)
     with console.capture() as captured:
         console.print(table)
     return captured.get().splitlines()
@@ -99,6 +100,39 @@ def test_secrets_show_versions_and_times_never_a_value() -> None:
     line = row(text(secrets_table([status])), "api-key")
     for expected in ("v2", "v1", "2031-01-01T00:00:00Z", "2030-01-31T12:00:00Z", "due now"):
         assert expected in line
+
+
+def test_a_cell_too_wide_for_its_column_folds_and_is_never_cut() -> None:
+    # rich's default ended it with "…": "upstr…", "dd3fa…", "customer-o…".
+    name = "customer-orders-emea-production-replica-eu-west-2025"
+    version = "dd3fa77dc7ad4199a37bed05832e6b7a"
+    status = SecretStatus(
+        name=name, version=version, previous_version=None, not_before=None, expires_on=None,
+        fetched_at=None, checked_at=None, next_check=None, state="current", last_error=None,
+    )  # fmt: skip
+    for table in (namespace_table([info(name, 30)], None, NOW), secrets_table([status])):
+        lines = text(table, width=60)
+        assert "…" not in "".join(lines)
+        first = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+        assert "".join(first) == name  # the first column, folded over several lines
+    second = [line.split("│")[2].strip() for line in text(secrets_table([status]), 60)
+              if line.startswith("│")]  # fmt: skip
+    assert "".join(second) == version
+
+
+def test_a_secrets_last_error_is_a_line_below_the_table_not_a_column() -> None:
+    error = "Key Vault https://vault.example could not be reached for secret 'api-key'"
+    failed = SecretStatus(
+        name="api-key", version=None, previous_version=None, not_before=None, expires_on=None,
+        fetched_at=None, checked_at=NOW.timestamp(), next_check=None, state="failed",
+        last_error=error,
+    )  # fmt: skip
+    fine = SecretStatus(
+        name="other", version="v1", previous_version=None, not_before=None, expires_on=None,
+        fetched_at=None, checked_at=None, next_check=None, state="current", last_error=None,
+    )  # fmt: skip
+    assert "could not be reached" not in "".join(text(secrets_table([failed, fine])))
+    assert secret_errors([failed, fine]) == [f"last error of api-key: {error}"]
 
 
 def test_the_summary_of_a_refresh_gives_its_counts() -> None:
