@@ -317,6 +317,8 @@ def parse_namespaces(
         if namespace is not None:
             built.append(namespace)
     if problems:
+        for namespace in built:  # none is used: let go of what their sources opened
+            namespace.source.close()
         raise ConfigurationError(
             f"{origin} has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
         )
@@ -334,27 +336,21 @@ def _build(
     if not isinstance(table, Mapping):
         problems.append(f"namespace {name!r}: must be a table of settings")
         return None
+    spec: NamespaceSpec | None = None
     try:
         spec = NamespaceSpec.model_validate(table)
     except ValidationError as exc:
         problems.extend(
             f"namespace {name!r}: {_where(err['loc'])}{err['msg']}" for err in exc.errors()
         )
-        return None
-    try:
-        source = build_source(name, spec.source)
-    except ConfigurationError as exc:
-        problems.append(str(exc))
-        return None
-    except OSError as exc:  # its factory opened a file the options name, and could not
-        problems.append(_unopened(name, spec.source, exc))
-        return None
-    missing = sorted(source.secret_names() - set(configured_secrets))
-    if missing:
-        problems.append(
-            f"namespace {name!r}: its source needs the secret(s) {', '.join(missing)}, "
-            "which CACHE_REFRESHER_SECRETS does not name"
-        )
+    # The source is checked too when the rest was wrong: every mistake in one round.
+    options = spec.source if spec is not None else table.get("source")
+    if not isinstance(options, Mapping):
+        return None  # a missing or wrong [source] table: reported by the spec above
+    source = _source(name, options, configured_secrets, problems)
+    if spec is None or source is None:
+        if source is not None:
+            source.close()
         return None
     schedule = Schedule(spec.every, spec.cron, spec.jitter)
     if spec.max_staleness is not None:
@@ -365,6 +361,29 @@ def _build(
         name, source, spec.key_field, spec.version_field, spec.fields, schedule, staleness,
         spec.readers, spec.allow_empty, spec.max_deleted,
     )  # fmt: skip
+
+
+def _source(
+    name: str, options: Mapping[str, Any], configured_secrets: Collection[str], problems: list[str]
+) -> Source | None:
+    """The namespace's source, or ``None`` with what is wrong with it added to ``problems``."""
+    try:
+        source = build_source(name, options)
+    except ConfigurationError as exc:
+        problems.append(str(exc))
+        return None
+    except OSError as exc:  # its factory opened a file the options name, and could not
+        problems.append(_unopened(name, options, exc))
+        return None
+    missing = sorted(source.secret_names() - set(configured_secrets))
+    if missing:
+        problems.append(
+            f"namespace {name!r}: its source needs the secret(s) {', '.join(missing)}, "
+            "which CACHE_REFRESHER_SECRETS does not name"
+        )
+        source.close()
+        return None
+    return source
 
 
 def _unopened(name: str, options: Mapping[str, Any], exc: OSError) -> str:

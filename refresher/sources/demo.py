@@ -218,7 +218,22 @@ def from_options(namespace: str, options: Mapping[str, Any]) -> DemoSource:
             f"namespace {namespace!r}: the demo source has no option(s) {', '.join(unknown)}; "
             f"it takes {', '.join(_OPTIONS)}"
         )
+    wrong = [
+        f"{key} must be {'an integer' if _OPTIONS[key] is int else 'a number'}, not {value!r}"
+        for key, value in options.items()
+        if not _fits(value, _OPTIONS[key])
+    ]
+    if wrong:
+        raise ConfigurationError(f"namespace {namespace!r}: demo source: {'; '.join(wrong)}")
     try:
         return DemoSource(**{k: _OPTIONS[k](v) for k, v in options.items()})
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"namespace {namespace!r}: demo source: {exc}") from None
+
+
+def _fits(value: object, kind: type) -> bool:
+    """Whether ``value`` (as TOML gives it) is an option of type ``kind`` (no bool, no text;
+    an integer is a number too)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind is int else isinstance(value, int | float)

@@ -107,6 +107,21 @@ def test_every_mistake_is_reported_on_its_own_line() -> None:
                 "fields": ["name"],
                 "source": {"kind": "demo"},
             },
+            "wrong-twice": {
+                "key_field": "id",
+                "every": "soon",
+                "source": {"kind": "demo", "seed": "x"},
+            },
+            "secret-too": {
+                "key_field": "id",
+                "cron": "0 0 31 2 *",
+                "source": {
+                    "kind": "http_json",
+                    "url": "https://api.example/v1/users",
+                    "auth": "api_key",
+                    "secret": "nope",
+                },
+            },
             "projected-version": {
                 "key_field": "id",
                 "version_field": "updated",
@@ -134,8 +149,13 @@ def test_every_mistake_is_reported_on_its_own_line() -> None:
         "namespace 'projected-version': Value error, 'fields' must include the version "
         "field 'updated'" in text
     )  # it was accepted, and then every refresh failed
+    # The source is checked too when the rest is wrong (it took a second round before).
+    assert "namespace 'wrong-twice': every: Value error, must be a duration" in text
+    assert "namespace 'wrong-twice': demo source: seed must be an integer, not 'x'" in text
+    assert "namespace 'secret-too': cron: Value error, never fires" in text
+    assert "namespace 'secret-too': its source needs the secret(s) nope" in text
     assert "unknown top-level key 'extra'" in text
-    assert len(lines) == 9
+    assert len(lines) == 13
 
 
 def test_an_empty_file_says_how_to_define_a_namespace() -> None:
