@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -239,13 +240,22 @@ def run() -> None:
         store = _store(settings, engine)
         check_tables(store)
         scheduler, metrics = observed_scheduler(settings, store, namespaces, services)
-        _serve_until(stop, settings, scheduler, metrics)
+        stuck = _serve_until(stop, settings, scheduler, metrics)
     console.print("Stopped.", highlight=False)
+    if stuck:
+        # Their threads cannot be ended and would keep this process, and their leases,
+        # alive until whatever blocks them lets go (and then commit): end it now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _serve_until(
     stop: threading.Event, settings: Settings, scheduler: Scheduler, metrics: RefreshMetrics
-) -> None:
+) -> int:
+    """Run ``scheduler`` (and the metrics and probes) until ``stop``; how many refreshes
+    did not stop (:meth:`Scheduler.stop`)."""
     port = settings.metrics_port
     probes = scheduler_probes(scheduler.state)
     stop_metrics = (
@@ -270,9 +280,10 @@ def _serve_until(
             pass
     finally:
         console.print("Stopping: letting refreshes in progress finish...", highlight=False)
-        scheduler.stop(settings.stop_grace_seconds)
+        stuck = scheduler.stop(settings.stop_grace_seconds)
         if stop_metrics is not None:
             stop_metrics()
+    return stuck
 
 
 @contextmanager

@@ -15,7 +15,9 @@ What stays as it was in one thread:
   items before it, the same exception object (so a failing page fails the
   refresh with the source's own error, and the store rolls back);
 - **laziness**: the thread starts when the first item is asked for, so a source
-  is only called once the store has recorded its run;
+  is only called once the store has recorded its run; given a callable, the
+  thread calls it for the items, so a source whose ``fetch`` works before it
+  returns (a list, say) blocks that thread, never the consumer;
 - **stopping**: closing the iterator (the store stopped early: a bad item, a
   lost lease, a stop request) tells the thread to stop at the next item, or
   after the page it is fetching; what it fetched is discarded and the source's
@@ -106,7 +108,7 @@ def prefetched(
 
 
 def prefetched_batches(
-    items: Iterable[_T],
+    items: Iterable[_T] | Callable[[], Iterable[_T]],
     *,
     depth: int = DEPTH,
     batch: int = BATCH,
@@ -133,7 +135,14 @@ def prefetched_batches(
 class _Fetcher(Generic[_T]):
     """The producer thread and its bounded queue of batches."""
 
-    def __init__(self, items: Iterable[_T], *, depth: int, batch: int, name: str) -> None:
+    def __init__(
+        self,
+        items: Iterable[_T] | Callable[[], Iterable[_T]],
+        *,
+        depth: int,
+        batch: int,
+        name: str,
+    ) -> None:
         if depth < 1 or batch < 1:
             raise ValueError("depth and batch must be at least 1")
         self._items = items
@@ -200,8 +209,8 @@ class _Fetcher(Generic[_T]):
             self._put(_Failure(exc))
 
     def _read_all(self) -> None:
-        iterator = iter(self._items)
         chunk: list[_T] = []
+        iterator = iter(self._items() if callable(self._items) else self._items)
         try:
             for item in iterator:
                 if self._stopping:

@@ -23,6 +23,7 @@ anything, so it stays out of the run history, which says "see the service log").
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -180,8 +181,12 @@ def _items(
     # A generator: the source is only asked once the store has recorded the run.
     # Its pages are fetched ahead in a thread while the store diffs earlier ones;
     # the stop and lease checks run once per batch handed over (at most BATCH items).
+    # fetch() itself is called in the fetching thread: one that blocks before it returns
+    # (a list built in full) must not hold the refresh's thread past a stop either.
     batches = prefetched_batches(
-        namespace.source.fetch(context), check=check, name=f"fetch-{namespace.name}"
+        functools.partial(namespace.source.fetch, context),
+        check=check,
+        name=f"fetch-{namespace.name}",
     )
     with contextlib.closing(batches):
         for batch in batches:

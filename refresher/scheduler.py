@@ -191,9 +191,14 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name="refresh-scheduler", daemon=True)
         self._thread.start()
 
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> int:
         """Stop taking work; let refreshes in progress finish within ``grace`` seconds, then
-        interrupt them (rolled back, recorded abandoned). Leases are released either way."""
+        interrupt them (rolled back, recorded abandoned). Leases are released either way.
+
+        Returns how many refreshes did not stop even then (blocked in the database, or in
+        code of a source that never looks at the stop): their threads cannot be ended, and
+        they keep their leases renewed while they live, so the caller should end the
+        process (``cache-refresher run`` does), which ends their transactions too."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -210,11 +215,13 @@ class Scheduler:
             _, stuck = concurrent.futures.wait(late, timeout=ABANDON_WAIT_SECONDS)
             if stuck:
                 logger.warning(
-                    "%d refresh(es) did not stop (a source is blocked); their leases expire "
-                    "by themselves and their transactions end with the process",
+                    "%d refresh(es) did not stop (blocked in the database or in a source); "
+                    "their transactions end with the process, and their leases expire by "
+                    "themselves",
                     len(stuck),
                 )
         self._pool.shutdown(wait=False, cancel_futures=True)
+        return len(stuck) if late else 0
 
     @property
     def running(self) -> bool:

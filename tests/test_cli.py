@@ -769,6 +769,56 @@ def test_run_stopped_while_its_upstream_hangs_exits_within_its_grace(
     engine.dispose()
 
 
+def test_run_stopped_while_a_refresh_is_blocked_in_the_database_exits_and_commits_nothing(
+    postgresql_url: str, tmp_path: Path
+) -> None:
+    engine = create_engine(postgresql_url)
+    init_schema(engine)
+    CacheStore(engine).apply("stuck", [{"id": "kept"}])
+    path = tmp_path / "namespaces.toml"
+    path.write_text(
+        '[namespaces.stuck]\nkey_field = "id"\nevery = 1\nallow_empty = true\n'
+        'source = { kind = "demo", size = 20 }\n'
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_REFRESHER_", "AZURE_"))}
+    env = {**base, **_env(database_url=postgresql_url, namespaces_file=str(path),
+                          metrics_port="0", stop_grace_seconds="1")}  # fmt: skip
+    blocker = engine.connect()
+    blocker.begin()  # a DBA's session holding the namespace's row: the refresh's commit waits
+    blocker.execute(sa.text("SELECT 1 FROM cache_namespaces WHERE namespace = 'stuck' FOR UPDATE"))
+    waiting = sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+    let_go = threading.Timer(30, blocker.rollback)  # bounds the old behaviour's wait
+    process = subprocess.Popen(
+        [str(SCRIPT), "run"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = Output(process, "\n")
+    try:
+
+        def blocked() -> bool:  # a connection each time: the view holds still in a transaction
+            with engine.connect() as conn:
+                return bool(conn.execute(waiting).scalar_one())
+
+        assert _wait_for(blocked, READY_SECONDS), finished(process, output)
+        let_go.start()
+        code, took, text = _stopped_by_sigterm(process, output)
+    finally:
+        let_go.cancel()
+        blocker.rollback()
+        blocker.close()
+
+    # The grace (1 s), the wait for interrupted refreshes, and then the process ends: its
+    # thread blocked in the database kept it alive until the lock went (30 s here), and
+    # its lease renewed; the refresh then committed as 'succeeded' after all.
+    assert code == 0, text
+    assert took < 1 + ABANDON_WAIT_SECONDS + 3, text
+    assert "did not stop" in text and "Stopped." in text
+    store = CacheStore(engine)
+    assert [item.key for item in store.page("stuck").items] == ["kept"]  # rolled back
+    assert store.runs("stuck")[0].status != "succeeded"
+    engine.dispose()
+
+
 def test_refresh_stopped_while_its_upstream_hangs_exits_at_once(
     db_url: str, tmp_path: Path, silent_upstream: str
 ) -> None:

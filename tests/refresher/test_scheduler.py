@@ -429,6 +429,48 @@ def test_stop_abandons_a_refresh_past_the_grace_period_and_releases_its_lease(
     LeaseManager(engine, holder="next").acquire(lease_name("users"))  # released
 
 
+class Blocking:
+    """A source whose fetch works before it returns (a list), until ``release`` is set."""
+
+    kind = "blocking"
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def secret_names(self) -> frozenset[str]:
+        return frozenset()
+
+    def close(self) -> None:
+        self.release.set()
+
+    def fetch(self, context: FetchContext) -> list[dict[str, Any]]:
+        self.entered.set()
+        self.release.wait(WAIT)
+        return [{"id": "late"}]
+
+
+def test_stop_abandons_a_refresh_whose_source_blocks_before_it_returns(
+    engine: Engine, store: CacheStore, run: Callable[..., Scheduler],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="refresher")
+    store.apply("users", [{"id": "kept"}])
+    blocking = Blocking()
+    scheduler = run(namespace("users", blocking, every=0.1))
+    assert blocking.entered.wait(WAIT)
+    try:
+        stuck = scheduler.stop(grace=0.2)
+    finally:
+        blocking.release.set()
+
+    # fetch() ran in the refresh's own thread, which no stop could reach until it returned.
+    assert "did not stop" not in caplog.text
+    assert stuck == 0
+    assert store.runs("users")[0].status == "abandoned"
+    assert [item.key for item in store.page("users").items] == ["kept"]
+    LeaseManager(engine, holder="next").acquire(lease_name("users"))  # released
+
+
 def test_stop_hands_back_a_request_whose_refresh_it_interrupted(
     engine: Engine, store: CacheStore, run: Callable[..., Scheduler]
 ) -> None:
