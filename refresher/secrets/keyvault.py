@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from azure.core.credentials import TokenCredential
+from azure.core.pipeline.policies import RetryPolicy
 from azure.keyvault.secrets import SecretClient, SecretProperties
 
 from refresher.background import DueLoop
@@ -68,17 +69,39 @@ MIN_WAIT_SECONDS = 0.01
 """...and sleeps at least this long between rounds."""
 
 
+MAX_RETRY_AFTER_SECONDS = 10.0
+"""The longest ``Retry-After`` azure-core waits out between two tries of one request: it
+waits out any, and a gateway answering ``Retry-After: 3600`` held a secret check (or a
+first load waiting for its secret) for an hour per try. Longer waits are the store's
+(:class:`~refresher.secrets.policy.CheckPolicy` honours them up to the check interval)."""
+
+
+class _BoundedRetryAfter(RetryPolicy[Any, Any]):
+    """azure-core's retries, waiting at most ``max_retry_after`` where ``Retry-After``
+    asks for more."""
+
+    def __init__(self, *, max_retry_after: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_retry_after = max_retry_after
+
+    def get_retry_after(self, response: Any) -> float | None:
+        asked = super().get_retry_after(response)
+        return None if asked is None else min(asked, self._max_retry_after)
+
+
 def build_secret_client(
     settings: Settings,
     credential: TokenCredential,
     *,
     verify_challenge_resource: bool = True,
+    max_retry_after: float = MAX_RETRY_AFTER_SECONDS,
     **options: Any,
 ) -> SecretClient:
     """The production ``SecretClient`` for ``settings.vault_url`` as the app identity.
 
     ``verify_challenge_resource=False`` is for devstack only (a vault that is
-    not on ``*.vault.azure.net``); ``options`` go to azure-core (retries, transport).
+    not on ``*.vault.azure.net``); ``options`` go to azure-core (retries, transport);
+    no wait between two tries is longer than ``max_retry_after``.
     """
     if settings.vault_url is None:
         raise ConfigurationError(
@@ -87,6 +110,9 @@ def build_secret_client(
         )
     if settings.ca_bundle is not None:
         options["connection_verify"] = str(settings.ca_bundle)
+    options.setdefault(
+        "retry_policy", _BoundedRetryAfter(max_retry_after=max_retry_after, **options)
+    )
     return SecretClient(
         settings.vault_url,
         credential,
