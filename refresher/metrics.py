@@ -128,7 +128,12 @@ class RefreshMetrics:
 
 
 class _StateCollector(Collector):
-    """Values read at scrape time: the cache's age, token requests, secret version changes."""
+    """Values read at scrape time: the cache's age, token requests, secret version changes.
+
+    One scrape at a time reads the database: one that comes while another still waits
+    for it (the database hangs) reports what the last read found, instead of holding a
+    thread and a pooled connection of its own behind it.
+    """
 
     def __init__(
         self,
@@ -143,6 +148,9 @@ class _StateCollector(Collector):
         self._identity = identity
         self._secrets = secrets
         self._clock = clock
+        self._reading = threading.Lock()
+        self._last: Sequence[NamespaceInfo] | None = None
+        """What the last read of the cache state found (``None``: it failed, or none yet)."""
 
     def collect(self) -> Iterator[Metric]:
         if self._store is not None:
@@ -160,16 +168,19 @@ class _StateCollector(Collector):
 
     def _cache_state(self, store: CacheStore) -> Iterator[Metric]:
         up = GaugeMetricFamily(f"{PREFIX}_database_up", "Whether the scrape could read the cache.")
-        try:
-            infos = store.namespaces()
-        except CacheRefresherError as exc:
-            logger.warning("metrics could not read the cache state: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        if self._reading.acquire(blocking=False):
+            try:
+                self._last = store.namespaces()
+            except CacheRefresherError as exc:
+                logger.warning("metrics could not read the cache state: %s", exc)
+                self._last = None
+            finally:
+                self._reading.release()
+        infos = self._last  # another scrape is reading: what the last read found
+        up.add_metric([], 0 if infos is None else 1)
         yield up
-        yield from self._ages(infos)
+        if infos is not None:
+            yield from self._ages(infos)
 
     def _ages(self, infos: Sequence[NamespaceInfo]) -> Iterator[Metric]:
         now = self._clock()

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy.engine import Engine, make_url
 
 from refresher.cache import CacheStore, lease_name
@@ -34,6 +35,7 @@ from refresher.db import (
 )
 from refresher.errors import LeaseHeldError, StoreError
 from refresher.lease import Lease, LeaseManager
+from refresher.metrics import RefreshMetrics
 from refresher.namespaces import Namespace, Readers, Schedule
 from refresher.refresh import RefreshOutcome, SourceServices, refresh_now
 from refresher.scheduler import Scheduler
@@ -541,3 +543,34 @@ def test_a_server_that_stops_answering_fails_the_connection_instead_of_hanging_i
     assert time.monotonic() - started < 10  # not the hang it was without a timeout
     assert "timeout" in str(raised.value).lower()
     assert PASSWORD not in str(raised.value)
+
+
+def test_scrapes_while_the_database_hangs_do_not_pile_up_behind_it(
+    engine: Engine, proxy: DbProxy
+) -> None:
+    store = CacheStore(engine)
+    store.apply("users", [{"id": "a"}])
+    registry = CollectorRegistry()
+    RefreshMetrics(registry, store=store)
+    assert b"cache_refresher_database_up 1.0" in generate_latest(registry)  # a first read
+    proxy.stall()  # the database stops answering, its connections stay open
+    first = threading.Thread(target=generate_latest, args=(registry,), daemon=True)
+    first.start()
+    later: list[bytes] = []
+    try:
+        wait_until(lambda: engine.pool.checkedout() == 1, "the first scrape's query")  # type: ignore[attr-defined]
+        second = threading.Thread(target=lambda: later.append(generate_latest(registry)))
+        second.daemon = True
+        second.start()
+        second.join(WAIT / 3)
+
+        # It answered with what the last read found, without a thread and a connection of
+        # its own waiting on the database (each scrape used to: one more every scrape).
+        assert later, "the second scrape waited for the database too"
+        text = later[0].decode()
+        assert "cache_refresher_database_up 1.0" in text
+        assert 'cache_refresher_cache_age_seconds{namespace="users"}' in text
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    finally:
+        proxy.restore()
+        first.join(WAIT)
