@@ -16,8 +16,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from rich.table import Column, Table
+from rich.text import Text
 
 from refresher.cache import NamespaceInfo, RefreshResult, RunRecord
+from refresher.findings import Finding, Outcome
 from refresher.secrets.base import SecretStatus, format_time
 
 NO_VALUE = "-"
@@ -56,6 +58,13 @@ def _table(*headings: str) -> Table:
     return Table(*(Column(heading, overflow="fold") for heading in headings))
 
 
+def _add_row(table: Table, *cells: str | Text) -> None:
+    """Add a row whose plain strings are shown as they are. rich reads a ``str`` cell as
+    markup: an error quoting an upstream's ``[/]`` would fail the command, and ``[b]``
+    would vanish from the text."""
+    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
+
+
 def namespace_table(
     infos: Sequence[NamespaceInfo],
     staleness: Mapping[str, float] | None,
@@ -81,7 +90,7 @@ def namespace_table(
         run = latest.get(name)
         if info is None and run is not None:
             cells[-1] = _error(run.error_class, run.error_message)
-        table.add_row(name, *cells)
+        _add_row(table, name, *cells)
     return table
 
 
@@ -120,7 +129,8 @@ def runs_table(runs: Sequence[RunRecord]) -> Table:
         took = None
         if run.finished_at is not None:
             took = (run.finished_at - run.started_at).total_seconds()
-        table.add_row(
+        _add_row(
+            table,
             str(run.id),
             format_when(run.started_at),
             NO_VALUE if took is None else f"{took:.2f}s",
@@ -151,7 +161,8 @@ def secrets_table(statuses: Sequence[SecretStatus]) -> Table:
         "state",
     )  # fmt: skip
     for status in statuses:
-        table.add_row(
+        _add_row(
+            table,
             status.name,
             status.version or NO_VALUE,
             status.previous_version or NO_VALUE,
@@ -184,3 +195,15 @@ def refresh_summary(namespace: str, result: RefreshResult, seconds: float) -> st
         f"{result.inserted} inserted, {result.updated} updated, {result.deleted} deleted, "
         f"{result.unchanged} unchanged."
     )
+
+
+OUTCOME_STYLES = {Outcome.OK: "green", Outcome.WARNING: "yellow", Outcome.FAILED: "bold red"}
+
+
+def findings_table(findings: Sequence[Finding]) -> Table:
+    """What ``cache-refresher check`` found: a row per check, its outcome and detail."""
+    table = _table("check", "result", "detail")
+    for finding in findings:
+        style = OUTCOME_STYLES[finding.outcome]
+        _add_row(table, finding.check, Text(finding.outcome.value, style=style), finding.detail)
+    return table

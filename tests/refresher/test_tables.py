@@ -91,6 +91,22 @@ def test_runs_show_counts_duration_secret_versions_and_runner() -> None:
         assert expected in line
 
 
+@pytest.mark.parametrize("message", ["item 'a[/]b' has no key", "key '[bold]x' is too long"])
+def test_an_error_is_shown_as_written_never_read_as_markup(message: str) -> None:
+    # An upstream's text ends up in run errors; rich would read "[/]" as markup and fail
+    # the whole command, and take "[bold]" away from the message.
+    run = RunRecord(
+        8, "users", NOW, NOW, "failed", None, 0, 0, 0, 0, "UpstreamDataError", message, {},
+        "host-[b]:1",
+    )  # fmt: skip
+    shown = f"UpstreamDataError: {message}"
+    listed = namespace_table([], {"users": 60}, NOW, never_refreshed={"users": run})
+    assert shown in row(text(listed), "users")
+    history = row(text(runs_table([run])), "8")
+    assert shown in history
+    assert "host-[b]:1" in history
+
+
 def test_secrets_show_versions_and_times_never_a_value() -> None:
     status = SecretStatus(
         name="api-key", version="v2", previous_version="v1", not_before=None,
