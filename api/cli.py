@@ -45,7 +45,6 @@ from api.devenv import (
     USERS,
     USERS_BY_KEY,
     KeyRotation,
-    check_columns,
     claim_dev_directory,
     demo_token,
     devstack_settings,
@@ -209,9 +208,9 @@ def _start_refreshing(running: ExitStack, settings: Settings, stack: DevStack) -
     services = running.enter_context(open_services(settings))
     engine = running.enter_context(cache_engine(settings))
     init_schema(engine)
-    check_columns(engine)
     leases = LeaseManager(engine, ttl=settings.lease_ttl_seconds)
     store = CacheStore(engine, leases=leases, runs_kept=settings.runs_kept)
+    check_tables(store)  # a database left by an older checkout: named, not failing every read
     scheduler, metrics = observed_scheduler(settings, store, namespaces, services)
     scheduler.start()
     running.callback(scheduler.stop, settings.stop_grace_seconds)

@@ -22,8 +22,6 @@ Everything here is for local development only; production never reaches it
   :func:`read_env_file`). They are never printed.
 - :class:`KeyRotation`: rotates the upstream API key on a period, so operators
   can watch the source move to new versions (logged by version, never by value).
-- :func:`check_columns`: a database left by an older checkout (there are no
-  migrations yet) is named at start instead of failing every refresh and read.
 - :func:`quiet_logs`: keeps the console to what an operator follows (a line per
   refresh, rotation and secret version), not every HTTP exchange.
 - :func:`claim_dev_directory`: one ``dev`` per directory: a second would rewrite
@@ -43,19 +41,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-import sqlalchemy as sa
 from pydantic import SecretStr
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from devstack.directory import EVENT_GRID_APP_ID
 from devstack.files import write_private
 from devstack.stack import DevStack
 from devstack.upstream import UPSTREAM_RESOURCE
 from refresher.cli import HTTP_CLIENT_LOGGERS
-from refresher.errors import ConfigurationError, StoreError
+from refresher.errors import ConfigurationError
 from refresher.namespaces import Namespace, load_namespaces
-from refresher.schema import metadata
 from refresher.settings import DEV_DIR, Settings, api_audiences
 
 logger = logging.getLogger(__name__)
@@ -271,33 +265,6 @@ def read_env_file(path: Path) -> dict[str, str]:
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     pairs = (shlex.split(line)[0].split("=", 1) for line in lines)
     return {name: value for name, value in pairs}
-
-
-def check_columns(engine: Engine) -> None:
-    """Raise :class:`StoreError` naming the columns the existing tables lack."""
-    try:
-        inspector = sa.inspect(engine)
-        present = {
-            table.name: {column["name"] for column in inspector.get_columns(table.name)}
-            for table in metadata.sorted_tables
-        }
-    except SQLAlchemyError as exc:
-        raise StoreError(
-            f"cannot inspect the cache tables ({type(exc).__name__}): check the database"
-        ) from exc
-    missing = [
-        f"{table.name}.{column.name}"
-        for table in metadata.sorted_tables
-        for column in table.columns
-        if column.name not in present[table.name]
-    ]
-    if missing:
-        raise StoreError(
-            f"the cache tables on {engine.url.render_as_string(hide_password=True)} were created "
-            f"by an older cache-refresher (no column {', '.join(missing)}) and there are no "
-            "migrations yet: delete that development database (`make clean` removes ./.dev) "
-            "or point CACHE_REFRESHER_DATABASE_URL at an empty one"
-        )
 
 
 def quiet_logs() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import json
 import logging
 import os
 import signal
@@ -42,12 +43,15 @@ from sqlalchemy.engine import Engine, make_url
 
 from refresher.cache import CacheStore, check_namespace, describe_error
 from refresher.db import cache_engine, database_problem, describe_database, init_schema, utcnow
+from refresher.db_check import schema_problems
 from refresher.ddl import DIALECTS, render_ddl
-from refresher.errors import CacheRefresherError, ConfigurationError
+from refresher.errors import CacheRefresherError, ConfigurationError, StoreError
+from refresher.findings import Outcome, any_failed
 from refresher.lease import LeaseManager, default_holder
 from refresher.logs import configure_logging, log_fatal_as_json
 from refresher.metrics import RefreshMetrics, serve_metrics
 from refresher.namespaces import Namespace, load_namespaces, sources_closed_after
+from refresher.preflight import preflight
 from refresher.probes import scheduler_probes
 from refresher.progress import RefreshProgress
 from refresher.refresh import RefreshOutcome, is_expected, refresh_now
@@ -56,6 +60,7 @@ from refresher.scheduler import Scheduler
 from refresher.services import AppServices, open_services
 from refresher.settings import Settings, load_settings, requested_log_format
 from refresher.tables import (
+    findings_table,
     namespace_table,
     refresh_summary,
     runs_table,
@@ -492,6 +497,36 @@ def secrets_status() -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
+@app.command("check")
+def check(
+    sources: Annotated[
+        bool,
+        typer.Option(
+            "--sources",
+            help="Also read each namespace's first item from its upstream (one request each).",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the findings as a JSON array, for scripts.")
+    ] = False,
+) -> None:
+    """Check that this environment's settings would work: app identity, Key Vault secrets,
+    database tables and rights, namespaces file; exit 1 if anything would fail.
+
+    Run it before rolling out a replica. It writes nothing, and shows names, versions and
+    roles, never a secret's value or a token.
+    """
+    settings = settings_or_exit()
+    findings = preflight(settings, sources=sources)
+    if as_json:
+        records = [dataclasses.asdict(finding) for finding in findings]
+        print(json.dumps(records, indent=2))
+    else:
+        console.print(findings_table(findings))
+    if any_failed(findings):
+        raise typer.Exit(EXIT_FAILED)
+
+
 # -- shared by the commands ---------------------------------------------------------------
 
 
@@ -523,7 +558,15 @@ def configured_namespace(settings: Settings, name: str) -> Namespace:
 
 
 def check_tables(store: CacheStore) -> None:
-    """Fail at start, not in every loop, when the tables are missing (StoreError)."""
+    """Fail at start, not in every loop, when the tables are missing or are not this
+    version's (a StoreError naming the DDL or migration to apply); log what would only
+    make the service slower (a missing index)."""
+    problems = schema_problems(store.engine)
+    failed = [problem.detail for problem in problems if problem.outcome is Outcome.FAILED]
+    if failed:
+        raise StoreError("; ".join(failed))
+    for problem in problems:
+        logger.warning("the cache tables: %s", problem.detail)
     store.namespaces()
     request_status(store.engine, 0)
 

@@ -35,7 +35,12 @@ from api.cli import app
 from devstack.server import Server
 from devstack.stack import DevStack
 from refresher.cache import CacheStore, lease_name
-from refresher.cli import HTTP_CLIENT_LOGGERS, RAW_HEADER_LOGGERS, configured_namespaces
+from refresher.cli import (
+    HTTP_CLIENT_LOGGERS,
+    RAW_HEADER_LOGGERS,
+    check_tables,
+    configured_namespaces,
+)
 from refresher.db import create_engine, init_schema
 from refresher.ddl import DIALECTS
 from refresher.lease import LeaseManager
@@ -442,6 +447,58 @@ def test_refresh_shows_progress_and_the_counts_and_exits_0(configured: dict[str,
     assert "3/3" in result.stderr  # the demo's 100-item pages
     assert "rows written" in result.stderr
     assert "250/250" in result.stderr
+
+
+def test_check_lists_what_it_checked_and_exits_0_when_nothing_failed(
+    configured: dict[str, str],
+) -> None:
+    result = runner.invoke(app, ["check"], env=configured)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "│" in line}
+    assert [name for name in rows if name != "check"] == [
+        "identity",
+        "database",
+        "tables",
+        "rights",
+        "namespaces",
+    ]
+    assert "5 tables, their columns and indexes as expected" in rows["tables"]
+    assert "2 in " in rows["namespaces"]
+
+
+def test_check_sources_reads_each_upstream_and_exits_1_naming_the_one_that_failed(
+    configured: dict[str, str],
+) -> None:
+    result = runner.invoke(app, ["check", "--sources", "--json"], env=configured)
+    assert result.exit_code == 1, result.output
+    found = {finding["check"]: finding for finding in json.loads(result.stdout)}
+    assert found["source catalogue"]["outcome"] == "ok"
+    assert found["source down"]["outcome"] == "failed"
+    assert "could not be reached (connection failed)" in found["source down"]["detail"]
+    assert "Traceback" not in result.output
+
+
+def test_check_on_a_database_without_the_tables_exits_1_naming_the_ddl(sqlite_url: str) -> None:
+    result = runner.invoke(app, ["check", "--json"], env=_env(database_url=sqlite_url))
+    assert result.exit_code == 1, result.output
+    found = {finding["check"]: finding for finding in json.loads(result.stdout)}
+    assert (found["tables"]["outcome"], found["rights"]["outcome"]) == ("failed", "warning")
+    assert "sql/sqlite/001_cache_tables.sql" in found["tables"]["detail"]
+
+
+def test_tables_missing_an_index_are_a_warning_at_start_not_a_refusal(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(sqlite_url)
+    init_schema(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP INDEX ix_cache_entries_namespace_generation")
+    try:
+        with caplog.at_level(logging.WARNING, logger="refresher.cli"):
+            check_tables(CacheStore(engine))
+    finally:
+        engine.dispose()
+    assert "apply sql/sqlite/003_cache_entries_generation_index.sql" in caplog.text
 
 
 def test_a_refresh_deleting_past_max_deleted_is_refused_unless_allowed_once(

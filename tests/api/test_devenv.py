@@ -28,7 +28,6 @@ from api.devenv import (
     USERS_BY_KEY,
     UVICORN_LOGGERS,
     KeyRotation,
-    check_columns,
     claim_dev_directory,
     demo_token,
     devstack_settings,
@@ -39,6 +38,8 @@ from api.devenv import (
     write_env_file,
 )
 from devstack.stack import DevStack
+from refresher.cache import CacheStore
+from refresher.cli import check_tables
 from refresher.db import create_engine, init_schema
 from refresher.errors import ConfigurationError, StoreError
 from refresher.identity.build import resolve_kind
@@ -201,16 +202,16 @@ def test_tables_of_an_older_version_are_named_at_start(sqlite_url: str) -> None:
         )
     init_schema(engine)
     try:
-        with pytest.raises(StoreError, match=r"no column cache_entries\.source_version"):
-            check_columns(engine)
+        with pytest.raises(StoreError, match=r"cache_entries lacks source_version: created by"):
+            check_tables(CacheStore(engine))
     finally:
         engine.dispose()
 
 
-def test_tables_of_this_version_pass_the_column_check(sqlite_url: str) -> None:
+def test_tables_of_this_version_pass_the_check_at_start(sqlite_url: str) -> None:
     engine = create_engine(sqlite_url)
     init_schema(engine)
-    check_columns(engine)
+    check_tables(CacheStore(engine))
     engine.dispose()
 
 
