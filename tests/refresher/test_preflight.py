@@ -63,8 +63,10 @@ def by_check(findings: list[Finding]) -> dict[str, Finding]:
 
 def assert_no_secret_in(findings: list[Finding], stack: DevStack) -> None:
     shown = "\n".join(f"{f.check} {f.detail}" for f in findings)
-    leaked = [value for value in stack.sensitive_values() if value and value in shown]
-    assert not leaked, "a secret or token is in a finding's text"
+    # As the suite's leak check: values too short to tell from words are left out, and a
+    # failure says how many leaked, never which (it would print them).
+    leaked = sum(1 for value in stack.sensitive_values() if len(value) >= 8 and value in shown)
+    assert leaked == 0, f"{leaked} secret(s) or token(s) in a finding's text"
 
 
 GROUP_READERS = """
