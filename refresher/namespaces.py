@@ -288,6 +288,12 @@ def _utf8_text(data: bytes, path: Path) -> str:
             f"the namespaces file {str(path)!r} is UTF-16 (it starts with a UTF-16 byte order "
             "mark), and TOML is UTF-8: save it as UTF-8"
         )
+    if b"\x00" in data:  # never in TOML text; every other byte of UTF-16's ASCII letters
+        raise ConfigurationError(
+            f"the namespaces file {str(path)!r} holds NUL bytes (the first at offset "
+            f"{data.index(0)}): it looks like UTF-16 without a byte order mark, and TOML is "
+            "UTF-8: save it as UTF-8"
+        )
     try:
         return data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -195,6 +195,23 @@ def test_a_utf16_file_is_refused_naming_its_encoding(tmp_path: Path) -> None:
         load_namespaces(path, configured_secrets=[])
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_a_utf16_file_without_a_byte_order_mark_is_refused_naming_its_encoding(
+    tmp_path: Path, encoding: str
+) -> None:
+    # tomllib read it as UTF-8 (ASCII letters with NULs between) and said only
+    # "Invalid initial character for a key part".
+    path = tmp_path / "utf16.toml"
+    path.write_bytes(ONE_NAMESPACE.encode(encoding))
+    with pytest.raises(ConfigurationError) as caught:
+        load_namespaces(path, configured_secrets=[])
+    first_nul = 0 if encoding == "utf-16-be" else 1
+    assert str(caught.value) == (
+        f"the namespaces file {str(path)!r} holds NUL bytes (the first at offset {first_nul}): "
+        "it looks like UTF-16 without a byte order mark, and TOML is UTF-8: save it as UTF-8"
+    )
+
+
 def test_a_utf8_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     # Some editors write one; tomllib took it for a statement ("Invalid statement").
     path = tmp_path / "bom.toml"
