@@ -51,7 +51,7 @@ from refresher.lease import LeaseManager, default_holder
 from refresher.logs import configure_logging, log_fatal_as_json
 from refresher.metrics import RefreshMetrics, serve_metrics
 from refresher.namespaces import Namespace, load_namespaces, sources_closed_after
-from refresher.preflight import preflight
+from refresher.preflight import DEFAULT_TIMEOUT_SECONDS, preflight
 from refresher.probes import scheduler_probes
 from refresher.progress import RefreshProgress
 from refresher.refresh import RefreshOutcome, is_expected, refresh_now
@@ -509,6 +509,12 @@ def check(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the findings as a JSON array, for scripts.")
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=1, help="Seconds the whole check may take; a step still waiting then fails."
+        ),
+    ] = DEFAULT_TIMEOUT_SECONDS,
 ) -> None:
     """Check that this environment's settings would work: app identity, Key Vault secrets,
     database tables and rights, namespaces file; exit 1 if anything would fail.
@@ -517,7 +523,8 @@ def check(
     roles, never a secret's value or a token.
     """
     settings = settings_or_exit()
-    findings = preflight(settings, sources=sources)
+    with reported_errors():
+        findings = preflight(settings, sources=sources, timeout=timeout)
     if as_json:
         records = [dataclasses.asdict(finding) for finding in findings]
         print(json.dumps(records, indent=2))

@@ -293,9 +293,9 @@ class VaultUnavailableError(SecretError):
         self, name: str, vault: str, detail: str, *, retry_after: float | None = None
     ) -> None:
         super().__init__(
-            f"Key Vault {vault} could not be reached for secret {name!r} ({detail}): the "
-            "check is retried (a version already in use stays in use meanwhile); if this "
-            "persists, check the network and CACHE_REFRESHER_VAULT_URL",
+            f"Key Vault {vault} could not be reached for secret {name!r} ({detail}): a "
+            "running service checks again later (a version already in use stays in use "
+            "meanwhile); if this persists, check the network and CACHE_REFRESHER_VAULT_URL",
             name=name,
             vault=vault,
         )

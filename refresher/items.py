@@ -71,6 +71,14 @@ class _Scan:
             raise InvalidItemsError(_summarise(self.problems, self.count))
 
 
+def key_problem(item: Any, key_field: str) -> str | None:
+    """What :meth:`~refresher.cache.CacheStore.apply` would refuse in ``item``'s key, in its
+    words for an item at position 0 (``None``: the key is one the cache stores)."""
+    problems: list[str] = []
+    _key_of(item, key_field, 0, problems)
+    return problems[0] if problems else None
+
+
 def _key_of(item: Any, key_field: str, position: int, problems: list[str]) -> str | None:
     if not isinstance(item, Mapping):
         problems.append(f"item {position}: is a {type(item).__name__}, not a JSON object")

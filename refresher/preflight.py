@@ -5,17 +5,20 @@ pipeline's step, a first look at a new environment): it tries, with the settings
 environment, everything a replica needs at start, and reports each as a
 :class:`~refresher.findings.Finding` instead of stopping at the first failure:
 
-- **identity**: the app identity can be built (its certificate read, its kind resolved);
+- **identity**: the app identity can be built, and got every token the checks below asked
+  it for (the row comes first, its outcome from those tokens);
 - **secret NAME**: each Key Vault secret of ``CACHE_REFRESHER_SECRETS`` is read, with the
   identity's token (versions and expiry; never a value); one expiring soon is a warning;
 - **database**, **tables**, **rights** (and on Azure SQL **read committed snapshot**):
   :func:`refresher.db_check.database_findings`, logging in as the service does;
 - **namespaces**: the namespaces file loads, every mistake in it named;
-- **groups**: when a namespace's readers require a group, the app identity's token for
-  Microsoft Graph carries an application permission that lets the API look members up;
-- **source NAME** (``sources=True``): each namespace's source yields its first item, with
-  the key field. This sends each upstream one request (a first page, a query's first
-  row) and writes nothing to the cache.
+- **api**: ``cache-refresher api`` would know its tenants and audiences (a warning: ``run``
+  does not need them);
+- **groups** and **source NAME** (``sources=True``): :mod:`refresher.upstream_check`.
+
+The checks run in order in a thread of their own, within ``timeout`` seconds in all
+(:data:`DEFAULT_TIMEOUT_SECONDS`); a check that cannot run for want of the identity or the
+secret store says so.
 
 No data is written (a SQLite file that does not exist yet is created, as the service
 would create it), and nothing held by the secret store or the identity leaves it:
@@ -25,95 +28,207 @@ details name secrets, scopes, versions and roles, never values or tokens.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from datetime import UTC, datetime
 
-import jwt
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from refresher.db import cache_engine
+from refresher.db import cache_engine, describe_database
 from refresher.db_check import database_findings
 from refresher.errors import CacheRefresherError, ConfigurationError
 from refresher.findings import Finding
-from refresher.identity.build import resolve_kind
+from refresher.identity.build import build_credential, resolve_kind
 from refresher.identity.credential import AppIdentity
 from refresher.namespaces import Namespace, load_namespaces
-from refresher.secrets.base import SecretStatus
-from refresher.secrets.keyvault import KeyVaultSecretStore
-from refresher.services import AppServices, identity_configured, open_services
-from refresher.settings import Settings
-from refresher.sources.base import FetchContext
+from refresher.secrets.base import SecretStatus, SecretStore, format_time
+from refresher.services import AppServices, open_services
+from refresher.settings import Settings, api_audiences, api_tenants
+from refresher.upstream_check import first_item_finding, group_findings
 
 logger = logging.getLogger(__name__)
 
 SECRET_EXPIRY_WARNING_SECONDS = 14 * 86400.0
 """A secret that expires sooner than this is a warning: put its next version in now."""
 
-GROUP_LOOKUP_ROLES = frozenset(
-    {
-        "GroupMember.Read.All",
-        "GroupMember.ReadWrite.All",
-        "Group.Read.All",
-        "Group.ReadWrite.All",
-        "Directory.Read.All",
-        "Directory.ReadWrite.All",
-    }
-)
-"""Microsoft Graph application permissions that allow ``checkMemberGroups`` on any user."""
+DEFAULT_TIMEOUT_SECONDS = 120.0
+"""How long the whole check may take: a step still waiting then (a vault or a database
+that takes connections and never answers, an upstream that drips) is reported as not
+answering, and the steps after it are not run."""
 
 
 def preflight(
-    settings: Settings, *, sources: bool = False, clock: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    sources: bool = False,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    clock: Callable[[], float] = time.time,
 ) -> list[Finding]:
-    """Every finding for these settings, in the order above (see the module docstring)."""
-    findings: list[Finding] = []
-    with ExitStack() as stack:
-        services = _services(settings, stack, findings)
-        if services is None:
-            findings.append(NOT_CHECKED_WITHOUT_IDENTITY)
-        else:
-            if services.secrets is not None:
-                findings += secret_findings(services.secrets, now=clock())
-            findings += _database(settings, services)
-        namespaces = _namespaces(settings, stack, findings)
+    """Every finding for these settings, in the order above (see the module docstring),
+    within ``timeout`` seconds.
+
+    The checks run in a thread of their own, so that one hanging on the network cannot
+    hold the command: past ``timeout`` the step in progress is a FAILED finding, and the
+    thread is left to end with the process (it holds nothing of the caller's).
+    """
+    checks = _Checks(settings, sources=sources, clock=clock)
+    worker = threading.Thread(target=checks.run, name="cache-refresher check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not worker.is_alive():
+        return checks.findings
+    step, waiting_on = checks.step
+    return [
+        *checks.findings,
+        Finding.failed(
+            step,
+            f"{waiting_on} did not answer within the check's {timeout:g} s: look for a "
+            "firewall or proxy that takes connections and never answers (the checks after "
+            "this one were not run; --timeout gives them longer)",
+        ),
+    ]
+
+
+class _Checks:
+    """The checks of one :func:`preflight`, run in order; ``findings`` grows as they end,
+    ``step`` names the one in progress (what it checks, whom it waits for)."""
+
+    def __init__(self, settings: Settings, *, sources: bool, clock: Callable[[], float]) -> None:
+        self.settings, self.sources, self.clock = settings, sources, clock
+        self.findings: list[Finding] = []
+        self.step = ("identity", "building the app identity")
+
+    def run(self) -> None:
+        try:
+            with ExitStack() as stack:
+                self._all(stack)
+        except Exception as exc:  # its message may hold anything: the log has it, in full
+            logger.exception("the check of %s failed unexpectedly", self.step[0])
+            self.findings.append(
+                Finding.failed(
+                    self.step[0],
+                    f"unexpected {type(exc).__name__} (see the log above): report it with the log",
+                )
+            )
+
+    def _all(self, stack: ExitStack) -> None:
+        settings = self.settings
+        services = self._services(stack)
+        at = len(self.findings)  # the identity's row, once its tokens were asked for
+        if services is not None and services.secrets is not None:
+            self.step = ("secrets", f"Key Vault {settings.vault_url}")
+            self.findings += secret_findings(services.secrets, now=self.clock())
+        if services is not None or settings.database_auth != "entra":
+            self.step = ("database", describe_database_url(settings))
+            identity = services.identity if services is not None else None
+            self.findings += _database(settings, identity)
+        self.step = ("namespaces", f"reading {settings.namespaces_file}")
+        namespaces = _namespaces(settings, stack, self.findings)
+        self.findings += api_findings(settings)
         if namespaces and services is not None:
-            findings += _groups(settings, namespaces, services.identity)
-            if sources:
-                findings += [_first_item(namespace, services) for namespace in namespaces]
-    return findings
+            self.step = ("groups", f"Entra ID, for a token for {settings.api_graph_url}")
+            self.findings += group_findings(settings, namespaces, services.identity)
+            for namespace in namespaces if self.sources else ():
+                self.step = (f"source {namespace.name}", f"the source of {namespace.name!r}")
+                self.findings.append(first_item_finding(namespace, services))
+        if services is not None and services.identity is not None:
+            self.findings.insert(at, identity_finding(settings, services.identity))
+        if services is None:
+            self.findings += _not_checked(settings, namespaces if self.sources else None)
+
+    def _services(self, stack: ExitStack) -> AppServices | None:
+        """The identity and secret store, or None (a FAILED finding added) if they cannot
+        be built. An identity only the database login uses is built here too."""
+        settings = self.settings
+        try:
+            services = stack.enter_context(open_services(settings, background=False))
+            if services.identity is None and settings.database_auth == "entra":
+                identity = build_credential(settings)
+                stack.callback(identity.close)
+                services = AppServices(identity=identity)
+        except ConfigurationError as exc:
+            unvaulted = bool(settings.secrets) and settings.vault_url is None
+            self.findings.append(Finding.failed("secrets" if unvaulted else "identity", str(exc)))
+            return None
+        if services.identity is None:
+            self.findings.append(
+                Finding.ok("identity", "none configured, and nothing here needs one")
+            )
+        return services
 
 
-NOT_CHECKED_WITHOUT_IDENTITY = Finding.warning(
-    "secrets, database, sources",
-    "not checked: they need the app identity, which could not be built (see above)",
-)
+def _not_checked(settings: Settings, namespaces: Sequence[Namespace] | None) -> list[Finding]:
+    """What could not be checked without the identity and secret store (see above)."""
+    why = "not checked: it needs the app identity and secret store, which could not be built"
+    skipped = [f"secret {name}" for name in settings.secrets]
+    if settings.database_auth == "entra":
+        skipped.append("database")
+    skipped += [f"source {namespace.name}" for namespace in namespaces or ()]
+    return [Finding.warning(check, f"{why} (see above)") for check in skipped]
 
 
-def _services(settings: Settings, stack: ExitStack, findings: list[Finding]) -> AppServices | None:
-    """The identity and secret store (their finding added), or None if they cannot be built."""
-    if not identity_configured(settings):
-        findings.append(Finding.ok("identity", "none configured (no vault, no Entra login)"))
-        return AppServices()
+def describe_database_url(settings: Settings) -> str:
     try:
-        services = stack.enter_context(open_services(settings, background=False))
-    except ConfigurationError as exc:
-        findings.append(Finding.failed("identity", str(exc)))
-        return None
-    findings.append(Finding.ok("identity", describe_identity(settings)))
-    return services
+        return describe_database(make_url(settings.database_url))
+    except ArgumentError:
+        return "the database"
+
+
+def identity_finding(settings: Settings, identity: AppIdentity) -> Finding:
+    """The ``identity`` row, from the tokens the other checks asked it for: ``ok`` only
+    with tokens, or when no check needed one."""
+    described = describe_identity(settings)
+    statuses = identity.status()
+    refused = [status for status in statuses if status.expires_on is None and status.last_error]
+    if refused:
+        first = refused[0]
+        return Finding.failed(
+            "identity", f"{described}: no token for {first.scope}: {first.last_error}"
+        )
+    held = [status.scope for status in statuses if status.expires_on is not None]
+    if not held:
+        return Finding.ok("identity", f"{described}; no check here needed a token")
+    return Finding.ok("identity", f"{described}; tokens obtained for {', '.join(held)}")
+
+
+def api_findings(settings: Settings) -> list[Finding]:
+    """Whether ``cache-refresher api`` could validate callers' tokens with these settings
+    (``run`` does not need it: a warning, not a failure)."""
+    tenants, audiences = api_tenants(settings), api_audiences(settings)
+    if not tenants or not audiences:
+        return [
+            Finding.warning(
+                "api",
+                "`cache-refresher api` would refuse to start: it needs its tenant and "
+                "audience: set AZURE_TENANT_ID and AZURE_CLIENT_ID (or "
+                "CACHE_REFRESHER_API_TENANTS and CACHE_REFRESHER_API_AUDIENCES); `run` "
+                "does not need them",
+            )
+        ]
+    return [
+        Finding.ok(
+            "api",
+            f"accepts tokens of tenant {', '.join(tenants)} for {', '.join(audiences)}",
+        )
+    ]
 
 
 def describe_identity(settings: Settings) -> str:
-    """Which identity the settings choose, e.g. ``client_secret: app 1234... of tenant 5678...``."""
+    """Which identity the settings choose, e.g. ``client secret: app 1234... of tenant 5678...``."""
     kind = resolve_kind(settings)
     if kind == "managed_identity":
-        who = f"user-assigned {settings.azure_client_id}" if settings.azure_client_id else None
-        return f"managed identity ({who or 'system-assigned'})"
-    return f"{kind}: app {settings.azure_client_id} of tenant {settings.azure_tenant_id}"
+        client = settings.azure_client_id
+        return f"managed identity ({f'user-assigned {client}' if client else 'system-assigned'})"
+    if kind == "default":
+        return "azure-identity's DefaultAzureCredential (the first credential this host offers)"
+    client = settings.azure_client_id or "(from the environment)"
+    tenant = settings.azure_tenant_id or "(from the environment)"
+    return f"{kind.replace('_', ' ')}: app {client} of tenant {tenant}"
 
 
-def secret_findings(store: KeyVaultSecretStore, *, now: float) -> list[Finding]:
+def secret_findings(store: SecretStore, *, now: float) -> list[Finding]:
     """One finding per configured secret, after reading each of them now."""
     store.check()
     return [_secret_finding(status, now) for status in store.status()]
@@ -130,19 +245,19 @@ def _secret_finding(status: SecretStatus, now: float) -> Finding:
         return Finding.warning(check, f"{held} in use, but {status.state}")
     if status.expires_on is None:
         return Finding.ok(check, f"{held}, no expiry")
-    expires = _when(status.expires_on)
+    expires = format_time(status.expires_on)
     if status.expires_on - now < SECRET_EXPIRY_WARNING_SECONDS:
         return Finding.warning(
             check,
-            f"{held} expires {expires}: add its next version to the vault before then "
-            "(replicas pick it up at their next check)",
+            f"{held} expires {expires}: make sure its next version is in the vault, valid "
+            "from before then (replicas take it up when it becomes valid)",
         )
     return Finding.ok(check, f"{held}, expires {expires}")
 
 
-def _database(settings: Settings, services: AppServices) -> list[Finding]:
+def _database(settings: Settings, identity: AppIdentity | None) -> list[Finding]:
     try:
-        with cache_engine(settings, identity=services.identity) as engine:
+        with cache_engine(settings, identity=identity) as engine:
             return database_findings(engine)
     except CacheRefresherError as exc:  # the URL, or an identity built for the login
         return [Finding.failed("database", str(exc))]
@@ -171,123 +286,3 @@ def _namespaces(
     names = ", ".join(namespace.name for namespace in namespaces)
     findings.append(Finding.ok("namespaces", f"{len(namespaces)} in {path}: {names}"))
     return namespaces
-
-
-def _groups(
-    settings: Settings, namespaces: Sequence[Namespace], identity: AppIdentity | None
-) -> list[Finding]:
-    """Whether the API could look a user's groups up, where a namespace requires a group."""
-    needing = [namespace.name for namespace in namespaces if namespace.readers.group]
-    if not needing:
-        return []
-    names = ", ".join(needing)
-    who = f"namespace {names} requires a group"
-    if len(needing) > 1:
-        who = f"namespaces {names} require a group"
-    scope = f"{settings.api_graph_url}/.default"
-    if identity is None:
-        return [
-            Finding.failed(
-                "groups",
-                f"{who}, and the API looks up the "
-                "groups of users in too many to list them with its app identity: configure "
-                "one (AZURE_CLIENT_ID, AZURE_TENANT_ID and a credential, or a managed identity)",
-            )
-        ]
-    try:
-        roles = token_roles(identity.get_token(scope).token)
-    except CacheRefresherError as exc:
-        return [Finding.failed("groups", f"no token for {scope}: {exc}")]
-    if roles & GROUP_LOOKUP_ROLES:
-        granted = ", ".join(sorted(roles & GROUP_LOOKUP_ROLES))
-        return [
-            Finding.ok("groups", f"the app identity holds {granted} on {settings.api_graph_url}")
-        ]
-    return [
-        Finding.failed(
-            "groups",
-            f"{who}, but the app identity's token "
-            f"for {scope} carries none of the permissions that let the API look a user's "
-            "groups up: grant it the Microsoft Graph application permission "
-            "GroupMember.Read.All (or Directory.Read.All), with admin consent",
-        )
-    ]
-
-
-def token_roles(token: str) -> frozenset[str]:
-    """The app roles (``roles``) an access token of our own identity carries.
-
-    Read for a diagnosis only: the signature is not checked (this process just received
-    the token from Entra ID over TLS), and nothing is decided on it.
-    """
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return frozenset()  # not a JWT (some clouds' tokens are opaque to their clients)
-    roles = claims.get("roles")
-    return (
-        frozenset(role for role in roles if isinstance(role, str))
-        if isinstance(roles, list)
-        else frozenset()
-    )
-
-
-def _first_item(namespace: Namespace, services: AppServices) -> Finding:
-    check = f"source {namespace.name}"
-    context = FetchContext(credential=services.identity, secrets=services.secrets)
-    try:
-        first = _first(namespace.source.fetch(context))
-    except CacheRefresherError as exc:
-        return Finding.failed(check, str(exc))
-    except Exception as exc:  # its message may hold anything: the log has it, in full
-        logger.exception("checking the source of namespace %r failed unexpectedly", namespace.name)
-        return Finding.failed(
-            check, f"unexpected {type(exc).__name__} (see the log above): report it with the log"
-        )
-    used = _versions_used(context)
-    if first is None:
-        detail = "the source gave no items"
-        if namespace.allow_empty:
-            return Finding.ok(check, detail + used)
-        return Finding.warning(
-            check, f"{detail}: a refresh would be refused (set allow_empty if that is right){used}"
-        )
-    return _key_finding(check, namespace, first, used)
-
-
-def _first(items: Iterable[object]) -> object | None:
-    """The first of ``items``; a lazy source is then closed, so it reads no further."""
-    iterator = iter(items)
-    try:
-        return next(iterator, None)
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
-
-
-def _key_finding(check: str, namespace: Namespace, first: object, used: str) -> Finding:
-    if not isinstance(first, Mapping):
-        return Finding.failed(check, f"its first item is a {type(first).__name__}, not an object")
-    if namespace.key_field not in namespace.project(first):
-        present = ", ".join(sorted(map(str, first)))[:200] or "none"
-        return Finding.failed(
-            check,
-            f"its first item has no key field {namespace.key_field!r} (its fields: {present}): "
-            "set key_field to the field that identifies an item",
-        )
-    return Finding.ok(check, f"first item read, with key field {namespace.key_field!r}{used}")
-
-
-def _versions_used(context: FetchContext) -> str:
-    if not context.secret_versions:
-        return ""
-    used = "; ".join(
-        f"{name} version {', '.join(versions)}"
-        for name, versions in context.secret_versions.items()
-    )
-    return f" (secrets used: {used})"
-
-
-def _when(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")

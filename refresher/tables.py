@@ -202,7 +202,7 @@ OUTCOME_STYLES = {Outcome.OK: "green", Outcome.WARNING: "yellow", Outcome.FAILED
 
 def findings_table(findings: Sequence[Finding]) -> Table:
     """What ``cache-refresher check`` found: a row per check, its outcome and detail."""
-    table = _table("check", "result", "detail")
+    table = _table("check", "outcome", "detail")
     for finding in findings:
         style = OUTCOME_STYLES[finding.outcome]
         _add_row(table, finding.check, Text(finding.outcome.value, style=style), finding.detail)

@@ -461,8 +461,10 @@ def test_check_lists_what_it_checked_and_exits_0_when_nothing_failed(
         "tables",
         "rights",
         "namespaces",
+        "api",
     ]
     assert "5 tables, their columns and indexes as expected" in rows["tables"]
+    assert "warning" in rows["api"]  # no tenant: `api` would refuse to start, `run` would not
     assert "2 in " in rows["namespaces"]
 
 

@@ -8,6 +8,7 @@ the built-in ``demo``, ``http_json`` and ``sql_query`` are added.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
@@ -16,6 +17,8 @@ from refresher.errors import ConfigurationError
 from refresher.sources.base import FetchContext, Source, SourceFactory
 
 ENTRY_POINT_GROUP = "cache_refresher.sources"
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ENTRY_POINT_GROUP", "FetchContext", "Source", "SourceFactory", "build_source", "kinds"]
 
@@ -38,5 +41,22 @@ def build_source(namespace: str, options: Mapping[str, Any]) -> Source:
             f"namespace {namespace!r}: unknown source kind {kind!r}; "
             f"use one of {', '.join(sorted(points))}"
         )
-    factory: SourceFactory = points[kind].load()
+    point = points[kind]
+    try:
+        factory: SourceFactory = point.load()
+    except Exception as exc:  # a plugin's import fails however it fails
+        logger.exception("loading source kind %r (%s) failed", kind, point.value)
+        raise ConfigurationError(
+            f"namespace {namespace!r}: its source kind {kind!r} could not be loaded "
+            f"({point.value}: {_import_failure(exc)}): install what its package needs, or "
+            "reinstall it"
+        ) from None
     return factory(namespace, {k: v for k, v in options.items() if k != "kind"})
+
+
+def _import_failure(exc: Exception) -> str:
+    """Why an entry point did not load: the missing module's name, else the error's class
+    (a plugin's own message may hold anything; the log has it)."""
+    if isinstance(exc, ImportError) and exc.name:
+        return f"{type(exc).__name__}: no module named {exc.name!r}"
+    return f"{type(exc).__name__}, see the log"

@@ -7,8 +7,10 @@ real msal and azure-keyvault-secrets; the databases are real SQLite and PostgreS
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +98,16 @@ def test_a_working_environment_passes_every_check_and_names_what_it_used(
         "tables",
         "rights",
         "namespaces",
+        "api",
         "source demo",
         "source users",
         "source users-by-key",
     ]
     assert {f.outcome for f in findings} == {Outcome.OK}, findings
     assert f"app {stack.service.client_id}" in found["identity"].detail
+    assert found["identity"].detail.endswith(
+        f"tokens obtained for {UPSTREAM_RESOURCE}/.default, https://vault.azure.net/.default"
+    )
     assert "demo, users, users-by-key" in found["namespaces"].detail
     assert "key field 'id'" in found["source users"].detail
     assert f"{stack.upstream_api_key_secret} version" in found["source users-by-key"].detail
@@ -120,16 +126,21 @@ def test_an_app_the_vault_does_not_admit_fails_each_secret_saying_which_role_to_
     assert_no_secret_in(findings, stack)
 
 
-def test_a_wrong_client_secret_fails_the_secrets_saying_the_credential_was_refused(
+def test_a_wrong_client_secret_fails_the_identity_and_each_secret_without_showing_it(
     stack: DevStack, sqlite_url: str
 ) -> None:
+    wrong = secrets.token_urlsafe(24)
     settings = app_settings(
-        stack, stack.service, database_url=with_tables(sqlite_url),
-        azure_client_secret=secrets.token_urlsafe(24),
-    )  # fmt: skip
-    secret = by_check(preflight(settings))[f"secret {stack.upstream_api_key_secret}"]
-    assert secret.outcome is Outcome.FAILED
-    assert "AZURE_CLIENT_SECRET" in secret.detail or "client secret" in secret.detail.lower()
+        stack, stack.service, database_url=with_tables(sqlite_url), azure_client_secret=wrong
+    )
+    findings = preflight(settings)
+    found = by_check(findings)
+    assert found["identity"].outcome is Outcome.FAILED
+    assert "no token for https://vault.azure.net/.default" in found["identity"].detail
+    assert "AZURE_CLIENT_SECRET" in found["identity"].detail
+    assert found[f"secret {stack.upstream_api_key_secret}"].outcome is Outcome.FAILED
+    assert found["tables"].outcome is Outcome.OK
+    assert not any(wrong in f"{f.check} {f.detail}" for f in findings)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +159,7 @@ def test_a_secret_expiring_within_two_weeks_is_a_warning(
     assert secret.outcome is outcome
     assert "expires 20" in secret.detail
     if outcome is Outcome.WARNING:
-        assert "add its next version" in secret.detail
+        assert "make sure its next version is in the vault" in secret.detail
 
 
 def test_without_identity_nor_vault_only_the_database_and_namespaces_are_checked(
@@ -160,10 +171,11 @@ def test_without_identity_nor_vault_only_the_database_and_namespaces_are_checked
     )
     found = by_check(preflight(settings, sources=True))
     assert list(found) == [
-        "identity", "database", "tables", "rights", "namespaces", "source demo"
+        "identity", "database", "tables", "rights", "namespaces", "api", "source demo"
     ]  # fmt: skip
-    assert all(finding.outcome is Outcome.OK for finding in found.values())
-    assert found["identity"].detail.startswith("none configured")
+    assert {f.check for f in found.values() if f.outcome is not Outcome.OK} == {"api"}
+    assert found["identity"].detail == "none configured, and nothing here needs one"
+    assert "`cache-refresher api` would refuse to start" in found["api"].detail
 
 
 def test_missing_tables_fail_naming_the_ddl_to_apply(sqlite_url: str) -> None:
@@ -268,3 +280,72 @@ auth = "app_token"
 scope = "{UPSTREAM_RESOURCE}/.default"
 ca_bundle = "{stack.ca_path}"
 """
+
+
+def test_secrets_named_without_a_vault_fail_and_the_database_is_still_checked(
+    sqlite_url: str,
+) -> None:
+    # `run` refuses these settings: the check must not pass them.
+    settings = load_settings(database_url=with_tables(sqlite_url), secrets=["api-key"])
+    found = by_check(preflight(settings))
+    assert found["secrets"].outcome is Outcome.FAILED
+    assert "CACHE_REFRESHER_VAULT_URL is not set" in found["secrets"].detail
+    assert found["tables"].outcome is Outcome.OK
+    assert found["secret api-key"].outcome is Outcome.WARNING  # not checked, and says so
+
+
+def test_an_identity_that_cannot_be_built_fails_and_a_database_without_it_is_still_checked(
+    sqlite_url: str,
+) -> None:
+    settings = load_settings(
+        database_url=with_tables(sqlite_url), identity="client_secret",
+        azure_client_id=str(uuid.uuid4()), azure_client_secret="x" * 20,
+    )  # fmt: skip
+    found = by_check(preflight(settings))
+    assert found["identity"].outcome is Outcome.FAILED
+    assert "AZURE_TENANT_ID" in found["identity"].detail
+    assert found["tables"].outcome is Outcome.OK
+
+
+def test_a_source_whose_key_field_holds_no_usable_key_fails_as_a_refresh_would(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    demo = '[namespaces.demo]\nkey_field = "price"\nevery = 60\nsource = { kind = "demo" }\n'
+    settings = load_settings(
+        database_url=with_tables(sqlite_url), namespaces_file=namespaces_file(tmp_path, demo)
+    )
+    source = by_check(preflight(settings, sources=True))["source demo"]
+    assert source.outcome is Outcome.FAILED
+    assert source.detail == (
+        "its first item would be refused: key field 'price' is a dict; it must be a string "
+        "or an integer"
+    )
+
+
+@pytest.fixture
+def silent_vault() -> Iterator[str]:
+    """An https URL on 127.0.0.1 whose port takes connections and never answers (nothing
+    accepts them: the kernel completes the handshakes); closed after the test, which
+    resets them."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        listener.close()
+
+
+def test_a_vault_that_never_answers_fails_at_the_timeout_naming_it(
+    stack: DevStack, sqlite_url: str, silent_vault: str
+) -> None:
+    settings = app_settings(
+        stack, stack.service, database_url=with_tables(sqlite_url), vault_url=silent_vault
+    )
+    started = time.monotonic()
+    findings = preflight(settings, timeout=2)
+    assert time.monotonic() - started < 10
+    last = findings[-1]
+    assert (last.check, last.outcome) == ("secrets", Outcome.FAILED)
+    assert f"Key Vault {silent_vault} did not answer within the check's 2 s" in last.detail
+    assert "database" not in by_check(findings)  # the checks after it were not run
