@@ -329,12 +329,12 @@ def init_schema(engine: Engine) -> None:
         if driver is not None and _permission_denied(driver[1]):
             raise StoreError(
                 f"could not create the cache tables: {describe_database(engine.url)} refused it "
-                f"({_said(driver[0], engine.url)}): this login lacks DDL rights; {dba}"
+                f"({driver_said(driver[0], engine.url)}): this login lacks DDL rights; {dba}"
             ) from exc
         problem = database_problem(exc, engine.url)
         if problem is None:
             problem = (
-                f"{describe_database(engine.url)} failed ({_said(exc, engine.url)}): see its "
+                f"{describe_database(engine.url)} failed ({driver_said(exc, engine.url)}): see its "
                 f"message; if this login may not create tables, {dba}"
             )
         raise StoreError(f"could not create the cache tables: {problem}") from exc
@@ -354,7 +354,7 @@ def database_problem(exc: BaseException, url: URL) -> str | None:
     if driver is None:
         return None
     error, orig = driver
-    said = _said(error, url)
+    said = driver_said(error, url)
     if _odbc_driver_missing(orig):
         return f"cannot connect to {describe_database(url)}: {_odbc_driver_problem(url, said)}"
     if isinstance(orig, sqlite3.Error):
@@ -470,7 +470,7 @@ def describe_database(url: URL) -> str:
     return f"the {backend} database {url.database or '(default)'!r}{where}"
 
 
-def _said(exc: BaseException, url: URL) -> str:
+def driver_said(exc: BaseException, url: URL) -> str:
     """The driver's class and first line, with the URL and its password blanked out."""
     if not isinstance(exc, SQLAlchemyError):
         return type(exc).__name__

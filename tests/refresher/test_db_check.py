@@ -1,10 +1,11 @@
 """The database's checks of ``cache-refresher check`` (:mod:`refresher.db_check`).
 
 On real SQLite and PostgreSQL databases, built with ``create_engine`` and ``init_schema``
-and then broken the way a real one is (a table, a column or an index missing, a role
-with only SELECT, a read-only file, a server that does not answer). Azure SQL has no
-server here: its comparison is checked on reflected data built by hand, and its
-statements are compiled with the mssql dialect.
+and then broken the way a real one is (a table, a column, an index or a primary key
+missing, a role with only SELECT, tables in a schema later on the search_path or off it,
+a read-only file, a write lock another process holds, a server that does not answer).
+Azure SQL has no server here: its statements are compiled with the mssql dialect (its
+comparison is tests/refresher/test_schema_check.py's).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,22 +22,20 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from refresher.db import create_engine, describe_database, init_schema
+from refresher.db import SQLITE_BUSY_TIMEOUT_MS, create_engine, describe_database, init_schema
 from refresher.db_check import (
     CURRENT_LOGIN,
     READ_COMMITTED_SNAPSHOT,
-    ReflectedTable,
-    binary_columns,
     database_findings,
     rights_finding,
     rights_statement,
-    schema_findings,
     schema_problems,
+    schemas_statement,
     snapshot_finding,
 )
 from refresher.ddl import DIALECTS
 from refresher.findings import Finding, Outcome
-from refresher.schema import BINARY_COLLATION, metadata
+from refresher.schema import metadata
 from tests.processes import free_port
 
 OK, WARNING, FAILED = Outcome.OK, Outcome.WARNING, Outcome.FAILED
@@ -69,6 +69,16 @@ def built(url: str, *, tables: bool = True) -> Iterator[Engine]:
         engine.dispose()
 
 
+def schema_of(postgresql_url: str) -> str:
+    """The test's own schema, the one its URL's search_path names."""
+    return str(make_url(postgresql_url).query["options"]).removeprefix("-csearch_path=")
+
+
+def with_search_path(url: str, *schemas: str) -> str:
+    options = {"options": f"-csearch_path={','.join(schemas)}"}
+    return make_url(url).update_query_dict(options).render_as_string(hide_password=False)
+
+
 # --- SQLite and PostgreSQL ---------------------------------------------------------
 
 
@@ -94,7 +104,7 @@ def test_a_database_without_tables_fails_naming_each_and_the_reviewed_ddl(db_url
     assert f"have a DBA apply {folder}/001_cache_tables.sql" in detail
     assert "run `cache-refresher db init`" in detail
     if engine.dialect.name == "postgresql":  # looked for in this test's own schema
-        schema = str(make_url(db_url).query["options"]).removeprefix("-csearch_path=")
+        schema = schema_of(db_url)
         assert detail.startswith(f"schema {schema!r} of the postgresql database 'test'")
     assert findings[2].detail == "not checked: none of the cache tables is there (see tables)"
 
@@ -180,6 +190,29 @@ def test_schema_problems_are_only_the_tables_checks_warnings_and_failures(engine
     assert outcomes(schema_problems(engine)) == [("tables", FAILED), ("tables", WARNING)]
 
 
+def test_a_table_without_its_primary_key_fails_naming_it_and_001(engine: Engine) -> None:
+    execute(
+        engine,
+        "ALTER TABLE cache_leases RENAME TO old_leases",
+        "CREATE TABLE cache_leases AS SELECT * FROM old_leases WHERE 1 = 0",
+        "DROP TABLE old_leases",
+    )
+
+    findings = database_findings(engine)
+
+    assert outcomes(findings) == [("database", OK), ("tables", FAILED), ("rights", OK)]
+    detail = findings[1].detail
+    assert detail.startswith(
+        "cache_leases has no primary key, where it should be on (name): without it one key can "
+        "be stored twice, two replicas could both take a lease, and refreshes fail "
+        "(MultipleResultsFound)"
+    )
+    assert f"CREATE TABLE statement in {FOLDERS[engine.dialect.name]}/001_cache_tables.sql" in (
+        detail
+    )
+    assert outcomes(schema_problems(engine)) == [("tables", FAILED)]
+
+
 def test_a_check_that_cannot_run_is_its_own_failure_not_an_exception(tmp_path: Path) -> None:
     path = tmp_path / "cache.db"
     with built(f"sqlite:///{path}"):
@@ -223,6 +256,32 @@ def test_a_read_only_sqlite_file_fails_the_rights_naming_the_file(tmp_path: Path
     assert "make the file and its folder writable by this user" in detail
 
 
+def test_a_write_lock_held_by_another_process_is_a_warning_within_seconds(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cache.db"
+    with built(f"sqlite:///{path}"):
+        pass
+    holder = sqlite3.connect(path, isolation_level=None)  # as a refresh of another process
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with built(f"sqlite:///{path}", tables=False) as engine:
+            started = time.monotonic()
+            findings = database_findings(engine)
+            took = time.monotonic() - started
+            with engine.connect() as conn:  # the pool's connection waits as long as before
+                timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+    finally:
+        holder.close()
+
+    assert outcomes(findings) == [("database", OK), ("tables", OK), ("rights", WARNING)]
+    assert findings[2].detail == (
+        "not checked: another process holds the write lock (a refresh, say): run the check again"
+    )
+    assert took < 10  # the probe's 2 s, not the engine's 30 s
+    assert timeout == SQLITE_BUSY_TIMEOUT_MS
+
+
 def test_a_server_that_does_not_answer_is_one_database_failure_without_password() -> None:
     port = free_port()
     url = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{port}/test"
@@ -246,7 +305,7 @@ def test_a_server_that_does_not_answer_is_one_database_failure_without_password(
 def login_as(postgres_server: Engine, postgresql_url: str) -> Iterator[Callable[..., str]]:
     """Makes a login role of this test's own, granted ``grants`` (``{role}`` and ``{schema}``
     filled in); returns the test schema's URL as that role. Dropped after, even on failure."""
-    schema = str(make_url(postgresql_url).query["options"]).removeprefix("-csearch_path=")
+    schema = schema_of(postgresql_url)
     roles: list[str] = []
 
     def make(*grants: str) -> str:
@@ -264,7 +323,7 @@ def login_as(postgres_server: Engine, postgresql_url: str) -> Iterator[Callable[
 def test_a_role_with_only_select_fails_naming_each_table_and_the_grant(
     postgresql_url: str, login_as: Callable[..., str]
 ) -> None:
-    schema = str(make_url(postgresql_url).query["options"]).removeprefix("-csearch_path=")
+    schema = schema_of(postgresql_url)
     with built(postgresql_url):
         pass
     url = login_as(
@@ -301,89 +360,66 @@ def test_a_role_without_usage_on_the_schema_is_told_to_get_it(
     )
 
 
+def test_tables_in_a_later_search_path_schema_are_found_and_granted_there(
+    postgresql_url: str, login_as: Callable[..., str]
+) -> None:
+    schema = schema_of(postgresql_url)
+    with built(postgresql_url):
+        pass
+    url = login_as(
+        "CREATE SCHEMA {role}_own AUTHORIZATION {role}",
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+    )
+    role = make_url(url).username
+
+    with built(with_search_path(url, f"{role}_own", schema), tables=False) as engine:
+        findings = database_findings(engine)
+
+    assert outcomes(findings) == [("database", OK), ("tables", OK), ("rights", FAILED)]
+    detail = findings[2].detail
+    qualified = ", ".join(f"{schema}.{table}" for table in TABLES)
+    assert f"GRANT SELECT, INSERT, UPDATE, DELETE ON {qualified} TO {role};" in detail
+    assert f"GRANT USAGE ON SCHEMA {schema} TO {role};" in detail
+    assert f"{role}_own" not in detail
+
+
+def test_tables_off_the_search_path_are_named_with_the_search_path_to_set(
+    postgresql_url: str, login_as: Callable[..., str]
+) -> None:
+    schema = schema_of(postgresql_url)
+    with built(postgresql_url):
+        pass
+    url = login_as(
+        "CREATE SCHEMA {role}_own AUTHORIZATION {role}",
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+    )
+    role = make_url(url).username
+
+    with built(with_search_path(url, f"{role}_own"), tables=False) as engine:
+        findings = database_findings(engine)
+
+    assert outcomes(findings) == [("database", OK), ("tables", FAILED), ("rights", WARNING)]
+    detail = findings[1].detail
+    assert detail.startswith(
+        f"schema '{role}_own' of {describe_database(make_url(url))} lacks the cache tables "
+        f"{', '.join(TABLES)}: a cache_entries table is in schema {schema!r}, which is not on "
+        f"this login's search_path: if those are this service's tables, run ALTER ROLE {role} "
+        f"SET search_path = {schema} (or put -csearch_path={schema} in the URL's options); if "
+        "they are not, have a DBA apply sql/postgresql/001_cache_tables.sql"
+    )
+
+
 # --- Azure SQL: the pure comparison and the statements, without a server ---------------
-
-CASE_INSENSITIVE = "SQL_Latin1_General_CP1_CI_AS"
-NAMES_AND_KEYS = [
-    ("cache_entries", "key"),
-    ("cache_entries", "namespace"),
-    ("cache_leases", "name"),
-    ("cache_namespaces", "namespace"),
-    ("cache_refresh_requests", "namespace"),
-    ("cache_refresh_runs", "namespace"),
-]
-"""The columns sql/azure-sql/004_binary_collation.sql gives the binary collation."""
-
-
-def azure_tables(**collations: str) -> dict[str, ReflectedTable]:
-    """The five tables as Azure SQL reflects a database made by 001: the names and keys
-    binary, other text in the database's default collation; ``collations`` overrides
-    ``<table>__<column>``."""
-    tables = {}
-    for table in metadata.sorted_tables:
-        columns: dict[str, str | None] = {}
-        for column in table.columns:
-            default = BINARY_COLLATION if (table.name, column.name) in NAMES_AND_KEYS else None
-            if default is None and isinstance(column.type, sa.String):
-                default = CASE_INSENSITIVE
-            columns[column.name] = collations.get(f"{table.name}__{column.name}", default)
-        indexes = {str(i.name): tuple(c.name for c in i.columns) for i in table.indexes}
-        tables[table.name] = ReflectedTable(columns, indexes)
-    return tables
-
-
-def test_azure_sql_tables_as_001_makes_them_are_ok() -> None:
-    assert schema_findings("mssql", azure_tables()) == [Finding.ok("tables", ALL_WELL)]
-    assert sorted(binary_columns()) == NAMES_AND_KEYS
-
-
-def test_azure_sql_names_and_keys_in_another_collation_fail_naming_migration_004() -> None:
-    reflected = azure_tables(
-        cache_entries__key=CASE_INSENSITIVE, cache_leases__name=CASE_INSENSITIVE
-    )
-
-    [failed] = schema_findings("mssql", reflected)
-
-    assert failed.outcome is FAILED
-    assert failed.detail.startswith(
-        f"cache_entries.key ({CASE_INSENSITIVE}), cache_leases.name ({CASE_INSENSITIVE}) not "
-        f"in a binary collation such as {BINARY_COLLATION}: keys that differ only in case, such as "
-        "ABC and abc"
-    )
-    assert failed.detail.endswith("apply sql/azure-sql/004_binary_collation.sql")
-
-
-@pytest.mark.parametrize(
-    "binary", [BINARY_COLLATION.lower(), "Latin1_General_BIN2", "Latin1_General_100_BIN2_UTF8"]
-)
-def test_any_bin2_collation_of_any_case_is_binary_on_azure_sql(binary: str) -> None:
-    assert schema_findings("mssql", azure_tables(cache_entries__key=binary)) == [
-        Finding.ok("tables", ALL_WELL)
-    ]
-    [failed] = schema_findings("mssql", azure_tables(cache_entries__key="Latin1_General_BIN"))
-    assert failed.outcome is FAILED
-
-
-def test_collations_are_compared_on_azure_sql_only() -> None:
-
-    elsewhere = azure_tables(cache_entries__key=CASE_INSENSITIVE)
-    assert schema_findings("postgresql", elsewhere) == [Finding.ok("tables", ALL_WELL)]
-
-
-def test_azure_sql_missing_generation_index_names_its_migration() -> None:
-    reflected = azure_tables()
-    reflected["cache_entries"] = ReflectedTable(reflected["cache_entries"].columns, {})
-
-    [warning] = schema_findings("mssql", reflected)
-
-    assert warning.outcome is WARNING
-    assert "apply sql/azure-sql/003_cache_entries_generation_index.sql" in warning.detail
 
 
 def test_azure_sql_missing_rights_name_the_app_identity_script() -> None:
     lacking = {"cache_entries": ["INSERT", "DELETE"], "cache_leases": ["UPDATE"]}
 
-    finding = rights_finding("mssql", lacking, checked=5, login="my-app", schema="dbo")
+    finding = rights_finding(
+        "mssql", lacking, checked=5, login="my-app", schemas=dict.fromkeys(lacking, "dbo")
+    )
 
     assert finding.outcome is FAILED
     assert finding.detail.startswith(
@@ -407,6 +443,15 @@ def test_azure_sql_rights_statement_asks_has_perms_by_name_of_the_qualified_tabl
     spaced = compiled(rights_statement("mssql", "cache_leases", "app schema"))
     assert "HAS_PERMS_BY_NAME('[app schema].cache_leases', 'OBJECT', 'DELETE')" in spaced
     assert compiled(CURRENT_LOGIN) == "SELECT CURRENT_USER AS current_user_1"
+
+
+def test_azure_sql_resolves_each_table_as_unqualified_statements_do() -> None:
+    assert compiled(schemas_statement("mssql", ["cache_entries", "cache_leases"])) == (
+        "SELECT OBJECT_SCHEMA_NAME(OBJECT_ID(N'cache_entries')) AS cache_entries, "
+        "OBJECT_SCHEMA_NAME(OBJECT_ID(N'cache_leases')) AS cache_leases"
+    )
+    asks = compiled(rights_statement("mssql", "cache_entries", "app"))
+    assert "HAS_PERMS_BY_NAME('app.cache_entries', 'OBJECT', 'SELECT')" in asks
 
 
 def test_azure_sql_read_committed_snapshot_statement_and_findings() -> None:
