@@ -78,10 +78,10 @@ def preflight(
     worker.start()
     worker.join(timeout)
     if not worker.is_alive():
-        return checks.findings
+        return checks.report()
     step, waiting_on = checks.step
     return [
-        *checks.findings,
+        *checks.report(finished=False),
         Finding.failed(
             step,
             f"{waiting_on} did not answer within the check's {timeout:g} s: look for a "
@@ -99,6 +99,17 @@ class _Checks:
         self.settings, self.sources, self.clock = settings, sources, clock
         self.findings: list[Finding] = []
         self.step = ("identity", "building the app identity")
+        self.identity: AppIdentity | None = None
+        self.identity_at = 0
+
+    def report(self, *, finished: bool = True) -> list[Finding]:
+        """The findings so far, the identity's row first: its outcome comes from the tokens
+        the checks after it asked for, so it is made last (here)."""
+        findings = list(self.findings)
+        if self.identity is not None:
+            row = identity_finding(self.settings, self.identity, finished=finished)
+            findings.insert(self.identity_at, row)
+        return findings
 
     def run(self) -> None:
         try:
@@ -116,12 +127,13 @@ class _Checks:
     def _all(self, stack: ExitStack) -> None:
         settings = self.settings
         services = self._services(stack)
-        at = len(self.findings)  # the identity's row, once its tokens were asked for
+        if services is not None and services.identity is not None:
+            self.identity, self.identity_at = services.identity, len(self.findings)
         if services is not None and services.secrets is not None:
             self.step = ("secrets", f"Key Vault {settings.vault_url}")
             self.findings += secret_findings(services.secrets, now=self.clock())
         if services is not None or settings.database_auth != "entra":
-            self.step = ("database", describe_database_url(settings))
+            self.step = ("database", _database_named(settings))
             identity = services.identity if services is not None else None
             self.findings += _database(settings, identity)
         self.step = ("namespaces", f"reading {settings.namespaces_file}")
@@ -133,8 +145,6 @@ class _Checks:
             for namespace in namespaces if self.sources else ():
                 self.step = (f"source {namespace.name}", f"the source of {namespace.name!r}")
                 self.findings.append(first_item_finding(namespace, services))
-        if services is not None and services.identity is not None:
-            self.findings.insert(at, identity_finding(settings, services.identity))
         if services is None:
             self.findings += _not_checked(settings, namespaces if self.sources else None)
 
@@ -169,14 +179,16 @@ def _not_checked(settings: Settings, namespaces: Sequence[Namespace] | None) -> 
     return [Finding.warning(check, f"{why} (see above)") for check in skipped]
 
 
-def describe_database_url(settings: Settings) -> str:
+def _database_named(settings: Settings) -> str:
     try:
         return describe_database(make_url(settings.database_url))
     except ArgumentError:
         return "the database"
 
 
-def identity_finding(settings: Settings, identity: AppIdentity) -> Finding:
+def identity_finding(
+    settings: Settings, identity: AppIdentity, *, finished: bool = True
+) -> Finding:
     """The ``identity`` row, from the tokens the other checks asked it for: ``ok`` only
     with tokens, or when no check needed one."""
     described = describe_identity(settings)
@@ -187,7 +199,14 @@ def identity_finding(settings: Settings, identity: AppIdentity) -> Finding:
         return Finding.failed(
             "identity", f"{described}: no token for {first.scope}: {first.last_error}"
         )
+    waiting = [status.scope for status in statuses if status.expires_on is None]
+    if waiting:
+        return Finding.warning(
+            "identity", f"{described}; still waiting for a token for {waiting[0]}"
+        )
     held = [status.scope for status in statuses if status.expires_on is not None]
+    if not held and not finished:
+        return Finding.warning("identity", f"{described}; the checks that use it did not finish")
     if not held:
         return Finding.ok("identity", f"{described}; no check here needed a token")
     return Finding.ok("identity", f"{described}; tokens obtained for {', '.join(held)}")

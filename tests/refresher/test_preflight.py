@@ -348,4 +348,7 @@ def test_a_vault_that_never_answers_fails_at_the_timeout_naming_it(
     last = findings[-1]
     assert (last.check, last.outcome) == ("secrets", Outcome.FAILED)
     assert f"Key Vault {silent_vault} did not answer within the check's 2 s" in last.detail
-    assert "database" not in by_check(findings)  # the checks after it were not run
+    found = by_check(findings)
+    assert "database" not in found  # the checks after it were not run
+    assert found["identity"].outcome is Outcome.WARNING
+    assert found["identity"].detail.endswith("; the checks that use it did not finish")
