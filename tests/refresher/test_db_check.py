@@ -360,18 +360,29 @@ def test_a_role_without_usage_on_the_schema_is_told_to_get_it(
     )
 
 
-def test_tables_in_a_later_search_path_schema_are_found_and_granted_there(
-    postgresql_url: str, login_as: Callable[..., str]
-) -> None:
+def login_with_own_schema(
+    postgresql_url: str, login_as: Callable[..., str], privileges: str
+) -> tuple[str, str, str]:
+    """The test's schema with the cache tables, and a role of its own whose own schema
+    comes first on its search_path, holding ``privileges`` on the tables: (the tables'
+    schema, the role's URL, the role)."""
     schema = schema_of(postgresql_url)
     with built(postgresql_url):
         pass
     url = login_as(
         "CREATE SCHEMA {role}_own AUTHORIZATION {role}",
         "GRANT USAGE ON SCHEMA {schema} TO {role}",
-        "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        f"GRANT {privileges} ON ALL TABLES IN SCHEMA {{schema}} TO {{role}}",
     )
     role = make_url(url).username
+    assert role is not None
+    return schema, url, role
+
+
+def test_tables_in_a_later_search_path_schema_are_found_and_granted_there(
+    postgresql_url: str, login_as: Callable[..., str]
+) -> None:
+    schema, url, role = login_with_own_schema(postgresql_url, login_as, "SELECT")
 
     with built(with_search_path(url, f"{role}_own", schema), tables=False) as engine:
         findings = database_findings(engine)
@@ -387,15 +398,9 @@ def test_tables_in_a_later_search_path_schema_are_found_and_granted_there(
 def test_tables_off_the_search_path_are_named_with_the_search_path_to_set(
     postgresql_url: str, login_as: Callable[..., str]
 ) -> None:
-    schema = schema_of(postgresql_url)
-    with built(postgresql_url):
-        pass
-    url = login_as(
-        "CREATE SCHEMA {role}_own AUTHORIZATION {role}",
-        "GRANT USAGE ON SCHEMA {schema} TO {role}",
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+    schema, url, role = login_with_own_schema(
+        postgresql_url, login_as, "SELECT, INSERT, UPDATE, DELETE"
     )
-    role = make_url(url).username
 
     with built(with_search_path(url, f"{role}_own"), tables=False) as engine:
         findings = database_findings(engine)
