@@ -169,6 +169,8 @@ class ReadLayer:
         self._states: dict[str, Freshness] = {}
         self._busy: set[str] = set()
         """Namespaces being warmed or revalidated."""
+        self._unfilled: set[str] = set()
+        """Namespaces whose fill failed: filled again after the next check."""
         self._renew_at = self._expires_at = float("-inf")
         self._checking: asyncio.Task[None] | None = None
         self.follow_seconds = follow_seconds if self.warm else 0.0
@@ -207,23 +209,24 @@ class ReadLayer:
         # asyncio's own executor: a hop costs ~15 us of the loop's CPU, anyio's ~35 us.
         loop = asyncio.get_running_loop()
         read = await loop.run_in_executor(None, self._read_one, namespace, key)
-        if read.generation > state.generation:  # written by a refresh no check saw yet
-            state = await self._caught_up(namespace, read.generation)
-        self._keep(namespace, key, read.item, state.generation)
-        return read.item, state
-
-    async def _caught_up(self, namespace: str, generation: int) -> Freshness:
-        """The namespace's state once a check has seen ``generation`` (a check under way
-        may have read the generations before it was committed: then one more)."""
         checks = 0
-        while True:
+        while read.generation > state.generation:  # written by a refresh no check saw yet
+            # A row read after a check ended, last written at or before the generation
+            # it saw, is that generation's: so check, then read the row again (a refresh
+            # between the first read and the check may have rewritten it).
+            if checks == CATCH_UP_CHECKS:
+                raise StoreError(
+                    f"namespace {namespace!r} was refreshed {checks} times while one of its "
+                    "items was read: try again"
+                )
             await self.check()
             checks += 1
             state = self._states.get(namespace)
             if state is None:
                 raise NamespaceNotFoundError(namespace)
-            if state.generation >= generation or checks == CATCH_UP_CHECKS:
-                return state
+            read = await loop.run_in_executor(None, self._read_one, namespace, key)
+        self._keep(namespace, key, read.item, state.generation)
+        return read.item, state
 
     async def close(self) -> None:
         """Stop following the namespaces and wait for the queries under way (at shutdown).
@@ -258,7 +261,9 @@ class ReadLayer:
     async def _checked(self) -> None:
         """Start a check when half the interval has passed since the last one started;
         wait for it once the whole interval has."""
-        task = self._checking or self._start_check()
+        task = self._checking
+        if task is None or task.done():  # done, its callback not run yet: it saw nothing new
+            task = self._start_check()
         if self._clock() >= self._expires_at:
             await asyncio.shield(task)
 
@@ -311,7 +316,8 @@ class ReadLayer:
         return read.infos, offset_of(read, sent, self._wall())
 
     def _check_done(self, task: asyncio.Task[None]) -> None:
-        self._checking = None
+        if self._checking is task:  # not a newer check started before this callback ran
+            self._checking = None
         failed = not task.cancelled() and task.exception() is not None
         if failed:
             # Requests past the interval get the error themselves; this one only ran ahead.
@@ -346,15 +352,17 @@ class ReadLayer:
             return
         for name, state in self._states.items():
             held = self._held.get(name)
-            if held is not None and held.generation == state.generation:
+            current = held is not None and held.generation == state.generation
+            if current and name not in self._unfilled:
                 continue
             if not self.warm:
                 self._count -= len(held.items) if held else 0
                 self._held[name] = _Held(state.generation, {})
             elif name not in self._busy:
                 self._busy.add(name)
-                if held is None:
-                    self._held[name] = _Held(state.generation, {})
+                if held is None or current:  # seen for the first time, or its fill failed
+                    if held is None:
+                        self._held[name] = _Held(state.generation, {})
                     self._start(name, self._fill(name, state.generation))
                 else:
                     self._start(name, self._revalidate(name, state.generation))
@@ -388,7 +396,14 @@ class ReadLayer:
         room = self.capacity - self._count
         if room <= 0:
             return
-        read = await run_in_threadpool(self._read_all, namespace, generation, room)
+        try:
+            read = await run_in_threadpool(self._read_all, namespace, generation, room)
+        except Exception:
+            # Filled again after the next check (what misses kept meanwhile stays): taken
+            # for filled, it was read miss by miss until its next refresh.
+            self._unfilled.add(namespace)
+            raise
+        self._unfilled.discard(namespace)
         self._replace(namespace, generation, read)
 
     async def _revalidate(self, namespace: str, generation: int) -> None:

@@ -286,7 +286,7 @@ def unmodified_since(if_modified_since: str, last_modified: str) -> bool:
     a date that does not parse is ignored, as RFC 9110 says."""
     try:
         since = parsedate_to_datetime(if_modified_since)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a year past 9999 overflows
         return False
     if since.tzinfo is None:  # an obsolete date form without a zone: GMT by definition
         since = since.replace(tzinfo=UTC)

@@ -466,6 +466,7 @@ def test_if_modified_since_is_304_unless_the_item_changed_after_or_if_none_match
         ({"If-Modified-Since": modified}, 304),
         ({"If-Modified-Since": earlier}, 200),
         ({"If-Modified-Since": "yesterday"}, 200),  # not a date: ignored
+        ({"If-Modified-Since": "Mon, 01 Jan 99999999999 00:00:00 GMT"}, 200),  # nor past 9999
         ({"If-Modified-Since": modified, "If-None-Match": '"x"'}, 200),  # the tag decides
     ]
     for headers, status in cases:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from api import query
 from api.db_clock import Namespaces
-from api.item_rows import CachedItem, ItemRows, Writes
+from api.item_rows import CachedItem, ItemRows, Read, Writes
 from api.reads import (
     READBACK_PAUSE,
     READBACK_SLICE,
@@ -361,6 +361,99 @@ def test_a_miss_that_reads_a_newer_refresh_is_served_under_it_not_the_checked_on
             generation, v = await served(layer, key)
             assert MIXED[generation][key] == v, f"{key}={v} served under {generation}"
         assert layer.held == 1  # a, kept under generation 3; b dropped
+
+    asyncio.run(scenario())
+
+
+class RewritingRows(ItemRows):
+    """The real queries; ``then`` runs (another refresh commits) right after the next read
+    of one item."""
+
+    then: Callable[[], object] | None = None
+
+    def one(self, namespace: str, key: str) -> Read | None:
+        read = super().one(namespace, key)
+        then, self.then = self.then, None
+        if then is not None:
+            then()
+        return read
+
+
+def test_a_miss_whose_row_a_refresh_rewrites_before_the_catch_up_is_read_again(
+    store: CacheStore, clock: Clock
+) -> None:
+    rows = RewritingRows(store.engine)
+    layer = ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock, rows=rows)
+    store.apply("ns", [{"id": "a", "v": 1}, {"id": "b", "v": 1}])
+
+    async def scenario() -> None:
+        await _warmed(layer, "ns", "a")  # generation 1 checked and held
+        store.apply("ns", [{"id": "a", "v": 1}, {"id": "b", "v": 1}, {"id": "c", "v": 2}])
+        rows.then = lambda: store.apply(
+            "ns", [{"id": "a", "v": 1}, {"id": "b", "v": 1}, {"id": "c", "v": 3}]
+        )
+        entry, state = await layer.item("ns", "c")  # read at generation 2, then rewritten
+        assert (state.generation, orjson.loads(entry["payload"])["v"]) == (3, 3)
+        clock.advance(CHECK_SECONDS)
+        await layer.check()
+        await layer.settle()
+        entry, state = await layer.item("ns", "c")
+        assert (state.generation, orjson.loads(entry["payload"])["v"]) == (3, 3)
+
+    asyncio.run(scenario())
+
+
+def test_a_check_asked_for_after_the_last_one_ended_reads_the_generations_again(
+    layer: ReadLayer, store: CacheStore
+) -> None:
+    store.apply("ns", [{"id": "a", "v": 1}])
+
+    async def scenario() -> None:
+        await layer.item("ns", "a")  # generation 1 checked
+        task = layer._start_check()
+        while not task.done():  # ended, its done callback not run yet
+            await asyncio.sleep(0)
+        store.apply("ns", [{"id": "a", "v": 2}])
+        await layer.check()  # it reused the ended check: no query, generation 1 still
+        entry, state = await layer.item("ns", "a")
+        assert (state.generation, orjson.loads(entry["payload"])["v"]) == (2, 2)
+
+    asyncio.run(scenario())
+
+
+class FailingOnceRows(ItemRows):
+    """The real queries, but the first read of whole namespaces fails (the database away
+    for a moment)."""
+
+    failed = False
+
+    def changed(
+        self, conn: Connection, namespace: str, since: int, upto: int | None = None
+    ) -> Iterator[tuple[str, CachedItem]]:
+        if not self.failed:
+            self.failed = True
+            raise sa.exc.OperationalError("SELECT", {}, Exception("connection lost"))
+        return super().changed(conn, namespace, since, upto)
+
+
+def test_a_namespace_whose_first_fill_failed_is_filled_after_the_next_check(
+    store: CacheStore, clock: Clock
+) -> None:
+    rows = FailingOnceRows(store.engine)
+    layer = ReadLayer(store, capacity=100, check_seconds=CHECK_SECONDS, clock=clock, rows=rows)
+    store.apply("ns", [{"id": str(n), "v": 1} for n in range(10)])
+
+    async def scenario() -> None:
+        await layer.check()
+        await layer.settle()  # the fill failed
+        assert (rows.failed, layer.held) == (True, 0)
+        clock.advance(CHECK_SECONDS)
+        await layer.check()
+        await layer.settle()
+        assert layer.held == 10  # filled, not left to misses until the next refresh
+        misses = layer.misses
+        await layer.item("ns", "7")
+        assert layer.misses == misses
 
     asyncio.run(scenario())
 
