@@ -351,6 +351,8 @@ class ReadLayer:
         if self._closing:
             return
         for name, state in self._states.items():
+            if self._namespaces and name not in self._namespaces:
+                continue  # not served here (404 at the route): not worth its memory
             held = self._held.get(name)
             current = held is not None and held.generation == state.generation
             if current and name not in self._unfilled:

@@ -458,6 +458,31 @@ def test_a_namespace_whose_first_fill_failed_is_filled_after_the_next_check(
     asyncio.run(scenario())
 
 
+def test_a_namespace_this_server_does_not_serve_is_not_read_into_memory(
+    store: CacheStore, clock: Clock
+) -> None:
+    # Its share of the memory was never given back: the served namespace, read at
+    # random, missed on every other read with a capacity above all its items.
+    served = _namespace(every=60)
+    layer = ReadLayer(
+        store, namespaces={"served": served}, capacity=100, check_seconds=CHECK_SECONDS,
+        clock=clock,
+    )  # fmt: skip
+    store.apply("removed", [{"id": str(n), "v": 1} for n in range(60)])
+    store.apply("served", [{"id": str(n), "v": 1} for n in range(60)])
+
+    async def scenario() -> None:
+        await layer.check()
+        await layer.settle()
+        assert layer.held == 60
+        misses = layer.misses
+        for n in range(60):
+            await layer.item("served", str(n))
+        assert layer.misses == misses
+
+    asyncio.run(scenario())
+
+
 def napping_layer(
     store: CacheStore, clock: Clock, *, capacity: int
 ) -> tuple[ReadLayer, list[float]]:
